@@ -1,0 +1,42 @@
+# The Makefile builds its own virtual environment, so a fresh clone needs only Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install lint typecheck unit test deploy-check demo bench clean
+
+help:
+	@echo "make demo    run the relay end to end on an embedded database and emulator"
+	@echo "make test    lint, type-check and run the whole test suite"
+	@echo "make bench   run the benchmark suite (see docs/benchmarks.md)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,embedded]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay tests bench migrations
+	$(BIN)/ruff format --check relay tests bench migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+deploy-check: $(STAMP)
+	$(BIN)/python deploy/validate.py
+
+test: lint typecheck deploy-check
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/relay demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.suite
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

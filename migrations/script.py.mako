@@ -1,0 +1,23 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+"""
+
+from alembic import op
+
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = ${repr(branch_labels)}
+depends_on = ${repr(depends_on)}
+
+
+def upgrade() -> None:
+    schema = op.get_context().config.attributes["schema"]  # type: ignore[union-attr]
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade() -> None:
+    schema = op.get_context().config.attributes["schema"]  # type: ignore[union-attr]
+    ${downgrades if downgrades else "pass"}

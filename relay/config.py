@@ -1,0 +1,284 @@
+"""Settings: one object, loaded from ``RELAY_*`` environment variables.
+
+Every secret can also be given as a file (``RELAY_CLIENT_SECRET_FILE`` and so on), which is how
+systemd's ``LoadCredential=`` and Kubernetes secret volumes hand them over. Secrets are held as
+``SecretStr`` so they never show in a repr, a log line or an error message.
+
+It imports nothing from the rest of the package but the exception tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay.errors import ConfigurationError
+
+ENV_PREFIX = "RELAY_"
+
+TOKEN_URLS = {
+    "production": "https://accounts.scalepoint.com/connect/token",
+    "sandbox": "https://sandbox-accounts.scalepoint.com/connect/token",
+}
+PRODUCTION_API_BASE_URL = "https://www.scalepoint.com"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def parse_duration(value: object) -> object:
+    """Accept ``250ms``, ``5s``, ``10m``, ``2h``, ``30d``, ``1w`` or a number of seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError("expected a duration such as 500ms, 30s, 10m, 2h or 30d")
+        amount, unit = match.groups()
+        return timedelta(seconds=float(amount) * _UNIT_SECONDS[unit])
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class Settings(BaseSettings):
+    """Everything the relay can be told. Field ``foo`` is read from ``RELAY_FOO``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    # Database
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL, postgresql://user@host:5432/db"
+    )
+    schema_name: str = Field(
+        default="public",
+        validation_alias="RELAY_SCHEMA",
+        description="PostgreSQL schema that holds the outbox table",
+    )
+
+    # Partner
+    environment: Literal["sandbox", "production"] = Field(
+        default="sandbox", description="picks the default token endpoint and API base URL"
+    )
+    token_url: str | None = Field(default=None, description="OAuth 2.0 token endpoint")
+    api_base_url: str | None = Field(default=None, description="EventApi base URL")
+    country: str | None = Field(default=None, description="default country code, e.g. dk")
+    tenant: str | None = Field(default=None, description="default tenant, e.g. abcinsurance")
+    scope: str = Field(default="events", description="OAuth scope(s), space separated")
+    ca_bundle: Path | None = Field(default=None, description="extra CA bundle (PEM) for TLS")
+
+    # Client authentication
+    client_id: str | None = Field(default=None, description="OAuth client id")
+    client_auth_method: Literal[
+        "auto", "client_secret_post", "client_secret_basic", "private_key_jwt"
+    ] = Field(default="auto", description="auto: private_key_jwt when key material is set")
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    private_key_file: Path | None = Field(default=None, description="PEM RSA private key")
+    private_key_password: SecretStr | None = None
+    private_key_password_file: Path | None = None
+    certificate_file: Path | None = Field(default=None, description="PEM X.509 certificate")
+    pkcs12_file: Path | None = Field(default=None, description="PKCS#12 (.pfx) key + cert")
+    pkcs12_password: SecretStr | None = None
+    pkcs12_password_file: Path | None = None
+
+    # Engine
+    concurrency: int = Field(default=32, ge=1, le=1024, description="requests in flight")
+    request_timeout: Duration = Field(default=timedelta(seconds=10))
+    claim_batch_size: int = Field(default=100, ge=1, le=10_000)
+    lease: Duration = Field(default=timedelta(seconds=60))
+    poll_interval: Duration = Field(default=timedelta(seconds=5))
+    max_attempts: int = Field(default=20, ge=1)
+    max_age: Duration = Field(default=timedelta(hours=24))
+    backoff_base: Duration = Field(default=timedelta(seconds=1))
+    backoff_cap: Duration = Field(default=timedelta(minutes=10))
+    circuit_threshold: int = Field(default=20, ge=1)
+    circuit_pause: Duration = Field(default=timedelta(seconds=5))
+    circuit_pause_cap: Duration = Field(default=timedelta(minutes=5))
+    configuration_pause: Duration = Field(default=timedelta(seconds=60))
+    shutdown_grace: Duration = Field(default=timedelta(seconds=20))
+    dead_blocks_key: bool = Field(
+        default=True, description="a dead row holds back later rows of its ordering key"
+    )
+    retention: Duration | None = Field(default=None, description="purge published rows after")
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    # Operations
+    http_host: str = Field(default="0.0.0.0")  # noqa: S104 - probes come from outside the pod
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the endpoint")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+            raise ValueError("must be a postgresql:// URL")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("must name a host, e.g. postgresql://user@localhost:5432/db")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("has a port that is not a number") from None
+        return value
+
+    @field_validator("schema_name")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
+        return value
+
+    @field_validator("token_url", "api_base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"https", "http"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("country")
+    @classmethod
+    def _check_country(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]{2}", value):
+            raise ValueError("must be a lower-case two-letter country code such as dk")
+        return value
+
+    @field_validator("tenant")
+    @classmethod
+    def _check_tenant(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for name in ("client_secret", "private_key_password", "pkcs12_password"):
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"{env_name(name)} and {env_name(name)}_FILE are both set")
+            try:
+                text = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(
+                    f"{env_name(name)}_FILE: cannot read {path}: {exc.strerror}"
+                ) from None
+            setattr(self, name, SecretStr(text))
+        return self
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def resolved_token_url(self) -> str:
+        return self.token_url or TOKEN_URLS[self.environment]
+
+    @property
+    def resolved_api_base_url(self) -> str | None:
+        if self.api_base_url:
+            return self.api_base_url
+        return PRODUCTION_API_BASE_URL if self.environment == "production" else None
+
+    @property
+    def uses_private_key_jwt(self) -> bool:
+        if self.client_auth_method == "auto":
+            return self.pkcs12_file is not None or self.private_key_file is not None
+        return self.client_auth_method == "private_key_jwt"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigurationError(f"{env_name('database_url')}: is not set")
+        return self.database_url
+
+    def require_partner(self) -> None:
+        """Check the settings needed to talk to the EventApi, naming the first one missing."""
+        if not self.client_id:
+            raise ConfigurationError(f"{env_name('client_id')}: is not set")
+        if self.resolved_api_base_url is None:
+            raise ConfigurationError(
+                f"{env_name('api_base_url')}: is not set (required in the sandbox environment:"
+                " the hostname of your assigned project server)"
+            )
+        for name in ("country", "tenant"):
+            if getattr(self, name) is None:
+                raise ConfigurationError(f"{env_name(name)}: is not set")
+        if self.uses_private_key_jwt:
+            self._require_key_material()
+        elif self.client_secret is None:
+            raise ConfigurationError(
+                f"{env_name('client_secret')}: is not set (or set RELAY_PRIVATE_KEY_FILE and "
+                "RELAY_CERTIFICATE_FILE, or RELAY_PKCS12_FILE, for private_key_jwt)"
+            )
+
+    def _require_key_material(self) -> None:
+        if self.pkcs12_file is not None:
+            if self.private_key_file is not None or self.certificate_file is not None:
+                raise ConfigurationError(
+                    f"{env_name('pkcs12_file')}: set either it or "
+                    "RELAY_PRIVATE_KEY_FILE with RELAY_CERTIFICATE_FILE, not both"
+                )
+            return
+        if self.private_key_file is None:
+            raise ConfigurationError(f"{env_name('private_key_file')}: is not set")
+        if self.certificate_file is None:
+            raise ConfigurationError(
+                f"{env_name('certificate_file')}: is not set (private_key_jwt needs the "
+                "certificate for the kid and x5t headers)"
+            )
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting, each naming its variable; never the value."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = item.get("loc") or ()
+        message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
+        if location:
+            field = str(location[0])
+            variable = field if field.startswith(ENV_PREFIX) else env_name(field)
+            if field == "schema_name":
+                variable = env_name("schema")
+            lines.append(f"{variable}: {message}")
+        else:
+            lines.append(message)
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from the environment; raise ConfigurationError naming what is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None

@@ -1,0 +1,139 @@
+"""Connections to the insurer's PostgreSQL, and the Alembic migration entry points."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from contextlib import redirect_stdout
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
+
+from relay.errors import DatabaseUnavailable, SchemaNotReady
+
+# Arbitrary, fixed: the advisory lock that serialises concurrent 'relay migrate' runs.
+MIGRATION_LOCK_KEY = 7_261_690_001
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The URL as asyncpg wants it (no SQLAlchemy driver suffix)."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url.removeprefix(prefix)
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL as SQLAlchemy's asyncpg dialect wants it."""
+    return "postgresql+asyncpg://" + asyncpg_dsn(url).removeprefix("postgresql://")
+
+
+def _alembic_config(url: str | None, schema: str) -> Config:
+    config = Config()
+    location = Path(str(resources.files("relay.migrations")))
+    config.set_main_option("script_location", str(location))
+    config.attributes["url"] = url
+    config.attributes["schema"] = schema
+    return config
+
+
+def describe_connection_error(url: str, error: BaseException) -> DatabaseUnavailable:
+    """A one-line error naming RELAY_DATABASE_URL, its host and database, never its password."""
+    parts = urlsplit(asyncpg_dsn(url))
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+    original: BaseException = getattr(error, "orig", None) or error
+    reason = (
+        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    )
+    return DatabaseUnavailable(f"RELAY_DATABASE_URL: cannot use the database at {where}: {reason}")
+
+
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DBAPIError)
+
+
+def migrate(url: str, schema: str) -> None:
+    """Upgrade the schema to head; a no-op when current; safe to run from several replicas."""
+    try:
+        command.upgrade(_alembic_config(url, schema), "head")
+    except CONNECTION_ERRORS as error:
+        raise describe_connection_error(url, error) from None
+
+
+def migration_sql(schema: str) -> str:
+    """The DDL 'relay migrate' would run, for a DBA to review and apply by hand."""
+    buffer = io.StringIO()
+    config = _alembic_config(None, schema)
+    config.output_buffer = buffer
+    with redirect_stdout(buffer):
+        command.upgrade(config, "head", sql=True)
+    return buffer.getvalue()
+
+
+def downgrade(url: str, schema: str, revision: str = "base") -> None:
+    command.downgrade(_alembic_config(url, schema), revision)
+
+
+def head_revision() -> str:
+    script = ScriptDirectory.from_config(_alembic_config(None, "public"))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(connection: asyncpg.Connection, schema: str) -> str | None:
+    exists = await connection.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".alembic_version'
+    )
+    if not exists:
+        return None
+    revision: str | None = await connection.fetchval(
+        f'SELECT version_num FROM "{schema}".alembic_version'
+    )
+    return revision
+
+
+async def check_schema(connection: asyncpg.Connection, schema: str) -> None:
+    """Raise SchemaNotReady unless the outbox schema is at this relay's head revision."""
+    revision = await current_revision(connection, schema)
+    if revision is None:
+        raise SchemaNotReady(f'the outbox table does not exist in schema "{schema}"')
+    if revision != head_revision():
+        raise SchemaNotReady(
+            f'the outbox schema "{schema}" is at revision {revision}, '
+            f"this relay needs {head_revision()}"
+        )
+
+
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 4, **kwargs: Any
+) -> asyncpg.Pool:
+    """A small asyncpg pool: the relay needs few connections, all statements are batched."""
+    server_settings: Mapping[str, str] = {"application_name": "relay"}
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=30,
+        server_settings=dict(server_settings),
+        **kwargs,
+    )
+    assert pool is not None
+    return pool
+
+
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "asyncpg_dsn",
+    "check_schema",
+    "create_pool",
+    "migrate",
+    "migration_sql",
+    "sqlalchemy_url",
+]
