@@ -87,7 +87,9 @@ def head_revision() -> str:
     return head
 
 
-async def current_revision(connection: asyncpg.Connection, schema: str) -> str | None:
+async def current_revision(
+    connection: asyncpg.Connection | asyncpg.Pool, schema: str
+) -> str | None:
     exists = await connection.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".alembic_version'
     )
@@ -99,7 +101,7 @@ async def current_revision(connection: asyncpg.Connection, schema: str) -> str |
     return revision
 
 
-async def check_schema(connection: asyncpg.Connection, schema: str) -> None:
+async def check_schema(connection: asyncpg.Connection | asyncpg.Pool, schema: str) -> None:
     """Raise SchemaNotReady unless the outbox schema is at this relay's head revision."""
     revision = await current_revision(connection, schema)
     if revision is None:

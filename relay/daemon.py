@@ -1,0 +1,206 @@
+"""``relay run``: open every long-lived resource once, wire them together, run the engine.
+
+One owner for each resource: the asyncpg pool, the aiohttp session, the token provider, the
+listener and the HTTP endpoint are all opened here in one AsyncExitStack and passed down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from relay import database, http, outbox
+from relay.config import Settings
+from relay.decide import Policy
+from relay.errors import RelayError
+from relay.keys import load_key_material
+from relay.metrics import Metrics
+from relay.outbox import Store
+from relay.publisher import Publisher, create_session
+from relay.retry import GiveUpPolicy, RetryPolicy
+from relay.token import TokenProvider
+from relay.worker import DATABASE_ERRORS, EngineConfig, Worker
+
+log = structlog.get_logger("relay.daemon")
+SAMPLE_INTERVAL = 15.0
+PURGE_INTERVAL = 3600.0
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        concurrency=settings.concurrency,
+        claim_batch_size=settings.claim_batch_size,
+        lease=settings.lease,
+        poll_interval=settings.poll_interval,
+        default_country=settings.country,
+        default_tenant=settings.tenant,
+        dead_blocks_key=settings.dead_blocks_key,
+        policy=Policy(
+            retry=RetryPolicy(settings.backoff_base, settings.backoff_cap),
+            give_up=GiveUpPolicy(settings.max_attempts, settings.max_age),
+            configuration_pause=settings.configuration_pause,
+        ),
+        circuit_threshold=settings.circuit_threshold,
+        circuit_pause=settings.circuit_pause,
+        circuit_pause_cap=settings.circuit_pause_cap,
+        shutdown_grace=settings.shutdown_grace,
+    )
+
+
+@dataclass
+class Daemon:
+    """The running process: what ``/readyz`` asks and what tests drive."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: Worker | None = None
+    tokens: TokenProvider | None = None
+    http_port: int | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def not_ready_reason(self) -> str | None:
+        if self.worker is None or self.tokens is None:
+            return "starting"
+        if self.tokens.last_error is not None and not self.tokens.ready:
+            return f"no access token: {self.tokens.last_error}"
+        return self.worker.not_ready_reason()
+
+    async def run(self, *, drain: bool = False) -> None:
+        settings = self.settings
+        url = settings.require_database_url()
+        settings.require_partner()
+        async with AsyncExitStack() as stack:
+            pool = await self._open_pool(url)
+            stack.push_async_callback(pool.close)
+            session = await stack.enter_async_context(create_session(settings))
+            key_material = load_key_material(settings) if settings.uses_private_key_jwt else None
+            self.tokens = TokenProvider(
+                session, settings, key_material=key_material, metrics=self.metrics
+            )
+            stack.push_async_callback(self.tokens.close)
+            api_base = settings.resolved_api_base_url
+            assert api_base is not None  # require_partner() checked it
+            publisher = Publisher(
+                session, self.tokens, api_base, settings.request_timeout, self.metrics
+            )
+            store = Store(pool, settings.schema_name, settings.worker_id)
+            self.worker = Worker(store, publisher, engine_config(settings), self.metrics)
+            await self._start_http(stack)
+            background = [
+                ("listener", outbox.listen(database.asyncpg_dsn(url), self.worker.wake)),
+                ("sampler", self._sample(store)),
+            ]
+            if settings.retention is not None:
+                background.append(("retention", self._purge(store, settings.retention)))
+            tasks = [asyncio.create_task(coro, name=name) for name, coro in background]
+            stack.push_async_callback(_cancel_all, tasks)
+            log.info(
+                "relay.started",
+                worker=settings.worker_id,
+                concurrency=settings.concurrency,
+                schema=settings.schema_name,
+                drain=drain,
+            )
+            self.started.set()
+            await _supervised(self.worker.run(self.stop, drain=drain), tasks)
+        log.info("relay.stopped")
+
+    async def _open_pool(self, url: str) -> asyncpg.Pool:
+        try:
+            pool = await database.create_pool(url, max_size=4)
+        except DATABASE_ERRORS as error:
+            raise database.describe_connection_error(url, error) from None
+        try:
+            await database.check_schema(pool, self.settings.schema_name)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    async def _start_http(self, stack: AsyncExitStack) -> None:
+        app = http.create_app(self.metrics, self.not_ready_reason)
+        runner = await http.start(app, self.settings.http_host, self.settings.http_port)
+        stack.push_async_callback(runner.cleanup)
+        self.http_port = int(runner.addresses[0][1])
+
+    async def _sample(self, store: Store) -> None:
+        """Queue depth and oldest age, sampled (never counted per request)."""
+        while True:
+            with suppress(*DATABASE_ERRORS):
+                depth, oldest = await store.queue_sample()
+                self.metrics.queue_depth.set(depth)
+                self.metrics.oldest_pending_age.set(oldest)
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    async def _purge(self, store: Store, retention: timedelta) -> None:
+        """Delete published rows older than RELAY_RETENTION, in small batches, hourly."""
+        while True:
+            total = 0
+            with suppress(*DATABASE_ERRORS):
+                while (deleted := await store.purge_published(retention.total_seconds())) > 0:
+                    total += deleted
+            if total:
+                log.info("retention.purged", rows=total)
+            await asyncio.sleep(PURGE_INTERVAL)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _supervised(main: Coroutine[Any, Any, None], tasks: list[asyncio.Task[None]]) -> None:
+    """Run the engine; if a background task dies, say which and stop loudly."""
+    engine = asyncio.ensure_future(main)
+    done, _ = await asyncio.wait([engine, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if engine in done:
+        engine.result()
+        return
+    crashed = next(iter(done))
+    engine.cancel()
+    with suppress(asyncio.CancelledError):
+        await engine
+    error = crashed.exception() if not crashed.cancelled() else None
+    log.error("task.crashed", task=crashed.get_name(), error=repr(error))
+    raise RelayError(f"background task {crashed.get_name()} stopped: {error!r}")
+
+
+def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
+    """First SIGTERM/SIGINT: drain and stop. Second: exit at once (leases bring rows back)."""
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int) -> None:
+        if stop.is_set():
+            log.warning("relay.killed", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("relay.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, handle, signum)
+
+    def remove() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    return remove
+
+
+async def run(settings: Settings, *, drain: bool = False) -> None:
+    daemon = Daemon(settings)
+    remove = install_signal_handlers(daemon.stop)
+    try:
+        await daemon.run(drain=drain)
+    finally:
+        remove()
