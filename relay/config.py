@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     circuit_pause: Duration = Field(default=timedelta(seconds=5))
     circuit_pause_cap: Duration = Field(default=timedelta(minutes=5))
     configuration_pause: Duration = Field(default=timedelta(seconds=60))
+    token_backoff_base: Duration = Field(
+        default=timedelta(seconds=1), description="first retry delay after a failed token request"
+    )
+    token_backoff_cap: Duration = Field(
+        default=timedelta(seconds=60), description="longest retry delay between token requests"
+    )
     shutdown_grace: Duration = Field(default=timedelta(seconds=20))
     dead_blocks_key: bool = Field(
         default=True, description="a dead row holds back later rows of its ordering key"

@@ -1,0 +1,625 @@
+"""A stand-in for Scalepoint: the token endpoint and the EventApi send endpoint, with faults.
+
+It behaves as the partner's documentation says (bodies from the seed page, RFC 6749 errors)
+so tests, the demo and benchmarks run without the partner. Start it in-process::
+
+    async with Emulator(EmulatorConfig(clients={"relay": "secret"})) as emulator:
+        emulator.token_url, emulator.base_url      # http://127.0.0.1:<port>/...
+        emulator.set_faults(status=503, retry_after="2", for_seconds=1.5)
+        emulator.events                            # ReceivedEvent values, arrival order
+
+or as a process with ``relay emulator``; the same faults are set over HTTP by
+``POST /_emulator/faults``, and ``GET /_emulator/stats`` reports what it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import hmac
+import random
+import secrets
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+import jwt
+import orjson
+from aiohttp import web
+from cryptography import x509
+
+from relay.config import Settings, load_settings
+from relay.errors import ConfigurationError
+from relay.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint, load_key_material
+
+TOKEN_PATH = "/connect/token"  # noqa: S105 - a path, not a password
+SEND_PATH = "/api/events/v1/{country}/external/{tenant}/send"
+REQUIRED_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
+UNAUTHORIZED = {
+    "error": "unauthorized",
+    "error_description": "Full authentication is required to access this resource",
+}
+INSUFFICIENT_SCOPE = {
+    "error": "insufficient_scope",
+    "error_description": "Insufficient scope for this resource",
+    "scope": "events",
+}
+
+
+@dataclass
+class Faults:
+    """What to break. Every field can be set from a test or over HTTP."""
+
+    latency_ms: float = 0.0  # added before the send endpoint answers
+    latency_jitter_ms: float = 0.0  # plus a uniform random 0..jitter
+    status: int | None = None  # answer every send with this status ...
+    status_until: float | None = None  # ... until this emulator-clock time (None: until cleared)
+    retry_after: str | None = None  # Retry-After header on fault answers
+    error_rate: float = 0.0  # fraction of sends answered with error_status
+    error_status: int = 503
+    drop_rate: float = 0.0  # fraction of sends whose connection is closed unanswered
+    token_latency_ms: float = 0.0
+    token_status: int | None = None  # answer every token request with this status
+    token_lifetime: float = 3600.0  # expires_in of new tokens, seconds
+
+
+@dataclass
+class EmulatorConfig:
+    """Clients, certificates, routes and the initial faults."""
+
+    clients: dict[str, str] = field(default_factory=dict)  # client_id -> client_secret
+    certificates: dict[str, list[x509.Certificate]] = field(default_factory=dict)
+    scopes: dict[str, frozenset[str]] = field(default_factory=dict)  # default: {"events"}
+    audience: str | None = None  # accepted as aud besides the URL the client called
+    routes: frozenset[tuple[str, str]] | None = None  # (country, tenant); None: all
+    faults: Faults = field(default_factory=Faults)
+    max_assertion_lifetime: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """One accepted event, as the emulator saw it."""
+
+    country: str
+    tenant: str
+    event_type: str
+    body: dict[str, Any]
+    event_id: int
+    arrived_at: float  # emulator clock
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """One request to the token endpoint and how it ended."""
+
+    auth_method: str  # client_secret_post, client_secret_basic, private_key_jwt or none
+    client_id: str | None
+    status: int
+    error: str | None
+    at: float
+    assertion_header: dict[str, Any] | None = None
+    assertion_claims: dict[str, Any] | None = None
+    assertion: str | None = field(default=None, repr=False)  # for leak tests only
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    client_id: str
+    scopes: frozenset[str]
+    expires_at: float
+
+
+class _Reply(Exception):
+    """Stop handling and send this answer."""
+
+    def __init__(self, status: int, body: Mapping[str, Any], **headers: str) -> None:
+        super().__init__(status)
+        self.code = body.get("error") if isinstance(body.get("error"), str) else None
+        self.response = web.Response(
+            status=status,
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers=headers,
+        )
+
+
+def _oauth_error(status: int, error: str, description: str) -> _Reply:
+    headers = {"WWW-Authenticate": 'Basic realm="token"'} if status == 401 else {}
+    reply = _Reply(status, {"error": error, "error_description": description}, **headers)
+    reply.response.headers["Cache-Control"] = "no-store"
+    return reply
+
+
+def _spring(status: int, path: str, exception: str, message: str) -> _Reply:
+    body = {
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000",
+        "status": status,
+        "error": _phrase(status),
+        "exception": exception,
+        "message": message,
+        "path": path,
+    }
+    return _Reply(status, body)
+
+
+class Emulator:
+    """The emulated partner. See the module docstring for how tests drive it."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self.faults = dataclasses.replace(self.config.faults)
+        self._clock = clock
+        self._random = random.Random(seed)
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+        self.app = web.Application()
+        self.app.router.add_post(TOKEN_PATH, self._token_endpoint)
+        self.app.router.add_post(SEND_PATH, self._send_endpoint)
+        self.app.router.add_post("/_emulator/faults", self._faults_endpoint)
+        self.app.router.add_delete("/_emulator/faults", self._clear_endpoint)
+        self.app.router.add_post("/_emulator/reset", self._reset_endpoint)
+        self.app.router.add_post("/_emulator/revoke", self._revoke_endpoint)
+        self.app.router.add_get("/_emulator/stats", self._stats_endpoint)
+        self.app.router.add_get("/_emulator/events", self._events_endpoint)
+        self._clear_records()
+
+    def _clear_records(self) -> None:
+        self.events: list[ReceivedEvent] = []
+        self.token_requests: list[TokenRequest] = []
+        self.status_counts: Counter[int] = Counter()
+        self.duplicates = 0
+        self.dropped = 0
+        self.max_concurrency = 0
+        self._active = 0
+        self._correlation_ids: set[str] = set()
+        self._tokens: dict[str, _Issued] = {}
+        self.access_tokens: list[str] = []  # every token issued, for leak tests
+        self._seen_jti: dict[str, float] = {}
+        self._next_id = 1
+
+    # In-process control ---------------------------------------------------------------------
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + TOKEN_PATH
+
+    def set_faults(self, *, for_seconds: float | None = None, **changes: Any) -> None:
+        """Change faults by field name; ``for_seconds`` bounds a fixed ``status`` in time."""
+        names = {item.name for item in dataclasses.fields(Faults)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        self.faults = dataclasses.replace(self.faults, **changes)
+        if for_seconds is not None:
+            self.faults.status_until = self._clock() + float(for_seconds)
+
+    def clear_faults(self) -> None:
+        """Back to the configured faults (token lifetime included)."""
+        self.faults = dataclasses.replace(self.config.faults)
+
+    def reset(self) -> None:
+        """Clear faults, records, issued tokens and the id counter."""
+        self.clear_faults()
+        self._clear_records()
+
+    def revoke_tokens(self) -> None:
+        """Forget every issued token: the next send with one gets 401."""
+        self._tokens.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "events": len(self.events),
+            "duplicates": self.duplicates,
+            "dropped": self.dropped,
+            "max_concurrency": self.max_concurrency,
+            "in_flight": self._active,
+            "token_requests": len(self.token_requests),
+            "tokens_issued": sum(1 for item in self.token_requests if item.status == 200),
+            "token_auth_methods": dict(Counter(item.auth_method for item in self.token_requests)),
+            "statuses": {str(status): n for status, n in sorted(self.status_counts.items())},
+        }
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Listen on a real socket (port 0: any free port); returns the base URL."""
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.25)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
+        bound_port = self._runner.addresses[0][1]
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # Token endpoint -------------------------------------------------------------------------
+
+    async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
+        await self._sleep(self.faults.token_latency_ms, 0.0)
+        record: dict[str, Any] = {"auth_method": "none", "client_id": None}
+        error: str | None = None
+        try:
+            if self.faults.token_status is not None:
+                raise _oauth_error(self.faults.token_status, "temporarily_unavailable", "fault")
+            response = await self._grant(request, record)
+        except _Reply as reply:
+            response, error = reply.response, reply.code
+        self.token_requests.append(
+            TokenRequest(
+                status=response.status,
+                error=error,
+                at=self._clock(),
+                **record,
+            )
+        )
+        return response
+
+    async def _grant(self, request: web.Request, record: dict[str, Any]) -> web.Response:
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise _oauth_error(400, "invalid_request", "form-urlencoded body required")
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        client_id = self._authenticate(request, form, record)
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            raise _oauth_error(400, "invalid_request", "grant_type is missing")
+        if grant_type != "client_credentials":
+            raise _oauth_error(400, "unsupported_grant_type", f"{grant_type} is not supported")
+        allowed = self.config.scopes.get(client_id, frozenset({"events"}))
+        requested = frozenset(form.get("scope", "").split())
+        if not requested <= allowed:
+            raise _oauth_error(400, "invalid_scope", "scope not allowed for this client")
+        granted = requested or allowed
+        value = secrets.token_urlsafe(32)
+        lifetime = self.faults.token_lifetime
+        self._tokens[value] = _Issued(client_id, granted, self._clock() + lifetime)
+        self.access_tokens.append(value)
+        body = {
+            "access_token": value,
+            "token_type": "Bearer",
+            "expires_in": int(lifetime) if float(lifetime).is_integer() else lifetime,
+            "scope": " ".join(sorted(granted)),
+        }
+        return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _authenticate(
+        self, request: web.Request, form: dict[str, str], record: dict[str, Any]
+    ) -> str:
+        header = request.headers.get("Authorization", "")
+        methods = [
+            name
+            for name, present in (
+                ("client_secret_basic", header.startswith("Basic ")),
+                ("client_secret_post", "client_secret" in form),
+                ("private_key_jwt", "client_assertion" in form),
+            )
+            if present
+        ]
+        if len(methods) > 1:
+            raise _oauth_error(400, "invalid_request", "more than one authentication method")
+        if not methods:
+            raise _oauth_error(401, "invalid_client", "client authentication is required")
+        record["auth_method"] = methods[0]
+        if methods[0] == "private_key_jwt":
+            return self._check_assertion(request, form, record)
+        if methods[0] == "client_secret_basic":
+            client_id, secret = _basic_credentials(header)
+        else:
+            client_id, secret = form.get("client_id", ""), form["client_secret"]
+        record["client_id"] = client_id
+        expected = self.config.clients.get(client_id)
+        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+            raise _oauth_error(401, "invalid_client", "unknown client or wrong secret")
+        return client_id
+
+    def _check_assertion(
+        self, request: web.Request, form: dict[str, str], record: dict[str, Any]
+    ) -> str:
+        assertion = form["client_assertion"]
+        record["assertion"] = assertion
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            raise _oauth_error(401, "invalid_client", "unsupported client_assertion_type")
+        try:
+            header = jwt.get_unverified_header(assertion)
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise _oauth_error(401, "invalid_client", "client_assertion is not a JWT") from None
+        record["assertion_header"] = header
+        client_id = str(unverified.get("iss", ""))
+        record["client_id"] = client_id
+        if form.get("client_id", client_id) != client_id or unverified.get("sub") != client_id:
+            raise _oauth_error(401, "invalid_client", "client_id, iss and sub must be equal")
+        claims = self._verify_signature(request, assertion, header, client_id)
+        record["assertion_claims"] = claims
+        if claims["exp"] - claims["iat"] > self.config.max_assertion_lifetime:
+            raise _oauth_error(401, "invalid_client", "client_assertion lives too long")
+        now = time.time()
+        self._seen_jti = {jti: exp for jti, exp in self._seen_jti.items() if exp > now - 60}
+        if claims["jti"] in self._seen_jti:
+            raise _oauth_error(401, "invalid_client", "client_assertion jti was already used")
+        self._seen_jti[claims["jti"]] = float(claims["exp"])
+        return client_id
+
+    def _verify_signature(
+        self, request: web.Request, assertion: str, header: dict[str, Any], client_id: str
+    ) -> dict[str, Any]:
+        if header.get("alg") != "RS256":
+            raise _oauth_error(401, "invalid_client", "client_assertion must be RS256")
+        audiences = [str(request.url.with_query(None))]
+        if self.config.audience:
+            audiences.append(self.config.audience)
+        for certificate in self.config.certificates.get(client_id, []):
+            if header.get("kid") not in (None, certificate_thumbprint(certificate)):
+                continue
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    assertion,
+                    certificate.public_key(),  # type: ignore[arg-type]
+                    algorithms=["RS256"],
+                    audience=audiences,
+                    issuer=client_id,
+                    leeway=5,
+                    options={"require": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"]},
+                )
+            except jwt.InvalidSignatureError:
+                continue  # try the client's next certificate (key rotation)
+            except jwt.InvalidTokenError as error:
+                raise _oauth_error(401, "invalid_client", f"client_assertion: {error}") from None
+            return claims
+        raise _oauth_error(
+            401, "invalid_client", "no registered certificate verifies the assertion"
+        )
+
+    # Send endpoint --------------------------------------------------------------------------
+
+    async def _send_endpoint(self, request: web.Request) -> web.StreamResponse:
+        self._active += 1
+        self.max_concurrency = max(self.max_concurrency, self._active)
+        try:
+            await self._sleep(self.faults.latency_ms, self.faults.latency_jitter_ms)
+            if self._random.random() < self.faults.drop_rate:
+                self.dropped += 1
+                assert request.transport is not None
+                request.transport.close()  # the client sees a reset, no answer
+                return web.Response(status=499)
+            self._inject_status(request)
+            response = await self._accept(request)
+        except _Reply as reply:
+            response = reply.response
+        finally:
+            self._active -= 1
+        self.status_counts[response.status] += 1
+        return response
+
+    def _inject_status(self, request: web.Request) -> None:
+        faults = self.faults
+        status = faults.status
+        expired = faults.status_until is not None and self._clock() >= faults.status_until
+        if status is not None and expired:
+            faults.status = faults.status_until = status = None
+        if status is None and self._random.random() < faults.error_rate:
+            status = faults.error_status
+        if status is None:
+            return
+        reply = _canned(status, request.path)
+        if faults.retry_after is not None:
+            reply.response.headers["Retry-After"] = faults.retry_after
+        raise reply
+
+    async def _accept(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        country, tenant = request.match_info["country"], request.match_info["tenant"]
+        if self.config.routes is not None and (country, tenant) not in self.config.routes:
+            raise _canned(404, request.path)
+        event_type = request.headers.get("Event-Type", "")
+        if not event_type:
+            raise _spring(
+                400,
+                request.path,
+                "org.springframework.web.bind.ServletRequestBindingException",
+                "Missing request header 'Event-Type' for method parameter of type String",
+            )
+        content_type = request.headers.get("Content-Type", "")
+        if request.content_type != "application/json" or request.charset not in (None, "utf-8"):
+            raise _spring(
+                415,
+                request.path,
+                "org.springframework.web.HttpMediaTypeNotSupportedException",
+                f"Content type '{content_type}' not supported",
+            )
+        body = _payload(await request.read(), event_type, request.path)
+        return self._record(country, tenant, event_type, body, content_type)
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        issued = (
+            self._tokens.get(header.removeprefix("Bearer ")) if header[:7] == "Bearer " else None
+        )
+        if issued is None or self._clock() >= issued.expires_at:
+            raise _Reply(401, UNAUTHORIZED, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if "events" not in issued.scopes:
+            raise _Reply(403, INSUFFICIENT_SCOPE)
+
+    def _record(
+        self, country: str, tenant: str, event_type: str, body: dict[str, Any], content_type: str
+    ) -> web.Response:
+        event_id, self._next_id = self._next_id, self._next_id + 1
+        correlation_id = str(body["correlationId"]).lower()
+        if correlation_id in self._correlation_ids:
+            self.duplicates += 1
+        self._correlation_ids.add(correlation_id)
+        self.events.append(
+            ReceivedEvent(country, tenant, event_type, body, event_id, self._clock(), content_type)
+        )
+        return web.json_response({"_id": event_id}, status=201)
+
+    async def _sleep(self, milliseconds: float, jitter: float) -> None:
+        delay = milliseconds + self._random.uniform(0, jitter) if jitter else milliseconds
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+
+    # Control endpoints ----------------------------------------------------------------------
+
+    async def _faults_endpoint(self, request: web.Request) -> web.Response:
+        try:
+            changes = orjson.loads(await request.read())
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object")
+            self.set_faults(**changes)
+        except (ValueError, TypeError) as error:
+            return web.json_response({"error": str(error)}, status=400)
+        return web.json_response(dataclasses.asdict(self.faults))
+
+    async def _clear_endpoint(self, request: web.Request) -> web.Response:
+        self.clear_faults()
+        return web.json_response(dataclasses.asdict(self.faults))
+
+    async def _reset_endpoint(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response(self.stats())
+
+    async def _revoke_endpoint(self, request: web.Request) -> web.Response:
+        self.revoke_tokens()
+        return web.json_response(self.stats())
+
+    async def _stats_endpoint(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _events_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=orjson.dumps([dataclasses.asdict(event) for event in self.events]),
+            content_type="application/json",
+        )
+
+
+def _basic_credentials(header: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(header.removeprefix("Basic ").strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise _oauth_error(401, "invalid_client", "malformed Basic credentials") from None
+    client_id, separator, secret = decoded.partition(":")
+    if not separator:
+        raise _oauth_error(401, "invalid_client", "malformed Basic credentials")
+    # RFC 6749 2.3.1: both parts are form-urlencoded before base64.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise _spring(
+            400,
+            path,
+            "org.springframework.http.converter.HttpMessageNotReadableException",
+            "Could not read document: the body is not a JSON object",
+        )
+    for name in REQUIRED_FIELDS:
+        if body.get(name) in (None, ""):
+            raise _Reply(400, {"message": f"Incorrect payload, missing [{name}]", "valid": False})
+    if body["eventType"] != event_type:
+        message = "Incorrect payload, eventType does not match the Event-Type header"
+        raise _Reply(400, {"message": message, "valid": False})
+    return body
+
+
+def _canned(status: int, path: str) -> _Reply:
+    if status == 401:
+        return _Reply(401, UNAUTHORIZED)
+    if status == 403:
+        return _Reply(403, INSUFFICIENT_SCOPE)
+    return _spring(status, path, "emulator.InjectedFault", "injected by the emulator")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+async def serve(emulator: Emulator, host: str, port: int, announce: Callable[[str], None]) -> None:
+    """Run until SIGINT or SIGTERM (for ``relay emulator``)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    await emulator.start(host, port)
+    try:
+        announce(f"token endpoint {emulator.token_url}")
+        announce(f"API base URL   {emulator.base_url}")
+        await stop.wait()
+    finally:
+        await emulator.stop()
+
+
+def config_from_options(
+    clients: tuple[str, ...],
+    certificates: tuple[str, ...],
+    routes: tuple[str, ...],
+    audience: str | None,
+    faults: Faults,
+) -> EmulatorConfig:
+    """An EmulatorConfig from ``relay emulator`` options; with no client given, the relay's
+    own RELAY_CLIENT_* settings, so one environment drives both ends of a demo."""
+    config = EmulatorConfig(audience=audience, faults=faults)
+    for item in clients:
+        client_id, _, secret = item.partition(":")
+        config.clients[client_id] = secret
+    for item in certificates:
+        client_id, _, path = item.partition(":")
+        try:
+            certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        except (OSError, ValueError) as error:
+            raise ConfigurationError(f"--certificate {item}: {type(error).__name__}") from None
+        config.certificates.setdefault(client_id, []).append(certificate)
+    if routes:
+        config.routes = frozenset(_route(route) for route in routes)
+    if not clients and not certificates:
+        _clients_from_settings(config, load_settings())
+    return config
+
+
+def _clients_from_settings(config: EmulatorConfig, settings: Settings) -> None:
+    if settings.client_id is None:
+        return
+    if settings.client_secret is not None:
+        config.clients[settings.client_id] = settings.client_secret.get_secret_value()
+    if settings.uses_private_key_jwt:
+        material = load_key_material(settings)
+        config.certificates[settings.client_id] = [material.certificate]
+
+
+def _route(text: str) -> tuple[str, str]:
+    country, _, tenant = text.partition("/")
+    return country, tenant

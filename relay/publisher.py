@@ -1,0 +1,291 @@
+"""One publish request to the EventApi, and the one table that turns its answer into an Outcome.
+
+The engine sees only ``Outcome`` values: it never handles aiohttp exceptions or status codes.
+``classify`` is a pure function over (status, headers, body); ``Publisher.publish`` adds what
+only a live request can produce (timeouts, resets, token failures) and the one 401 retry.
+docs/classification.md is the same table in prose; a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+import structlog
+
+from relay.config import Settings, env_name
+from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
+from relay.metrics import Metrics
+from relay.token import AccessToken, TokenProvider
+
+log = structlog.get_logger("relay.publisher")
+
+CONTENT_TYPE = "application/json;charset=utf-8"
+MAX_ERROR_LENGTH = 1000
+MAX_RETRY_AFTER = timedelta(days=1)  # a absurd Retry-After must not park a row for ever
+
+
+class OutcomeKind(StrEnum):
+    """What the engine does with a row: done, retry later, give up, or pause everything."""
+
+    PUBLISHED = "published"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    CONFIGURATION = "configuration"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one publish, as a value."""
+
+    kind: OutcomeKind
+    error_class: str  # short stable label for metrics and status, e.g. "http_503"
+    http_status: int | None = None
+    event_api_id: str | None = None  # Scalepoint's _id, as text
+    error: str | None = None  # human-readable, <= 1000 chars, for outbox.last_error
+    retry_after: timedelta | None = None
+    latency: float = 0.0  # seconds spent on the request, set by Publisher
+
+
+P = OutcomeKind.PERMANENT
+T = OutcomeKind.TRANSIENT
+C = OutcomeKind.CONFIGURATION
+
+# The table. 200, 201 and 202 are PUBLISHED when the body carries an _id (see _success).
+# Other statuses not listed fall to CLASS_DEFAULTS by their first digit. 400 looks at the
+# body for its error_class. Every TRANSIENT answer honours Retry-After.
+STATUS_TABLE: dict[int, OutcomeKind] = {
+    400: P,  # invalid_payload / missing_header / http_400 by body
+    401: C,  # after one retry with a fresh token: the API does not accept our tokens
+    403: C,  # insufficient_scope: the client lacks the events scope
+    404: C,  # wrong API base URL, country or tenant
+    405: P,
+    409: P,
+    410: P,
+    413: P,
+    415: P,
+    422: P,
+    408: T,
+    425: T,
+    429: T,
+    500: T,
+    502: T,
+    503: T,
+    504: T,
+}
+CLASS_DEFAULTS: dict[int, OutcomeKind] = {1: T, 2: T, 3: C, 4: P, 5: T}
+PUBLISHED_STATUSES = frozenset({200, 201, 202})
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """Turn an EventApi answer into an Outcome. Pure: the same input gives the same value."""
+    document = _json(body)
+    if status in PUBLISHED_STATUSES:
+        return _success(status, document)
+    kind = STATUS_TABLE.get(status, CLASS_DEFAULTS.get(status // 100, T))
+    error_class = f"http_{status}"
+    if status == 400:
+        error_class = _bad_request_class(document)
+    elif 300 <= status < 400:
+        error_class = "redirect"
+    retry_after = parse_retry_after(headers) if kind is T else None
+    message = f"HTTP {status}: {_describe(document, body, headers)}"
+    return Outcome(
+        kind=kind,
+        error_class=error_class,
+        http_status=status,
+        error=message[:MAX_ERROR_LENGTH],
+        retry_after=retry_after,
+    )
+
+
+def _success(status: int, document: object) -> Outcome:
+    event_id = document.get("_id") if isinstance(document, dict) else None
+    if isinstance(event_id, bool) or not isinstance(event_id, int | str) or event_id == "":
+        # A 2xx without an id may be a proxy, not Scalepoint: sending again may duplicate
+        # (consumers dedupe by correlationId) but never loses the event.
+        return Outcome(
+            kind=T,
+            error_class="bad_response",
+            http_status=status,
+            error=f"HTTP {status} without an _id in the body",
+        )
+    label = "created" if status == 201 else f"http_{status}"
+    return Outcome(OutcomeKind.PUBLISHED, label, http_status=status, event_api_id=str(event_id))
+
+
+def _bad_request_class(document: object) -> str:
+    if not isinstance(document, dict):
+        return "http_400"
+    if document.get("valid") is False:
+        return "invalid_payload"
+    message = document.get("message")
+    if isinstance(message, str) and message.startswith("Missing request header"):
+        return "missing_header"
+    return "http_400"
+
+
+def _describe(document: object, body: bytes, headers: Mapping[str, str]) -> str:
+    if isinstance(document, dict):
+        parts = [
+            str(document[key])
+            for key in ("error", "error_description", "message", "scope")
+            if isinstance(document.get(key), str | int)
+        ]
+        if parts:
+            return "; ".join(parts)
+    location = headers.get("Location")
+    if location:
+        return f"redirected to {location} (check RELAY_API_BASE_URL)"
+    text = body[:200].decode("utf-8", errors="replace").strip()
+    return text or "(empty body)"
+
+
+def _json(body: bytes) -> object:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> timedelta | None:
+    """Retry-After as delta-seconds or HTTP-date (RFC 9110 10.2.3), never negative.
+
+    A date is measured against the response's own Date header when there is one, so the
+    partner's clock and ours need not agree; otherwise against our clock.
+    """
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(timedelta(seconds=int(value)), MAX_RETRY_AFTER)
+    when = _http_date(value)
+    if when is None:
+        return None
+    now = _http_date(headers.get("Date", "")) or datetime.now(UTC)
+    return min(max(when - now, timedelta(0)), MAX_RETRY_AFTER)
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """The process's one HTTP session: pooled keep-alive connections, TLS always verified."""
+    context = ssl.create_default_context()
+    if settings.ca_bundle is not None:
+        try:
+            # Added to the system store, not replacing it: the token endpoint and the API
+            # may sit behind different CAs.
+            context.load_verify_locations(cafile=str(settings.ca_bundle))
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigurationError(
+                f"{env_name('ca_bundle')}: cannot load {settings.ca_bundle} as PEM CA "
+                f"certificates ({type(error).__name__})"
+            ) from None
+    connector = aiohttp.TCPConnector(
+        limit=settings.concurrency, ssl=context, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    timeout = aiohttp.ClientTimeout(total=settings.request_timeout.total_seconds())
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers={"User-Agent": "relay (outbox relay for Scalepoint EventApi)"},
+        trust_env=False,
+    )
+
+
+class Publisher:
+    """Sends one event at a time to the EventApi and returns an Outcome; never raises."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        tokens: TokenProvider,
+        api_base_url: str,
+        timeout: timedelta,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._session = session
+        self._tokens = tokens
+        self._base = api_base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout.total_seconds())
+        self._metrics = metrics
+
+    def url(self, country: str, tenant: str) -> str:
+        """The send endpoint for one country and tenant."""
+        return (
+            f"{self._base}/api/events/v1/{quote(country, safe='')}"
+            f"/external/{quote(tenant, safe='')}/send"
+        )
+
+    async def publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:
+        """POST one event. ``body`` is the compact UTF-8 JSON, sent unchanged."""
+        started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
+        try:
+            outcome = await self._publish(event_type, body, self.url(country, tenant))
+        finally:
+            latency = time.perf_counter() - started
+            if self._metrics is not None:
+                self._metrics.in_flight.dec()
+                self._metrics.publish_latency.observe(latency)
+        return replace(outcome, latency=latency)
+
+    async def _publish(self, event_type: str, body: bytes, url: str) -> Outcome:
+        first = await self._attempt(event_type, body, url)
+        if not isinstance(first, tuple):
+            return first
+        token, status, headers, answer = first
+        if status == 401:
+            # The token may have been revoked or rotated early: one fresh token, one retry.
+            self._tokens.invalidate(token)
+            log.info("publish.token_refused", url=url)
+            second = await self._attempt(event_type, body, url)
+            if not isinstance(second, tuple):
+                return second
+            _, status, headers, answer = second
+        return classify(status, headers, answer)
+
+    async def _attempt(
+        self, event_type: str, body: bytes, url: str
+    ) -> Outcome | tuple[AccessToken, int, Mapping[str, str], bytes]:
+        try:
+            token = await self._tokens.get()
+        except TokenUnavailable as error:
+            return Outcome(T, "token_unavailable", error=str(error)[:MAX_ERROR_LENGTH])
+        except TokenRejected as error:
+            return Outcome(C, "token_rejected", error=str(error)[:MAX_ERROR_LENGTH])
+        headers = {
+            "Authorization": f"Bearer {token.value}",
+            "Content-Type": CONTENT_TYPE,
+            "Event-Type": event_type,
+        }
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                answer = await response.read()
+                return token, response.status, response.headers, answer
+        except TimeoutError:
+            seconds = self._timeout.total
+            return Outcome(T, "timeout", error=f"no answer within {seconds:g}s from {url}")
+        except aiohttp.ClientResponseError as error:
+            return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
+        except aiohttp.ClientPayloadError as error:
+            return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
+        except aiohttp.ClientError as error:
+            return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")

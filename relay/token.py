@@ -1,0 +1,348 @@
+"""The one access token of the process: the OAuth 2.0 client-credentials grant (RFC 6749 4.4).
+
+Policy, and why:
+
+- One token shared by every publish; one token request in flight at most (single flight), so a
+  burst of 200 publishes costs one request, and the token endpoint is never hammered.
+- Refresh ahead: once 80% of the lifetime has passed, a background refresh starts while the
+  old token keeps being served, so the hot path never waits for the token endpoint. A token
+  is treated as expired a little before its real expiry (the skew margin), because it must
+  still be valid when the request carrying it reaches the server.
+- Transient failures (network, timeout, 5xx, 429, unreadable answers) back off exponentially
+  with full jitter; until the backoff ends, callers without a valid token fail fast with
+  ``TokenUnavailable`` instead of each sending a request. Refusals (``invalid_client``,
+  ``invalid_scope`` ...) are configuration problems: ``TokenRejected``, retried only after
+  ``configuration_pause``.
+- No secret, assertion or token value ever reaches an exception, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections.abc import Callable, Mapping
+from urllib.parse import quote_plus
+
+import aiohttp
+import orjson
+import structlog
+
+from relay.config import Settings
+from relay.errors import (
+    ConfigurationError,
+    KeyMaterialError,
+    TokenError,
+    TokenRejected,
+    TokenUnavailable,
+)
+from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
+from relay.metrics import Metrics
+
+log = structlog.get_logger("relay.token")
+
+REFRESH_AT = 0.8  # fraction of the lifetime after which a background refresh starts
+MAX_SKEW_MARGIN = 30.0  # seconds; the margin is 10% of the lifetime, at most this
+DEFAULT_LIFETIME = 60.0  # seconds, when the server omits expires_in (RFC 6749 5.1 allows it)
+MAX_ERROR_TEXT = 300
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
+class _Throttled(TokenUnavailable):
+    """A transient refusal that may say how long to wait (Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AccessToken:
+    """An access token and the monotonic times at which to refresh it and stop using it."""
+
+    __slots__ = ("_value", "expires_at", "issued_at", "lifetime", "refresh_at", "scope")
+
+    def __init__(self, value: str, issued_at: float, lifetime: float, scope: str | None) -> None:
+        self._value = value
+        self.issued_at = issued_at
+        self.lifetime = lifetime
+        self.scope = scope
+        margin = min(MAX_SKEW_MARGIN, lifetime * 0.1)
+        self.expires_at = issued_at + lifetime - margin
+        self.refresh_at = issued_at + lifetime * REFRESH_AT
+
+    @property
+    def value(self) -> str:
+        """The bearer token itself; only the Authorization header should ever see it."""
+        return self._value
+
+    def is_valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def __repr__(self) -> str:
+        return f"AccessToken(value='***', lifetime={self.lifetime:g}s, scope={self.scope!r})"
+
+
+class TokenProvider:
+    """Gets, caches and refreshes the process's access token; see the module docstring."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        key_material: KeyMaterial | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if settings.client_id is None:
+            raise ConfigurationError("RELAY_CLIENT_ID: is not set")
+        self._session = session
+        self._settings = settings
+        self._client_id = settings.client_id
+        self._key_material = key_material
+        self._metrics = metrics
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._jitter = jitter
+        self.auth_method = _auth_method(settings)
+        if self.auth_method == "private_key_jwt" and key_material is None:
+            raise KeyMaterialError(
+                "private_key_jwt needs RELAY_PKCS12_FILE, or RELAY_PRIVATE_KEY_FILE with "
+                "RELAY_CERTIFICATE_FILE"
+            )
+        self.token_url = settings.resolved_token_url
+        self._token: AccessToken | None = None
+        self._refresh: asyncio.Task[AccessToken] | None = None
+        self._failures = 0
+        self._not_before = float("-inf")
+        self.last_error: TokenError | None = None
+
+    # State for readiness probes -------------------------------------------------------------
+
+    @property
+    def token(self) -> AccessToken | None:
+        """The current token if it is still valid."""
+        token = self._token
+        return token if token is not None and token.is_valid(self._clock()) else None
+
+    @property
+    def ready(self) -> bool:
+        """A valid token is held and the endpoint has not refused us since it was obtained."""
+        return self.token is not None and not isinstance(self.last_error, TokenRejected)
+
+    # The API --------------------------------------------------------------------------------
+
+    async def get(self) -> AccessToken:
+        """A valid token, from the cache when possible.
+
+        Raises TokenUnavailable (transient) or TokenRejected (configuration).
+        """
+        now = self._clock()
+        token = self._token
+        if token is not None and token.is_valid(now):
+            if now >= token.refresh_at and now >= self._not_before:
+                self._start_refresh()
+            return token
+        if now < self._not_before and self.last_error is not None:
+            raise self._fail_fast(self.last_error)
+        # shield: a caller being cancelled must not cancel the refresh others are waiting on.
+        return await asyncio.shield(self._start_refresh())
+
+    def invalidate(self, token: AccessToken) -> None:
+        """Forget ``token`` after the API refused it; a newer current token is kept."""
+        if self._token is token:
+            self._token = None
+            log.info("token.invalidated", lifetime=token.lifetime)
+
+    async def close(self) -> None:
+        """Cancel a refresh still in flight (at shutdown)."""
+        task = self._refresh
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+    # Internals ------------------------------------------------------------------------------
+
+    def _fail_fast(self, error: TokenError) -> TokenError:
+        wait = max(0.0, self._not_before - self._clock())
+        kind = TokenRejected if isinstance(error, TokenRejected) else TokenUnavailable
+        return kind(f"{error} (next token request in {wait:.1f}s)")
+
+    def _start_refresh(self) -> asyncio.Task[AccessToken]:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(self._fetch(), name="relay.token.refresh")
+            self._refresh.add_done_callback(_consume_exception)
+        return self._refresh
+
+    async def _fetch(self) -> AccessToken:
+        started = self._clock()
+        try:
+            token = await self._request(started)
+        except TokenRejected as error:
+            self._record_failure(error, self._settings.configuration_pause.total_seconds())
+            raise
+        except TokenUnavailable as error:
+            self._record_failure(error, self._backoff(error))
+            raise
+        self._token = token
+        self._failures = 0
+        self._not_before = float("-inf")
+        self.last_error = None
+        if self._metrics is not None:
+            self._metrics.token_refreshes.inc()
+        log.info("token.refreshed", lifetime=token.lifetime, auth_method=self.auth_method)
+        return token
+
+    def _backoff(self, error: TokenUnavailable) -> float:
+        base = self._settings.token_backoff_base.total_seconds()
+        cap = self._settings.token_backoff_cap.total_seconds()
+        ceiling = min(cap, base * 2.0 ** min(self._failures, 30))
+        delay = self._jitter() * ceiling  # full jitter: spreads out many relays restarting
+        if isinstance(error, _Throttled) and error.retry_after is not None:
+            return max(delay, error.retry_after)
+        return delay
+
+    def _record_failure(self, error: TokenError, delay: float) -> None:
+        self._failures += 1
+        self.last_error = error
+        self._not_before = self._clock() + delay
+        reason = "rejected" if isinstance(error, TokenRejected) else "unavailable"
+        if self._metrics is not None:
+            self._metrics.token_failures.labels(reason=reason).inc()
+        log.warning(
+            "token.request_failed",
+            reason=reason,
+            error=str(error),
+            failures=self._failures,
+            retry_in=round(delay, 3),
+        )
+
+    async def _request(self, started: float) -> AccessToken:
+        form, headers = self._credentials()
+        timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout.total_seconds())
+        try:
+            async with self._session.post(
+                self.token_url, data=form, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                body = await response.read()
+                return self._parse(response.status, response.headers, body, started)
+        except TimeoutError:
+            seconds = timeout.total
+            raise TokenUnavailable(f"token endpoint did not answer within {seconds:g}s") from None
+        except aiohttp.ClientError as error:
+            raise TokenUnavailable(
+                f"cannot reach the token endpoint {self.token_url}: {type(error).__name__}"
+            ) from None
+
+    def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
+        form = {"grant_type": "client_credentials"}
+        if self._settings.scope:
+            form["scope"] = self._settings.scope
+        headers = {"Accept": "application/json"}
+        if self.auth_method == "private_key_jwt":
+            assert self._key_material is not None  # checked in __init__
+            form["client_id"] = self._client_id
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = client_assertion(
+                self._key_material, self._client_id, self.token_url, wall_clock=self._wall_clock
+            )
+            return form, headers
+        secret = self._settings.client_secret
+        if secret is None:
+            raise TokenRejected("RELAY_CLIENT_SECRET: is not set")
+        if self.auth_method == "client_secret_basic":
+            headers["Authorization"] = basic_authorization(
+                self._client_id, secret.get_secret_value()
+            )
+        else:
+            form["client_id"] = self._client_id
+            form["client_secret"] = secret.get_secret_value()
+        return form, headers
+
+    def _parse(
+        self, status: int, headers: Mapping[str, str], body: bytes, started: float
+    ) -> AccessToken:
+        if status == 200:
+            return _token_from(body, started)
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            message = f"token endpoint answered HTTP {status}"
+            raise _Throttled(message, _retry_after_seconds(headers))
+        if 200 <= status < 300:
+            raise TokenUnavailable(f"token endpoint answered HTTP {status} instead of 200")
+        raise TokenRejected(self._refusal(status, body))
+
+    def _refusal(self, status: int, body: bytes) -> str:
+        prefix = f"token endpoint refused client {self._client_id!r} ({self.auth_method})"
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            document = None
+        if not isinstance(document, dict) or not isinstance(document.get("error"), str):
+            if 300 <= status < 400:
+                return f"{prefix}: HTTP {status} redirect; set RELAY_TOKEN_URL to the final URL"
+            return f"{prefix}: HTTP {status} without an OAuth error body"
+        text = f"{prefix}: HTTP {status} {document['error']}"
+        description = document.get("error_description")
+        if isinstance(description, str) and description:
+            text += f": {description}"
+        return self._redact(text)[:MAX_ERROR_TEXT]
+
+    def _redact(self, text: str) -> str:
+        # Servers sometimes echo what they were sent; never let the secret through that way.
+        secret = self._settings.client_secret
+        if secret is not None and secret.get_secret_value():
+            text = text.replace(secret.get_secret_value(), "***")
+        return text
+
+
+def _auth_method(settings: Settings) -> str:
+    if settings.uses_private_key_jwt:
+        return "private_key_jwt"
+    if settings.client_auth_method == "auto":
+        return "client_secret_post"
+    return settings.client_auth_method
+
+
+def basic_authorization(client_id: str, secret: str) -> str:
+    """HTTP Basic credentials as RFC 6749 section 2.3.1 wants: form-urlencode, then base64."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _token_from(body: bytes, started: float) -> AccessToken:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TokenUnavailable("token endpoint answered 200 with a body that is not JSON") from None
+    if not isinstance(document, dict):
+        raise TokenUnavailable("token endpoint answered 200 without a JSON object")
+    value = document.get("access_token")
+    token_type = document.get("token_type")
+    if not isinstance(value, str) or not value:
+        raise TokenUnavailable("token endpoint answered 200 without an access_token")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenUnavailable("token endpoint answered with a token_type other than Bearer")
+    expires_in = document.get("expires_in", DEFAULT_LIFETIME)
+    if isinstance(expires_in, str) and expires_in.isdigit():
+        expires_in = int(expires_in)  # some servers send it as a string
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+        raise TokenUnavailable("token endpoint answered with an unusable expires_in")
+    scope = document.get("scope")
+    # Lifetime counts from when we sent the request: the server's clock started before ours.
+    return AccessToken(value, started, float(expires_in), scope if isinstance(scope, str) else None)
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    # Token endpoints send delta-seconds in practice; an HTTP-date falls back to our backoff.
+    value = headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _consume_exception(task: asyncio.Task[AccessToken]) -> None:
+    # A background refresh nobody awaited: its failure is already logged and kept as
+    # last_error; reading it here stops asyncio reporting "exception never retrieved".
+    if not task.cancelled():
+        task.exception()

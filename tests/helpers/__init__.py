@@ -1,0 +1,1 @@
+"""Shared test helpers: key material made at test time, the emulator, a fake clock."""

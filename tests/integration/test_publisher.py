@@ -1,0 +1,357 @@
+"""The publisher against the emulated EventApi, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from relay.config import load_settings
+from relay.emulator import Emulator, EmulatorConfig
+from relay.errors import ConfigurationError
+from relay.keys import load_pem
+from relay.publisher import Outcome, OutcomeKind, Publisher, create_session
+from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
+from tests.helpers.partner import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    Client,
+    FakeClock,
+    client,
+    event_body,
+    partner_settings,
+    running,
+    secret_config,
+)
+
+EVENT = "payment_status_updated"
+
+
+async def publish_one(publisher: Publisher, body: bytes | None = None) -> Outcome:
+    return await publisher.publish(EVENT, body or event_body(), "dk", "abcinsurance")
+
+
+async def test_publish_sends_the_documented_request() -> None:
+    body = event_body(EVENT, correlationId="70C6D351-016F-4C9E-B1A9-D581FC3A596B")
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        outcome = await publish_one(relay.publisher, body)
+        assert relay.metrics.in_flight._value.get() == 0
+    assert outcome.kind is OutcomeKind.PUBLISHED
+    assert (outcome.error_class, outcome.http_status, outcome.event_api_id) == ("created", 201, "1")
+    assert outcome.latency > 0
+    received = emulator.events[0]
+    assert (received.country, received.tenant, received.event_type) == ("dk", "abcinsurance", EVENT)
+    assert received.content_type == "application/json;charset=utf-8"
+    assert received.body == orjson.loads(body)
+
+
+def test_url() -> None:
+    publisher = Publisher(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        "https://www.scalepoint.com/",
+        timedelta(seconds=5),
+    )
+    assert publisher.url("dk", "abcinsurance") == (
+        "https://www.scalepoint.com/api/events/v1/dk/external/abcinsurance/send"
+    )
+    assert publisher.url("dk", "a/b c").endswith("/external/a%2Fb%20c/send")
+
+
+async def test_200_concurrent_publishes_cause_exactly_one_token_request() -> None:
+    async with running() as emulator:
+        emulator.set_faults(latency_ms=20)  # keeps requests overlapping, as over a real network
+        settings = partner_settings(emulator, concurrency=200)
+        async with client(settings) as relay:
+            outcomes = await asyncio.gather(*(publish_one(relay.publisher) for _ in range(200)))
+    assert {outcome.kind for outcome in outcomes} == {OutcomeKind.PUBLISHED}
+    assert sorted(int(outcome.event_api_id or 0) for outcome in outcomes) == list(range(1, 201))
+    assert len(emulator.token_requests) == 1
+    assert emulator.max_concurrency > 1
+
+
+async def test_sustained_load_with_5_second_tokens_never_uses_an_expired_token() -> None:
+    # Emulator and relay share a fake clock: 60 simulated seconds (12 token lifetimes) of
+    # steady publishing run in well under a second of real time.
+    clock = FakeClock()
+    config = secret_config()
+    config.faults.token_lifetime = 5
+    async with (
+        running(config, clock) as emulator,
+        client(partner_settings(emulator), clock=clock) as relay,
+    ):
+        for _ in range(240):
+            outcomes = await asyncio.gather(*(publish_one(relay.publisher) for _ in range(4)))
+            assert {outcome.kind for outcome in outcomes} == {OutcomeKind.PUBLISHED}
+            clock.advance(0.25)
+    assert emulator.status_counts == {201: 960}  # no 401: no request carried an expired token
+    # Refreshed once per 4 s (80% of 5 s), never more than necessary.
+    assert 12 <= len(emulator.token_requests) <= 16
+
+
+async def test_sustained_load_in_real_time_with_short_tokens() -> None:
+    config = secret_config()
+    config.faults.token_lifetime = 1
+    async with running(config) as emulator, client(partner_settings(emulator)) as relay:
+
+        async def worker() -> None:
+            deadline = time.monotonic() + 2.2
+            while time.monotonic() < deadline:
+                outcome = await publish_one(relay.publisher)
+                assert outcome.kind is OutcomeKind.PUBLISHED
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+    assert set(emulator.status_counts) == {201}
+    assert 3 <= len(emulator.token_requests) <= 4
+
+
+async def test_a_forced_401_costs_exactly_one_token_request() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        await publish_one(relay.publisher)
+        emulator.revoke_tokens()
+        outcome = await publish_one(relay.publisher)
+    assert outcome.kind is OutcomeKind.PUBLISHED
+    assert len(emulator.token_requests) == 2
+    assert emulator.status_counts == {201: 2, 401: 1}
+    assert len(emulator.events) == 2
+
+
+async def test_many_401s_at_once_share_one_new_token() -> None:
+    async with (
+        running() as emulator,
+        client(partner_settings(emulator, concurrency=50)) as relay,
+    ):
+        await publish_one(relay.publisher)
+        emulator.revoke_tokens()
+        outcomes = await asyncio.gather(*(publish_one(relay.publisher) for _ in range(50)))
+    assert {outcome.kind for outcome in outcomes} == {OutcomeKind.PUBLISHED}
+    assert len(emulator.token_requests) == 2
+
+
+async def test_a_401_after_the_retry_is_a_configuration_problem() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=401)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "http_401")
+    assert "Full authentication is required" in (outcome.error or "")
+    assert len(emulator.token_requests) == 2
+    assert emulator.status_counts == {401: 2}
+
+
+# Each outcome row, produced over the wire --------------------------------------------------
+
+
+async def test_503_with_retry_after_for_a_time_window() -> None:
+    clock = FakeClock()
+    async with (
+        running(secret_config(), clock) as emulator,
+        client(partner_settings(emulator), clock=clock) as relay,
+    ):
+        emulator.set_faults(status=503, retry_after="7", for_seconds=10)
+        outcome = await publish_one(relay.publisher)
+        assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "http_503")
+        assert outcome.retry_after == timedelta(seconds=7)
+        clock.advance(10)
+        assert (await publish_one(relay.publisher)).kind is OutcomeKind.PUBLISHED
+
+
+async def test_insufficient_scope_is_configuration() -> None:
+    config = secret_config(scopes={CLIENT_ID: frozenset({"events", "claims"})})
+    async with (
+        running(config) as emulator,
+        client(partner_settings(emulator, scope="claims")) as relay,
+    ):
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "http_403")
+    assert "insufficient_scope" in (outcome.error or "")
+
+
+async def test_unknown_route_is_configuration() -> None:
+    config = secret_config(routes=frozenset({("dk", "abcinsurance")}))
+    async with running(config) as emulator, client(partner_settings(emulator)) as relay:
+        outcome = await relay.publisher.publish(EVENT, event_body(), "se", "abcinsurance")
+        assert (await publish_one(relay.publisher)).kind is OutcomeKind.PUBLISHED
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "http_404")
+
+
+@pytest.mark.parametrize(
+    ("event_type", "body", "error_class", "message"),
+    [
+        (EVENT, b'{"eventType": "x"}', "invalid_payload", "missing [payloadVersion]"),
+        ("case_created", event_body(EVENT), "invalid_payload", "does not match"),
+        ("", event_body(EVENT), "missing_header", "Missing request header 'Event-Type'"),
+        (EVENT, b"[1, 2]", "http_400", "Could not read document"),
+    ],
+)
+async def test_bad_events_are_permanent(
+    event_type: str, body: bytes, error_class: str, message: str
+) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        outcome = await relay.publisher.publish(event_type, body, "dk", "abcinsurance")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.PERMANENT, error_class)
+    assert message in (outcome.error or "")
+
+
+async def test_timeout_is_transient() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(latency_ms=1000)
+        slow = Publisher(relay.session, relay.tokens, emulator.base_url, timedelta(seconds=0.1))
+        outcome = await slow.publish(EVENT, event_body(), "dk", "abcinsurance")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "timeout")
+    assert 0.1 <= outcome.latency < 1
+
+
+async def test_dropped_connection_is_transient() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(drop_rate=1.0)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "connection")
+    assert emulator.dropped == 1
+
+
+async def test_refused_connection_is_transient() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        await relay.tokens.get()
+        closed = Publisher(relay.session, relay.tokens, "http://127.0.0.1:9", timedelta(seconds=2))
+        outcome = await closed.publish(EVENT, event_body(), "dk", "abcinsurance")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "connection")
+
+
+async def test_unreadable_answer_is_transient() -> None:
+    # A truncated body: the emulator always answers well, so a raw socket server does this.
+    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{"_id"')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(truncated, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, running() as emulator, client(partner_settings(emulator)) as relay:
+        broken = Publisher(
+            relay.session, relay.tokens, f"http://127.0.0.1:{port}", timedelta(seconds=2)
+        )
+        outcome = await broken.publish(EVENT, event_body(), "dk", "abcinsurance")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "bad_response")
+
+
+async def test_token_endpoint_failure_is_transient() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(token_status=503)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "token_unavailable")
+    assert emulator.events == []
+
+
+async def test_rejected_client_is_configuration() -> None:
+    async with (
+        running() as emulator,
+        client(partner_settings(emulator, client_secret="wrong")) as relay,
+    ):
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_rejected")
+    assert "invalid_client" in (outcome.error or "")
+
+
+# TLS -----------------------------------------------------------------------------------------
+
+
+async def test_tls_is_verified_and_the_ca_bundle_extends_the_trust_store(tmp_path: Path) -> None:
+    server_context, ca_file = server_tls(tmp_path)
+    emulator_config = secret_config()
+    async with running(emulator_config) as plain:
+        await plain.stop()
+        await plain.start(ssl_context=server_context)
+        untrusted = partner_settings(plain)
+        async with client(untrusted) as relay:
+            outcome = await publish_one(relay.publisher)
+        assert outcome.error_class == "token_unavailable"  # certificate not trusted
+        async with client(partner_settings(plain, ca_bundle=ca_file)) as relay:
+            outcome = await publish_one(relay.publisher)
+        assert outcome.kind is OutcomeKind.PUBLISHED
+
+
+async def test_unreadable_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    with pytest.raises(ConfigurationError, match="RELAY_CA_BUNDLE: cannot load"):
+        create_session(load_settings(ca_bundle=bundle))
+
+
+async def test_session_pool_is_limited_to_the_concurrency() -> None:
+    async with create_session(load_settings(concurrency=7)) as session:
+        assert session.connector is not None
+        assert session.connector.limit == 7
+
+
+# Nothing secret in any log line --------------------------------------------------------------
+
+
+@asynccontextmanager
+async def jwt_client(tmp_path: Path) -> AsyncIterator[tuple[Emulator, Client]]:
+    key = rsa_key(0)
+    material = load_pem(*write_pem(tmp_path, key, certificate(key)))
+    config = EmulatorConfig(certificates={"jwt-client": [material.certificate]})
+    async with running(config) as emulator:
+        settings = partner_settings(
+            emulator,
+            client_id="jwt-client",
+            client_secret=None,
+            client_auth_method="private_key_jwt",
+        )
+        async with client(settings, key_material=material) as relay:
+            yield emulator, relay
+
+
+def secrets_of(emulator: Emulator) -> list[str]:
+    """Every access token and client assertion that crossed the wire."""
+    assertions = [item.assertion for item in emulator.token_requests if item.assertion]
+    return emulator.access_tokens + assertions
+
+
+async def test_no_secret_assertion_or_token_in_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    candidates = [CLIENT_SECRET]
+    texts: list[str] = []
+    with capture_logs() as structured:
+        async with running() as emulator, client(partner_settings(emulator)) as relay:
+            texts.append(repr(await publish_one(relay.publisher)))
+            emulator.revoke_tokens()
+            texts.append(repr(await publish_one(relay.publisher)))
+            emulator.set_faults(status=401)
+            texts.append(repr(await publish_one(relay.publisher)))
+            emulator.clear_faults()
+            texts.append(repr(relay.tokens.token) + repr(relay.tokens.last_error))
+            candidates += secrets_of(emulator)
+        async with running() as emulator:
+            basic = partner_settings(emulator, client_auth_method="client_secret_basic")
+            async with client(basic) as relay:
+                texts.append(repr(await publish_one(relay.publisher)))
+            wrong = partner_settings(emulator, client_secret=CLIENT_SECRET + "-wrong")
+            async with client(wrong) as relay:
+                texts.append(repr(await publish_one(relay.publisher)))
+                texts.append(repr(relay.tokens.last_error))
+            candidates += secrets_of(emulator)
+        async with jwt_client(tmp_path) as (emulator, relay):
+            texts.append(repr(await publish_one(relay.publisher)))
+            emulator.revoke_tokens()
+            texts.append(repr(await publish_one(relay.publisher)))
+            candidates += secrets_of(emulator)
+    assert any(entry["event"] == "token.refreshed" for entry in structured)
+    assert any(entry["event"] == "token.request_failed" for entry in structured)
+    texts += [repr(entry) for entry in structured]
+    texts += [record.getMessage() + repr(record.__dict__) for record in caplog.records]
+    everything = "\n".join(texts)
+    assert len(candidates) >= 8
+    for secret in candidates:
+        assert secret not in everything

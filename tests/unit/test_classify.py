@@ -1,0 +1,191 @@
+"""The classification table, row by row, and its agreement with docs/classification.md."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.publisher import (
+    CLASS_DEFAULTS,
+    STATUS_TABLE,
+    Outcome,
+    OutcomeKind,
+    classify,
+    parse_retry_after,
+)
+
+PUBLISHED = OutcomeKind.PUBLISHED
+TRANSIENT = OutcomeKind.TRANSIENT
+PERMANENT = OutcomeKind.PERMANENT
+CONFIGURATION = OutcomeKind.CONFIGURATION
+DOC = Path(__file__).parents[2] / "docs" / "classification.md"
+
+SPRING_MISSING_HEADER = orjson.dumps(
+    {
+        "timestamp": "2017-05-05T11:32:03.535+0000",
+        "status": 400,
+        "error": "Bad Request",
+        "exception": "org.springframework.web.bind.ServletRequestBindingException",
+        "message": "Missing request header 'Event-Type' for method parameter of type String",
+        "path": "/api/events/v1/dk/external/abcinsurance/send",
+    }
+)
+INVALID_PAYLOAD = b'{"message": "Incorrect payload, missing [timestamp]", "valid": false}'
+INSUFFICIENT_SCOPE = (
+    b'{"error": "insufficient_scope", "error_description": '
+    b'"Insufficient scope for this resource", "scope": "events"}'
+)
+UNAUTHORIZED = (
+    b'{"error": "unauthorized", "error_description": '
+    b'"Full authentication is required to access this resource"}'
+)
+
+# (status, body, kind, error_class): one line per row of the documented table.
+ROWS: list[tuple[int, bytes, OutcomeKind, str]] = [
+    (201, b'{"_id": 1}', PUBLISHED, "created"),
+    (201, b'{"_id": "_122047"}', PUBLISHED, "created"),
+    (200, b'{"_id": 7}', PUBLISHED, "http_200"),
+    (202, b'{"_id": 8}', PUBLISHED, "http_202"),
+    (201, b"{}", TRANSIENT, "bad_response"),
+    (201, b'{"_id": null}', TRANSIENT, "bad_response"),
+    (201, b'{"_id": true}', TRANSIENT, "bad_response"),
+    (201, b"<html>ok</html>", TRANSIENT, "bad_response"),
+    (200, b"", TRANSIENT, "bad_response"),
+    (202, b'{"status": "queued"}', TRANSIENT, "bad_response"),
+    (204, b"", TRANSIENT, "http_204"),
+    (400, INVALID_PAYLOAD, PERMANENT, "invalid_payload"),
+    (400, SPRING_MISSING_HEADER, PERMANENT, "missing_header"),
+    (400, b'{"message": "nope"}', PERMANENT, "http_400"),
+    (400, b"not json", PERMANENT, "http_400"),
+    (401, UNAUTHORIZED, CONFIGURATION, "http_401"),
+    (403, INSUFFICIENT_SCOPE, CONFIGURATION, "http_403"),
+    (404, b"", CONFIGURATION, "http_404"),
+    (405, b"", PERMANENT, "http_405"),
+    (409, b"", PERMANENT, "http_409"),
+    (410, b"", PERMANENT, "http_410"),
+    (413, b"", PERMANENT, "http_413"),
+    (415, b"", PERMANENT, "http_415"),
+    (422, b"", PERMANENT, "http_422"),
+    (408, b"", TRANSIENT, "http_408"),
+    (425, b"", TRANSIENT, "http_425"),
+    (429, b"", TRANSIENT, "http_429"),
+    (500, b"", TRANSIENT, "http_500"),
+    (502, b"<html>Bad Gateway</html>", TRANSIENT, "http_502"),
+    (503, b"", TRANSIENT, "http_503"),
+    (504, b"", TRANSIENT, "http_504"),
+    (418, b"", PERMANENT, "http_418"),
+    (451, b"", PERMANENT, "http_451"),
+    (507, b"", TRANSIENT, "http_507"),
+    (599, b"", TRANSIENT, "http_599"),
+    (102, b"", TRANSIENT, "http_102"),
+    (301, b"", CONFIGURATION, "redirect"),
+    (308, b"", CONFIGURATION, "redirect"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "error_class"), ROWS)
+def test_row(status: int, body: bytes, kind: OutcomeKind, error_class: str) -> None:
+    outcome = classify(status, {}, body)
+    assert (outcome.kind, outcome.error_class, outcome.http_status) == (kind, error_class, status)
+    if kind is PUBLISHED:
+        assert outcome.event_api_id is not None
+        assert outcome.error is None
+    else:
+        assert outcome.event_api_id is None
+        assert outcome.error is not None
+        assert outcome.error.startswith(f"HTTP {status}")
+
+
+def test_every_status_in_the_code_has_a_row() -> None:
+    tested = {status for status, *_ in ROWS}
+    assert set(STATUS_TABLE) <= tested
+    assert {klass for klass in CLASS_DEFAULTS} <= {status // 100 for status in tested}
+
+
+def test_the_doc_table_agrees_with_the_code() -> None:
+    documented = re.findall(r"^\| (\d{3}) \| (\w+) \| `(\w+)` \|", DOC.read_text(), re.M)
+    assert {int(status) for status, *_ in documented} >= set(STATUS_TABLE) - {400}
+    for status, kind, error_class in documented:
+        outcome = classify(int(status), {}, b'{"_id": 1}' if status.startswith("2") else b"")
+        assert (outcome.kind.value, outcome.error_class) == (kind, error_class), status
+
+
+def test_published_id_is_kept_as_text() -> None:
+    assert classify(201, {}, b'{"_id": 12345678901234567890}').event_api_id == (
+        "12345678901234567890"
+    )
+    assert classify(201, {}, b'{"_id": "_122047"}').event_api_id == "_122047"
+
+
+def test_messages_carry_the_partners_words() -> None:
+    assert classify(400, {}, INVALID_PAYLOAD).error == (
+        "HTTP 400: Incorrect payload, missing [timestamp]"
+    )
+    forbidden = classify(403, {}, INSUFFICIENT_SCOPE).error
+    assert forbidden is not None
+    assert "insufficient_scope" in forbidden
+    assert "events" in forbidden
+    moved = classify(301, {"Location": "https://example.test/api"}, b"").error
+    assert moved is not None
+    assert "redirected to https://example.test/api" in moved
+
+
+def test_error_is_at_most_1000_characters() -> None:
+    outcome = classify(400, {}, orjson.dumps({"message": "x" * 5000, "valid": False}))
+    assert outcome.error is not None
+    assert len(outcome.error) == 1000
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 599])
+def test_transient_answers_honour_retry_after_seconds(status: int) -> None:
+    outcome = classify(status, {"Retry-After": "120"}, b"")
+    assert outcome.retry_after == timedelta(seconds=120)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 418])
+def test_other_answers_ignore_retry_after(status: int) -> None:
+    assert classify(status, {"Retry-After": "120"}, b"").retry_after is None
+
+
+def test_retry_after_http_date_is_measured_against_the_date_header() -> None:
+    headers = {
+        "Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT",
+        "Date": "Wed, 21 Oct 2015 07:28:00 GMT",
+    }
+    assert classify(503, headers, b"").retry_after == timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"Retry-After": ""}, None),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "-5"}, None),
+        ({"Retry-After": "0"}, timedelta(0)),
+        ({"Retry-After": "99999999"}, timedelta(days=1)),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, timedelta(0)),  # in the past
+        (
+            {
+                "Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT",
+                "Date": "Wed, 21 Oct 2015 07:29:00 GMT",
+            },
+            timedelta(0),
+        ),
+    ],
+)
+def test_parse_retry_after(headers: dict[str, str], expected: timedelta | None) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+def test_outcome_shape() -> None:
+    outcome = Outcome(OutcomeKind.TRANSIENT, "timeout")
+    assert (outcome.http_status, outcome.event_api_id, outcome.retry_after) == (None, None, None)
+    assert outcome.latency == 0.0
+    assert OutcomeKind("configuration") is CONFIGURATION
+    with pytest.raises(AttributeError):
+        outcome.kind = PUBLISHED  # type: ignore[misc]
