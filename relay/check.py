@@ -27,6 +27,7 @@ class CheckReport:
     certificate_thumbprint: str | None = None
 
     def lines(self) -> list[str]:
+        """The report as aligned ``name: value`` lines."""
         method = self.auth_method
         if self.certificate_thumbprint is not None:
             method += f" (certificate thumbprint {self.certificate_thumbprint})"

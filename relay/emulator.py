@@ -197,6 +197,7 @@ class Emulator:
 
     @property
     def token_url(self) -> str:
+        """The emulated token endpoint (after ``start``)."""
         return self.base_url + TOKEN_PATH
 
     def set_faults(self, *, for_seconds: float | None = None, **changes: Any) -> None:
@@ -223,6 +224,7 @@ class Emulator:
         self._tokens.clear()
 
     def stats(self) -> dict[str, Any]:
+        """Counters for tests and ``GET /_emulator/stats``."""
         return {
             "events": len(self.events),
             "duplicates": self.duplicates,
@@ -248,6 +250,7 @@ class Emulator:
         return self.base_url
 
     async def stop(self) -> None:
+        """Close the listening socket and open connections."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -246,6 +246,9 @@ class Publisher:
         return replace(outcome, latency=latency)
 
     async def _publish(self, event_type: str, body: bytes, url: str) -> Outcome:
+        if not event_type.isprintable():
+            # aiohttp refuses control characters in headers (header injection); no retry helps.
+            return Outcome(P, "invalid_event_type", error=f"unusable Event-Type {event_type!r}")
         first = await self._attempt(event_type, body, url)
         if not isinstance(first, tuple):
             return first

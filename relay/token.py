@@ -77,6 +77,7 @@ class AccessToken:
         return self._value
 
     def is_valid(self, now: float) -> bool:
+        """Still usable at monotonic time ``now`` (the skew margin already subtracted)."""
         return now < self.expires_at
 
     def __repr__(self) -> str:

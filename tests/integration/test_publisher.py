@@ -200,6 +200,13 @@ async def test_bad_events_are_permanent(
     assert message in (outcome.error or "")
 
 
+async def test_event_type_with_a_control_character_is_permanent() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        outcome = await relay.publisher.publish("a\r\nX-Injected: 1", event_body(), "dk", "x")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.PERMANENT, "invalid_event_type")
+    assert emulator.token_requests == []
+
+
 async def test_timeout_is_transient() -> None:
     async with running() as emulator, client(partner_settings(emulator)) as relay:
         emulator.set_faults(latency_ms=1000)
