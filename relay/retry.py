@@ -23,8 +23,8 @@ class RetryPolicy:
 
     def ceiling(self, attempt: int) -> timedelta:
         exponent = min(max(attempt - 1, 0), 62)
-        uncapped: timedelta = self.base * (2**exponent)
-        return min(self.cap, uncapped)
+        seconds = self.base.total_seconds() * 2.0**exponent
+        return min(self.cap, timedelta(seconds=min(seconds, self.cap.total_seconds())))
 
     def delay(self, attempt: int, retry_after: timedelta | None = None) -> timedelta:
         """The wait before attempt ``attempt + 1``; never shorter than ``retry_after``."""

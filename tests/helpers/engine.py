@@ -90,3 +90,51 @@ async def drain(settings: Settings) -> Daemon:
     daemon = Daemon(settings)
     await daemon.run(drain=True)
     return daemon
+
+
+def relay_env(database_url: str, emulator: Emulator, **extra: str) -> dict[str, str]:
+    """Environment for a ``relay`` subprocess aimed at this database and emulator."""
+    import os
+
+    from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_DATABASE_URL=database_url,
+        RELAY_TOKEN_URL=emulator.base_url + "/connect/token",
+        RELAY_API_BASE_URL=emulator.base_url,
+        RELAY_COUNTRY="dk",
+        RELAY_TENANT="abcinsurance",
+        RELAY_CLIENT_ID=CLIENT_ID,
+        RELAY_CLIENT_SECRET=CLIENT_SECRET,
+        RELAY_HTTP_PORT="0",
+        RELAY_HTTP_HOST="127.0.0.1",
+        RELAY_BACKOFF_BASE="10ms",
+        RELAY_BACKOFF_CAP="100ms",
+        RELAY_POLL_INTERVAL="500ms",
+        RELAY_LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+async def id_by_correlation(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch("SELECT id, payload->>'correlationId' AS c FROM outbox")
+    return {row["c"]: row["id"] for row in rows}
+
+
+async def arrival_order_by_key(db: asyncpg.Connection, emulator: Emulator) -> dict[str, list[int]]:
+    """For each ordering key, the outbox ids in the order the partner received them."""
+    ids = await id_by_correlation(db)
+    keys = {
+        row["id"]: row["ordering_key"]
+        for row in await db.fetch(
+            "SELECT id, ordering_key FROM outbox WHERE ordering_key IS NOT NULL"
+        )
+    }
+    order: dict[str, list[int]] = {}
+    for event in emulator.events:
+        row_id = ids[event.body["correlationId"]]
+        if row_id in keys:
+            order.setdefault(keys[row_id], []).append(row_id)
+    return order
