@@ -28,7 +28,7 @@ from relay.outbox import Store
 from relay.publisher import Publisher, create_session
 from relay.retry import GiveUpPolicy, RetryPolicy
 from relay.token import TokenProvider
-from relay.worker import DATABASE_ERRORS, EngineConfig, Worker
+from relay.worker import EngineConfig, Worker
 
 log = structlog.get_logger("relay.daemon")
 SAMPLE_INTERVAL = 15.0
@@ -118,7 +118,7 @@ class Daemon:
     async def _open_pool(self, url: str) -> asyncpg.Pool:
         try:
             pool = await database.create_pool(url, max_size=4)
-        except DATABASE_ERRORS as error:
+        except database.DATABASE_ERRORS as error:
             raise database.describe_connection_error(url, error) from None
         try:
             await database.check_schema(pool, self.settings.schema_name)
@@ -136,7 +136,7 @@ class Daemon:
     async def _sample(self, store: Store) -> None:
         """Queue depth and oldest age, sampled (never counted per request)."""
         while True:
-            with suppress(*DATABASE_ERRORS):
+            with suppress(*database.DATABASE_ERRORS):
                 depth, oldest = await store.queue_sample()
                 self.metrics.queue_depth.set(depth)
                 self.metrics.oldest_pending_age.set(oldest)
@@ -146,7 +146,7 @@ class Daemon:
         """Delete published rows older than RELAY_RETENTION, in small batches, hourly."""
         while True:
             total = 0
-            with suppress(*DATABASE_ERRORS):
+            with suppress(*database.DATABASE_ERRORS):
                 while (deleted := await store.purge_published(retention.total_seconds())) > 0:
                     total += deleted
             if total:

@@ -55,7 +55,16 @@ def describe_connection_error(url: str, error: BaseException) -> DatabaseUnavail
     return DatabaseUnavailable(f"RELAY_DATABASE_URL: cannot use the database at {where}: {reason}")
 
 
-CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DBAPIError)
+# What a lost, refused or killed connection can raise. InternalClientError comes from asyncpg
+# when a connection is terminated under a running statement.
+DATABASE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+CONNECTION_ERRORS = (*DATABASE_ERRORS, DBAPIError)
 
 
 def migrate(url: str, schema: str) -> None:

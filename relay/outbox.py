@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
+from relay.database import DATABASE_ERRORS
 from relay.errors import InvalidEvent
 from relay.queries import NOTIFY_CHANNEL, Queries
 
@@ -45,6 +46,10 @@ REQUIRED_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 _COUNTRY = re.compile(r"^[a-z]{2}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+# The 8-4-4-4-12 form only (either case): uuid.UUID also takes braces, "urn:uuid:" and bare hex.
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+# A JSON \u0000 escape, i.e. one not itself preceded by an escaped backslash.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +71,22 @@ def utc_timestamp(moment: datetime | None = None) -> str:
 
 
 def _check_routing(tenant: str | None, country: str | None, ordering_key: str | None) -> None:
-    if country is not None and not _COUNTRY.match(country):
+    if country is not None and not _COUNTRY.fullmatch(country):
         raise InvalidEvent(f"country {country!r} is not a lower-case two-letter code such as dk")
-    if tenant is not None and not _TENANT.match(tenant):
+    if tenant is not None and not _TENANT.fullmatch(tenant):
         raise InvalidEvent(f"tenant {tenant!r} may hold only letters, digits, '.', '_' and '-'")
     if ordering_key is not None and (not isinstance(ordering_key, str) or not ordering_key):
         raise InvalidEvent("ordering_key must be a non-empty string or None")
+    if ordering_key is not None and "\x00" in ordering_key:
+        raise InvalidEvent("ordering_key holds a NUL character, which PostgreSQL cannot store")
 
 
 def _check_fields(payload: Mapping[str, Any]) -> None:
     if not isinstance(payload["payloadVersion"], str) or not payload["payloadVersion"]:
         raise InvalidEvent("payloadVersion must be a non-empty string such as '1.0.0'")
-    try:
-        uuid.UUID(str(payload["correlationId"]))
-    except ValueError:
-        raise InvalidEvent("correlationId must be a UUID") from None
+    correlation_id = payload["correlationId"]
+    if not isinstance(correlation_id, str) or not _UUID.fullmatch(correlation_id):
+        raise InvalidEvent("correlationId must be a UUID string such as 70c6d351-016f-...")
     timestamp = payload["timestamp"]
     try:
         datetime.fromisoformat(timestamp if isinstance(timestamp, str) else "")
@@ -93,8 +99,12 @@ def _encode(payload: Mapping[str, Any]) -> str:
         encoded = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:
         raise InvalidEvent(f"payload is not JSON-serialisable: {error}") from None
-    if "\\u0000" in encoded:
+    if _NUL_ESCAPE.search(encoded):
         raise InvalidEvent("payload holds a NUL character, which PostgreSQL jsonb cannot store")
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("payload holds a lone surrogate, which is not valid Unicode") from None
     return encoded
 
 
@@ -108,7 +118,7 @@ def prepare_event(
 ) -> PreparedEvent:
     """Validate an event and fill ``eventType``, ``correlationId``, ``timestamp`` and
     ``payloadVersion`` when absent. Raise InvalidEvent, naming the problem, for a bad one."""
-    if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
         raise InvalidEvent(
             f"event_type {event_type!r} must be 1-200 letters, digits, '_', '.', ':' or '-'"
         )
@@ -291,6 +301,9 @@ class Store:
         if ids:
             await self.pool.execute(self.queries.release, list(ids), self.worker)
 
+    async def release_orphans(self, known: Sequence[int]) -> None:
+        await self.pool.execute(self.queries.release_orphans, self.worker, list(known))
+
     async def release_all(self) -> None:
         await self.pool.execute(self.queries.release_all, self.worker)
 
@@ -337,7 +350,7 @@ async def listen(
     while True:
         try:
             connection = await asyncpg.connect(dsn, timeout=connect_timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+        except DATABASE_ERRORS as error:
             failures += 1
             log.warning("listener.connect_failed", error=str(error), failures=failures)
             await asyncio.sleep(min(30.0, 0.1 * 2**failures) * random.random() + 0.05)
@@ -349,7 +362,7 @@ async def listen(
             while not connection.is_closed():
                 await asyncio.sleep(heartbeat)
                 await connection.execute("SELECT 1", timeout=heartbeat)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+        except DATABASE_ERRORS as error:
             log.warning("listener.lost", error=str(error))
         finally:
             connection.terminate()

@@ -142,6 +142,18 @@ class Queries:
             WHERE status = 'in_flight' AND claimed_by = $1"""
 
     @property
+    def release_orphans(self) -> str:
+        """Give back rows leased to this worker that it does not know it holds.
+
+        A claim whose connection dies after COMMIT but before the reply leaves such rows;
+        without this they would wait for their lease to run out.
+        """
+        return f"""
+            UPDATE "{self.schema}".outbox
+            SET status = 'pending', claimed_by = NULL, lease_until = NULL
+            WHERE status = 'in_flight' AND claimed_by = $1 AND NOT (id = ANY($2::bigint[]))"""
+
+    @property
     def set_pause(self) -> str:
         """Hold every replica off a route ('*' for all) until now + $2 seconds."""
         return f"""

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-import asyncpg
 import structlog
 
+from relay.database import DATABASE_ERRORS
 from relay.decide import Policy, Prepared, Unsendable, decide, prepare, unsendable_result
 from relay.metrics import CIRCUIT_STATES, Metrics
 from relay.outbox import ClaimedRow, Pause, Result, Store
@@ -37,7 +37,6 @@ log = structlog.get_logger("relay.worker")
 T = TypeVar("T")
 
 GLOBAL = "*"
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 # Results wait at most this long for company before they are written, while requests are in
 # flight; with nothing in flight they are written at once.
 FLUSH_DELAY = 0.005
@@ -130,6 +129,8 @@ class Worker:
         self.circuit = "closed"
         self.database_ok = True
         self.drained = asyncio.Event()
+        self.writing: asyncio.Future[None] | None = None
+        self.claim_failed = False
         self._backoff = RetryPolicy(timedelta(milliseconds=100), timedelta(seconds=30))
 
     # Public state ---------------------------------------------------------------------------
@@ -187,6 +188,10 @@ class Worker:
             task.cancel()
         recorder.cancel()
         await asyncio.gather(feeder, recorder, *senders, return_exceptions=True)
+        # A write the recorder had started must land before leases are given back, or the
+        # release would beat it and the fence would turn a published row into a resend.
+        if self.writing is not None:
+            await asyncio.gather(self.writing, return_exceptions=True)
         await asyncio.shield(self._flush_all())
         if self.held:
             held = sorted(self.held)
@@ -248,22 +253,29 @@ class Worker:
         return woken or not done
 
     async def _claim(self, size: int) -> list[ClaimedRow]:
-        rows = await self._db(
-            "claim",
-            lambda: self.store.claim(
-                size,
-                lease_seconds=self.config.lease.total_seconds(),
-                default_country=self.config.default_country,
-                default_tenant=self.config.default_tenant,
-                dead_blocks_key=self.config.dead_blocks_key,
-            ),
-        )
+        rows = await self._db("claim", lambda: self._claim_once(size))
         self.metrics.claim_batch_size.observe(len(rows))
         if rows:
             self.held.update(row.id for row in rows)
             self.queue.extend(rows)
             async with self.queued:
                 self.queued.notify(len(rows))
+        return rows
+
+    async def _claim_once(self, size: int) -> list[ClaimedRow]:
+        if self.claim_failed:
+            # The failed claim may have committed: give back what we hold without knowing it.
+            await self.store.release_orphans(sorted(self.held))
+            self.claim_failed = False
+        self.claim_failed = True
+        rows = await self.store.claim(
+            size,
+            lease_seconds=self.config.lease.total_seconds(),
+            default_country=self.config.default_country,
+            default_tenant=self.config.default_tenant,
+            dead_blocks_key=self.config.dead_blocks_key,
+        )
+        self.claim_failed = False
         return rows
 
     async def _unfinished(self) -> tuple[int, float]:
@@ -383,7 +395,8 @@ class Worker:
             if self.busy and len(self.done) < flush_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._enough_done(flush_size), FLUSH_DELAY)
-            await asyncio.shield(self._flush())
+            self.writing = asyncio.ensure_future(self._flush())
+            await asyncio.shield(self.writing)
 
     async def _enough_done(self, size: int) -> None:
         while len(self.done) < size and self.busy:

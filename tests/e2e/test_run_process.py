@@ -36,7 +36,11 @@ async def test_kill_9_mid_run_then_restart_loses_nothing(
     config = secret_config(faults=Faults(latency_ms=10))
     async with running(config) as emulator:
         env = relay_env(
-            database_url, emulator, RELAY_CONCURRENCY=str(concurrency), RELAY_LEASE="1s"
+            database_url,
+            emulator,
+            RELAY_CONCURRENCY=str(concurrency),
+            RELAY_LEASE="1s",
+            RELAY_REQUEST_TIMEOUT="300ms",
         )
         first = await start_relay(env)
         await wait_for(lambda: emulator.stats()["events"] >= 500, within=30)
