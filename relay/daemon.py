@@ -21,7 +21,7 @@ import structlog
 from relay import database, http, outbox
 from relay.config import Settings
 from relay.decide import Policy
-from relay.errors import RelayError
+from relay.errors import RelayError, TokenError
 from relay.keys import load_key_material
 from relay.metrics import Metrics
 from relay.outbox import Store
@@ -88,6 +88,9 @@ class Daemon:
                 session, settings, key_material=key_material, metrics=self.metrics
             )
             stack.push_async_callback(self.tokens.close)
+            # Fetch the first token now: a rejected client shows in /readyz before any event.
+            warm_up = asyncio.create_task(self._warm_up(self.tokens), name="token-warm-up")
+            stack.push_async_callback(_cancel_all, [warm_up])
             api_base = settings.resolved_api_base_url
             assert api_base is not None  # require_partner() checked it
             publisher = Publisher(
@@ -132,6 +135,11 @@ class Daemon:
         runner = await http.start(app, self.settings.http_host, self.settings.http_port)
         stack.push_async_callback(runner.cleanup)
         self.http_port = int(runner.addresses[0][1])
+
+    @staticmethod
+    async def _warm_up(tokens: TokenProvider) -> None:
+        with suppress(TokenError):  # the provider logs it and /readyz reports it
+            await tokens.get()
 
     async def _sample(self, store: Store) -> None:
         """Queue depth and oldest age, sampled (never counted per request)."""
