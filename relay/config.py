@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BeforeValidator,
@@ -60,6 +61,16 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the authority or a ``password=`` parameter) as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        credentials, _, host = parts.netloc.rpartition("@")
+        user = credentials.partition(":")[0]
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 class Settings(BaseSettings):
@@ -160,7 +171,7 @@ class Settings(BaseSettings):
     @field_validator("schema_name")
     @classmethod
     def _check_schema(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        if not _IDENTIFIER.fullmatch(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
         return value
 
@@ -204,6 +215,11 @@ class Settings(BaseSettings):
                 ) from None
             setattr(self, name, SecretStr(text))
         return self
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # The database URL may carry a password; repr() and str() must not show it.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "database_url" and value else value
 
     # Derived values -------------------------------------------------------------------------
 

@@ -1,0 +1,359 @@
+"""The producer API with every kind of connection an application may hold.
+
+Each kind is driven the way an application would: open a transaction, enqueue, then commit or
+roll back. The outbox is read back through a separate asyncpg connection (``db``). The tests of
+this module share one migrated database, emptied before each test: creating a database per test
+would cost more than all the tests together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from relay.database import asyncpg_dsn, sqlalchemy_url
+from relay.errors import InvalidEvent
+from relay.outbox import enqueue, enqueue_async
+from tests.conftest import Databases, with_database
+
+EVENT_TYPE = "payment_status_updated"
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+
+
+class Writer(Protocol):
+    async def enqueue(self, event_type: str, payload: Any, **options: Any) -> int: ...
+
+
+# An application's transaction: yields a Writer, then commits (True) or rolls back (False).
+Transaction = Callable[[bool], AbstractAsyncContextManager[Writer]]
+
+
+@dataclass
+class AsyncWriter:
+    connection: asyncpg.Connection | AsyncConnection | AsyncSession
+
+    async def enqueue(self, event_type: str, payload: Any, **options: Any) -> int:
+        return await enqueue_async(self.connection, event_type, payload, **options)
+
+
+@dataclass
+class SyncWriter:
+    connection: Connection | Session
+
+    async def enqueue(self, event_type: str, payload: Any, **options: Any) -> int:
+        return enqueue(self.connection, event_type, payload, **options)
+
+
+def asyncpg_kind(url: str) -> Transaction:
+    @asynccontextmanager
+    async def transaction(commit: bool) -> AsyncIterator[Writer]:
+        connection = await asyncpg.connect(url)
+        try:
+            started = connection.transaction()
+            await started.start()
+            yield AsyncWriter(connection)
+            if commit:
+                await started.commit()
+            else:
+                await started.rollback()
+        finally:
+            await connection.close()
+
+    return transaction
+
+
+def connection_kind(engine: Engine) -> Transaction:
+    @asynccontextmanager
+    async def transaction(commit: bool) -> AsyncIterator[Writer]:
+        with engine.connect() as connection:
+            started = connection.begin()
+            yield SyncWriter(connection)
+            if commit:
+                started.commit()
+            else:
+                started.rollback()
+
+    return transaction
+
+
+def session_kind(engine: Engine) -> Transaction:
+    @asynccontextmanager
+    async def transaction(commit: bool) -> AsyncIterator[Writer]:
+        with Session(engine) as session:
+            yield SyncWriter(session)
+            if commit:
+                session.commit()
+            else:
+                session.rollback()
+
+    return transaction
+
+
+def async_connection_kind(engine: AsyncEngine) -> Transaction:
+    @asynccontextmanager
+    async def transaction(commit: bool) -> AsyncIterator[Writer]:
+        async with engine.connect() as connection:
+            yield AsyncWriter(connection)
+            if commit:
+                await connection.commit()
+            else:
+                await connection.rollback()
+
+    return transaction
+
+
+def async_session_kind(engine: AsyncEngine) -> Transaction:
+    @asynccontextmanager
+    async def transaction(commit: bool) -> AsyncIterator[Writer]:
+        async with AsyncSession(engine) as session:
+            yield AsyncWriter(session)
+            if commit:
+                await session.commit()
+            else:
+                await session.rollback()
+
+    return transaction
+
+
+KINDS = [
+    "asyncpg",
+    "sqlalchemy-connection",
+    "sqlalchemy-session",
+    "sqlalchemy-async-connection",
+    "sqlalchemy-async-session",
+]
+
+
+@pytest.fixture(scope="module")
+def database_url(databases: Databases) -> Iterator[str]:
+    name = databases.create()
+    yield with_database(databases.admin_url, name)
+    databases.drop(name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("TRUNCATE outbox")
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=KINDS)
+async def transaction(
+    request: pytest.FixtureRequest, database_url: str
+) -> AsyncIterator[Transaction]:
+    kind: str = request.param
+    if kind == "asyncpg":
+        yield asyncpg_kind(database_url)
+    elif kind.startswith("sqlalchemy-async"):
+        async_engine = create_async_engine(sqlalchemy_url(database_url))
+        try:
+            yield (async_connection_kind if "connection" in kind else async_session_kind)(
+                async_engine
+            )
+        finally:
+            await async_engine.dispose()
+    else:
+        # SQLAlchemy's sync API needs a sync driver: psycopg 3.
+        engine = create_engine(
+            "postgresql+psycopg://" + asyncpg_dsn(database_url).removeprefix("postgresql://")
+        )
+        try:
+            yield (connection_kind if "connection" in kind else session_kind)(engine)
+        finally:
+            engine.dispose()
+
+
+async def stored(db: asyncpg.Connection, row_id: int) -> asyncpg.Record:
+    row = await db.fetchrow("SELECT *, payload::text AS body FROM outbox WHERE id = $1", row_id)
+    assert row is not None, f"outbox row {row_id} is not there"
+    return row
+
+
+# Committed, rolled back ------------------------------------------------------------------------
+
+
+async def test_a_committed_event_is_filled_in(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    payment = {"uuid": str(uuid.uuid4()), "status": "canceled", "statusReason": "duplicate"}
+    before = datetime.now(UTC)
+    async with transaction(True) as writer:
+        row_id = await writer.enqueue(
+            EVENT_TYPE,
+            {"payment": payment},
+            tenant="abcinsurance",
+            country="dk",
+            ordering_key=f"payment-{payment['uuid']}",
+        )
+    row = await stored(db, row_id)
+    assert (row["event_type"], row["tenant"], row["country"]) == (EVENT_TYPE, "abcinsurance", "dk")
+    assert row["ordering_key"] == f"payment-{payment['uuid']}"
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+    body = json.loads(row["body"])
+    assert body["eventType"] == EVENT_TYPE
+    assert body["payloadVersion"] == "1.0.0"
+    assert uuid.UUID(body["correlationId"]).version == 4
+    assert ISO_UTC.match(body["timestamp"]), body["timestamp"]
+    written = datetime.fromisoformat(body["timestamp"])
+    assert before - timedelta(seconds=1) <= written <= datetime.now(UTC)
+    assert body["payment"] == payment
+
+
+async def test_fields_the_application_set_are_kept(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    payload = {
+        "$schema": "https://schemas.example/payment_status_updated/2.1.0.json",
+        "eventType": EVENT_TYPE,
+        "payloadVersion": "2.1.0",
+        "correlationId": "70C6D351-016F-4C9E-B1A9-D581FC3A596B",
+        "timestamp": "2017-07-25T10:31:28.2519514Z",
+        "payment": {"uuid": "1d1b1b0e-0b4c-4bd3-a2f0-1d3a1d9e0b7a", "amount": 1234.5},
+        "changedBy": {"name": "Søren Ærø", "userName": "soren"},
+        "note": "a backslash and the text u0000: \\u0000 is not a NUL",
+        "empty": {},
+        "lines": [1, None, True, "x"],
+    }
+    async with transaction(True) as writer:
+        row_id = await writer.enqueue(EVENT_TYPE, payload)
+    row = await stored(db, row_id)
+    assert json.loads(row["body"]) == payload
+    assert (row["tenant"], row["country"], row["ordering_key"]) == (None, None, None)
+
+
+async def test_other_timestamp_forms_are_kept_as_written(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    forms = ["2018-04-04T15:33:58+0200", "2020-10-21T08:45:53.3406753+02:00"]
+    async with transaction(True) as writer:
+        ids = [await writer.enqueue("case_created", {"timestamp": form}) for form in forms]
+    assert [json.loads((await stored(db, i))["body"])["timestamp"] for i in ids] == forms
+
+
+async def test_a_rolled_back_transaction_leaves_no_row(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    async with transaction(False) as writer:
+        first = await writer.enqueue(EVENT_TYPE, {"payment": {}}, ordering_key="k")
+        second = await writer.enqueue("case_created", {"case": {}})
+    assert second > first
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_events_of_one_transaction_commit_together(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    async with transaction(True) as writer:
+        ids = [await writer.enqueue("case_created", {"case": {"number": n}}) for n in range(3)]
+    rows = await db.fetch("SELECT id, payload->'case'->>'number' AS n FROM outbox ORDER BY id")
+    assert [(row["id"], row["n"]) for row in rows] == [(i, str(n)) for n, i in enumerate(ids)]
+
+
+# Refused events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bad:
+    name: str
+    message: str
+    payload: Any = field(default_factory=dict)
+    event_type: str = EVENT_TYPE
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Opaque:
+    """A value json cannot encode."""
+
+
+BAD_EVENTS = [
+    Bad("list", "payload must be a JSON object, not list", payload=[{"payment": {}}]),
+    Bad("string", "payload must be a JSON object, not str", payload='{"payment": {}}'),
+    Bad("none", "payload must be a JSON object", payload=None),
+    Bad("datetime", "not JSON-serialisable", payload={"at": datetime.now(UTC)}),
+    Bad("set", "not JSON-serialisable", payload={"ids": {1, 2}}),
+    Bad("object", "not JSON-serialisable", payload={"x": Opaque()}),
+    Bad("nan", "not JSON-serialisable", payload={"amount": math.nan}),
+    Bad("infinity", "not JSON-serialisable", payload={"amount": math.inf}),
+    Bad("tuple key", "not JSON-serialisable", payload={(1, 2): "x"}),
+    Bad("lone surrogate", "lone surrogate", payload={"name": "\ud800"}),
+    Bad("other eventType", "does not match event_type", payload={"eventType": "case_created"}),
+    Bad("bad correlationId", "correlationId must be a UUID", payload={"correlationId": "abc"}),
+    Bad(
+        "urn correlationId",
+        "correlationId must be a UUID",
+        payload={"correlationId": f"urn:uuid:{uuid.uuid4()}"},
+    ),
+    Bad("numeric correlationId", "correlationId must be a UUID", payload={"correlationId": 42}),
+    Bad("empty payloadVersion", "payloadVersion", payload={"payloadVersion": ""}),
+    Bad("numeric payloadVersion", "payloadVersion", payload={"payloadVersion": 1}),
+    Bad("bad timestamp", "timestamp must be an ISO 8601", payload={"timestamp": "yesterday"}),
+    Bad("numeric timestamp", "timestamp must be an ISO 8601", payload={"timestamp": 1500000000}),
+    Bad("upper-case country", "country 'DK'", options={"country": "DK"}),
+    Bad("three-letter country", "country 'dnk'", options={"country": "dnk"}),
+    Bad("country with newline", "country", options={"country": "dk\n"}),
+    Bad("tenant with a space", "tenant 'abc insurance'", options={"tenant": "abc insurance"}),
+    Bad("empty tenant", "tenant ''", options={"tenant": ""}),
+    Bad(
+        "empty ordering_key",
+        "ordering_key must be a non-empty string",
+        options={"ordering_key": ""},
+    ),
+    Bad("empty event_type", "event_type '' must be", event_type=""),
+    Bad("event_type with a space", "event_type", event_type="payment status"),
+    Bad("NUL in a value", "NUL character", payload={"note": "a\x00b"}),
+    Bad("NUL in a key", "NUL character", payload={"a\x00b": 1}),
+    Bad("NUL after a backslash", "NUL character", payload={"note": "\\\x00"}),
+    Bad("NUL in event_type", "event_type", event_type="payment\x00"),
+    Bad("NUL in tenant", "tenant", options={"tenant": "abc\x00"}),
+    Bad("NUL in ordering_key", "ordering_key holds a NUL", options={"ordering_key": "k\x00"}),
+]
+
+
+async def refusal(writer: Writer, bad: Bad) -> str | None:
+    """The InvalidEvent message for a bad event, or None if it was enqueued."""
+    try:
+        await writer.enqueue(bad.event_type, bad.payload, **bad.options)
+    except InvalidEvent as error:
+        return str(error)
+    return None
+
+
+def test_the_bad_events_are_distinct() -> None:
+    assert len({bad.name for bad in BAD_EVENTS}) == len(BAD_EVENTS)
+
+
+async def test_bad_events_are_refused_and_write_nothing(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    # One transaction for all of them, committed at the end: a refusal must leave the caller's
+    # transaction usable (nothing was sent to the database) as well as write nothing.
+    async with transaction(True) as writer:
+        for bad in BAD_EVENTS:
+            message = await refusal(writer, bad)
+            assert message is not None, f"{bad.name}: enqueued without InvalidEvent"
+            assert bad.message in message, f"{bad.name}: {message}"
+        good = await writer.enqueue(EVENT_TYPE, {"payment": {}})
+    assert [row["id"] for row in await db.fetch("SELECT id FROM outbox")] == [good]
+
+
+def test_invalid_event_is_a_value_error() -> None:
+    # Applications that already catch ValueError around their own validation catch this too.
+    assert issubclass(InvalidEvent, ValueError)
