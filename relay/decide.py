@@ -6,13 +6,12 @@ means for the row: published, retried later, or dead. Both are tested as tables.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
 
-from relay.outbox import REQUIRED_FIELDS, ClaimedRow, Result
+from relay.outbox import REQUIRED_FIELDS, UUID_PATTERN, ClaimedRow, Result
 from relay.publisher import Outcome, OutcomeKind
 from relay.retry import GiveUpPolicy, RetryPolicy
 
@@ -64,9 +63,7 @@ def prepare(
             f"{row.event_type!r}",
             correlation_id,
         )
-    try:
-        uuid.UUID(str(correlation))
-    except ValueError:
+    if not isinstance(correlation, str) or not UUID_PATTERN.fullmatch(correlation):
         return Unsendable("payload correlationId is not a UUID", correlation_id)
     country = row.country or default_country
     tenant = row.tenant or default_tenant

@@ -47,7 +47,9 @@ _EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 _COUNTRY = re.compile(r"^[a-z]{2}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # The 8-4-4-4-12 form only (either case): uuid.UUID also takes braces, "urn:uuid:" and bare hex.
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+UUID_PATTERN = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+)
 # A JSON \u0000 escape, i.e. one not itself preceded by an escaped backslash.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -85,7 +87,7 @@ def _check_fields(payload: Mapping[str, Any]) -> None:
     if not isinstance(payload["payloadVersion"], str) or not payload["payloadVersion"]:
         raise InvalidEvent("payloadVersion must be a non-empty string such as '1.0.0'")
     correlation_id = payload["correlationId"]
-    if not isinstance(correlation_id, str) or not _UUID.fullmatch(correlation_id):
+    if not isinstance(correlation_id, str) or not UUID_PATTERN.fullmatch(correlation_id):
         raise InvalidEvent("correlationId must be a UUID string such as 70c6d351-016f-...")
     timestamp = payload["timestamp"]
     try:

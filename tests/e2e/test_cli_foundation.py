@@ -291,10 +291,5 @@ def test_refused_events_write_nothing(batch: Batch) -> None:
     assert sorted(rows) == [("case_created",), ("payment_status_updated",)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/cli.py enqueue: an error of the INSERT itself (here: no outbox table) escapes "
-    "the error boundary as a traceback instead of SchemaNotReady",
-)
 def test_enqueue_before_migrate_says_to_migrate(batch: Batch) -> None:
     assert_one_line(batch.runs["enqueue unmigrated"], 1, "run 'relay migrate'")
