@@ -1,0 +1,221 @@
+"""``relay status``, ``relay dead``, ``relay requeue`` and ``relay purge`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
+from tests.helpers.partner import running
+from tests.integration.test_admin import Attempt, add_dead, add_row, eventually
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+OPERATOR = "ops-alice"
+
+
+class Run:
+    """One finished ``relay`` process."""
+
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def json(self) -> Any:
+        assert self.code == 0, self.stderr
+        return orjson.loads(self.stdout)
+
+    def log(self) -> list[dict[str, Any]]:
+        """The JSON log lines it wrote to stderr."""
+        return [orjson.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+
+def admin_env(database_url: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
+    env.update(RELAY_DATABASE_URL=database_url, RELAY_LOG_FORMAT="json", USER=OPERATOR)
+    return env
+
+
+async def relay(database_url: str, *args: str) -> Run:
+    process = await asyncio.create_subprocess_exec(
+        RELAY,
+        *args,
+        env=admin_env(database_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return Run(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: str) -> None:
+    await add_row(
+        db,
+        status="published",
+        age=timedelta(hours=1),
+        deliveries=[Attempt("created", 201, timedelta(minutes=30), "seeded")],
+    )
+    await add_row(db, age=timedelta(minutes=3))
+    await add_row(
+        db,
+        attempts=2,
+        available_in=timedelta(minutes=2),
+        deliveries=[Attempt("http_503", 503, timedelta(seconds=10))],
+    )
+    refused = await add_dead(db, event_type="case_created", died_ago=timedelta(hours=2))
+    invalid = await add_dead(db, outcome="invalid_event", http_status=None)
+    await db.execute(
+        "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+        "('dk/abcinsurance', now() + interval '1 minute', 'configuration', 'http_403', 'vm:7')"
+    )
+
+    status_text, status_json, listed, shown, shown_json = await asyncio.gather(
+        relay(database_url, "status"),
+        relay(database_url, "status", "--json"),
+        relay(database_url, "dead", "list", "--since", "3h", "--json"),
+        relay(database_url, "dead", "show", str(refused)),
+        relay(database_url, "dead", "show", str(invalid), "--json"),
+    )
+
+    assert status_text.code == 0, status_text.stderr
+    assert "dead by last error:" in status_text.stdout
+    assert "dk/abcinsurance  configuration" in status_text.stdout
+    report = status_json.json()
+    assert report["counts"] == {"pending": 2, "in_flight": 0, "published": 1, "dead": 2}
+    assert report["retrying"] == 1
+    assert report["next_retry_at"].endswith("Z")
+    assert 170 < report["oldest_unfinished_age"] < 240
+    assert report["dead_by_event_type"] == {"case_created": 1, "payment_status_updated": 1}
+    assert report["dead_by_error_class"] == {"http_400": 1, "invalid_event": 1}
+    assert report["last_published_at"] is not None
+    assert [pause["kind"] for pause in report["pauses"]] == ["configuration"]
+
+    assert [row["id"] for row in listed.json()] == [refused, invalid]
+    assert '"payload"' not in listed.stdout
+    assert '"uuid"' not in listed.stdout  # nothing of the payload
+
+    assert shown.code == 0, shown.stderr
+    for expected in (
+        f"outbox row {refused}: dead",
+        "attempts:       1",
+        "HTTP status:    400",
+        "last error:     HTTP 400: refused",
+        '"eventType": "case_created"',
+        "delivery log (1 attempts):",
+    ):
+        assert expected in shown.stdout
+    detail = shown_json.json()
+    assert (detail["status"], detail["error_class"]) == ("dead", "invalid_event")
+    assert detail["payload"]["eventType"] == "payment_status_updated"
+    assert [item["outcome"] for item in detail["deliveries"]] == ["invalid_event"]
+    # Payloads go to stdout only, never to the log.
+    for run in (status_text, listed, shown, shown_json):
+        assert '"uuid"' not in run.stderr
+
+
+async def test_requeue_command(db: asyncpg.Connection, database_url: str) -> None:
+    first = await add_dead(db)
+    second = await add_dead(db, event_type="case_created")
+    third = await add_dead(db, event_type="case_created")
+    unselected, dry = await asyncio.gather(
+        relay(database_url, "requeue"),
+        relay(database_url, "requeue", "--all-dead", "--dry-run", "--json"),
+    )
+    assert unselected.code == 2
+    assert "--all-dead" in unselected.stderr
+    assert dry.json()["would_requeue"] == 3
+    assert await status_counts(db) == {"dead": 3}  # a dry run changes nothing
+    assert not [line for line in dry.log() if line["event"] == "admin.requeued"]
+
+    by_ids, by_type = await asyncio.gather(
+        relay(database_url, "requeue", str(first), "99999"),
+        relay(database_url, "requeue", "--event-type", "case_created", "--since", "1h", "--json"),
+    )
+    assert by_ids.code == 0, by_ids.stderr
+    assert f"relay: requeued 1 dead rows: {first}" in by_ids.stdout
+    assert "not dead (left alone): 99999" in by_ids.stdout
+    result = by_type.json()
+    assert (result["requeued"], result["ids"]) == (2, [second, third])
+    assert result["selector"]["event_type"] == "case_created"
+    [audit] = [line for line in by_type.log() if line["event"] == "admin.requeued"]
+    assert (audit["count"], audit["ids"], audit["operator"]) == (2, [second, third], OPERATOR)
+    assert audit["selector"]["since"].endswith("Z")
+    rows = await db.fetch("SELECT status, attempts FROM outbox ORDER BY id")
+    assert [(row["status"], row["attempts"]) for row in rows] == [("pending", 0)] * 3
+
+
+async def test_requeued_dead_rows_are_published_by_a_running_relay(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    async with running() as emulator:
+        emulator.set_faults(status=503)
+        settings = engine_settings(
+            database_url, emulator, max_attempts=2, max_age=0, circuit_threshold=1000
+        )
+        async with running_daemon(settings):
+            ids = await insert_rows(db, 3)
+
+            async def all_dead() -> bool:
+                return await status_counts(db) == {"dead": 3}
+
+            await eventually(all_dead)
+            emulator.clear_faults()
+            shown = await relay(database_url, "dead", "show", str(ids[0]))
+            requeued = await relay(database_url, "requeue", "--all-dead")
+
+            async def all_published() -> bool:
+                return await status_counts(db) == {"published": 3}
+
+            await eventually(all_published)
+    assert shown.code == 0, shown.stderr
+    assert "attempts:       2" in shown.stdout
+    assert "delivery log (2 attempts):" in shown.stdout
+    assert shown.stdout.count("HTTP 503") >= 2
+    assert requeued.code == 0, requeued.stderr
+    assert "relay: requeued 3 dead rows" in requeued.stdout
+    assert len(emulator.events) == 3
+    attempts = await db.fetch("SELECT attempts FROM outbox ORDER BY id")
+    assert [row["attempts"] for row in attempts] == [1, 1, 1]  # counted afresh
+    assert await db.fetchval("SELECT count(*) FROM outbox_delivery") == 9
+
+
+async def test_purge_command(db: asyncpg.Connection, database_url: str) -> None:
+    for days in (45, 40, 35):
+        await add_row(
+            db,
+            status="published",
+            age=timedelta(days=days * 2),  # published `days` ago
+            deliveries=[Attempt("created", 201, timedelta(days=days), "seeded")],
+        )
+    young = await add_row(db, status="published", age=timedelta(days=2))
+    dead = await add_dead(db, died_ago=timedelta(days=90))
+    purged, unreadable, future = await asyncio.gather(
+        relay(database_url, "purge", "--older-than", "30d", "--batch-size", "2", "--json"),
+        relay(database_url, "purge", "--older-than", "last tuesday"),
+        relay(database_url, "purge", "--older-than", "2999-01-01T00:00:00Z"),
+    )
+    result = purged.json()
+    assert (result["rows"], result["batches"]) == (3, 2)
+    [audit] = [line for line in purged.log() if line["event"] == "admin.purged"]
+    assert (audit["rows"], audit["operator"]) == (3, OPERATOR)
+    assert unreadable.code == 2
+    assert "neither a duration" in unreadable.stderr
+    assert future.code == 1
+    assert "in the future" in future.stderr
+    left = await db.fetch("SELECT id FROM outbox ORDER BY id")
+    assert [row["id"] for row in left] == [young, dead]
+
+
+async def test_commands_on_a_database_without_the_schema(empty_database_url: str) -> None:
+    run = await relay(empty_database_url, "status")
+    assert run.code == 1
+    assert "run 'relay migrate'" in run.stderr
+    assert "Traceback" not in run.stderr

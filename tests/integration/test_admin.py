@@ -1,0 +1,437 @@
+"""The operator functions (relay.admin) against a real PostgreSQL, with relays running."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from relay.admin import (
+    Admin,
+    DeadSelector,
+    NoSelector,
+    NoSuchRow,
+    open_admin,
+    parse_moment,
+    resolve,
+)
+from relay.config import load_settings
+from relay.errors import RelayError
+from tests.helpers.engine import engine_settings, payload, running_daemon
+from tests.helpers.partner import running
+
+EVENT = "payment_status_updated"
+
+
+# Seeding rows in any state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A delivery-log row to write for a seeded outbox row."""
+
+    outcome: str
+    http_status: int | None
+    ago: timedelta
+    event_api_id: str | None = None
+    error: str | None = None
+
+
+async def add_row(
+    db: asyncpg.Connection,
+    *,
+    status: str = "pending",
+    event_type: str = EVENT,
+    attempts: int = 0,
+    age: timedelta = timedelta(0),
+    available_in: timedelta = timedelta(0),
+    ordering_key: str | None = None,
+    last_http_status: int | None = None,
+    last_error: str | None = None,
+    deliveries: Sequence[Attempt] = (),
+) -> int:
+    """Write one outbox row as the engine would have left it, with its delivery log."""
+    published = status == "published"
+    row_id: int = await db.fetchval(
+        """
+        INSERT INTO outbox (event_type, payload, status, attempts, created_at, available_at,
+                            ordering_key, last_http_status, last_error, published_at,
+                            event_api_id, claimed_by, lease_until)
+        VALUES ($1, $2::jsonb, $3, $4, now() - $5::interval, now() + $6::interval, $7, $8, $9,
+                CASE WHEN $10 THEN now() - $5::interval / 2 END,
+                CASE WHEN $10 THEN 'seeded' END,
+                CASE WHEN $3 = 'in_flight' THEN 'elsewhere' END,
+                CASE WHEN $3 = 'in_flight' THEN now() + interval '1 minute' END)
+        RETURNING id""",
+        event_type,
+        orjson.dumps(payload(event_type)).decode(),
+        status,
+        attempts,
+        age,
+        available_in,
+        ordering_key,
+        last_http_status,
+        last_error,
+        published,
+    )
+    for number, attempt in enumerate(deliveries, start=1):
+        await db.execute(
+            """
+            INSERT INTO outbox_delivery (outbox_id, attempt, attempted_at, http_status,
+                                         latency_ms, outcome, event_api_id, error, worker)
+            VALUES ($1, $2, now() - $3::interval, $4, 12.5, $5, $6, $7, 'seed')""",
+            row_id,
+            number,
+            attempt.ago,
+            attempt.http_status,
+            attempt.outcome,
+            attempt.event_api_id,
+            attempt.error,
+        )
+    return row_id
+
+
+async def add_dead(
+    db: asyncpg.Connection,
+    *,
+    event_type: str = EVENT,
+    outcome: str = "http_400",
+    http_status: int | None = 400,
+    died_ago: timedelta = timedelta(minutes=5),
+    ordering_key: str | None = None,
+) -> int:
+    """A dead row that failed once, ``died_ago``."""
+    error = f"HTTP {http_status}: refused" if http_status else "payload is missing timestamp"
+    return await add_row(
+        db,
+        status="dead",
+        event_type=event_type,
+        attempts=1,
+        age=died_ago + timedelta(seconds=1),
+        ordering_key=ordering_key,
+        last_http_status=http_status,
+        last_error=error,
+        deliveries=[Attempt(outcome, http_status, died_ago, error=error)],
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until the database says ``check`` holds; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - the state lives in the database
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def admin(database_url: str) -> AsyncIterator[Admin]:
+    async with open_admin(load_settings(database_url=database_url)) as handle:
+        yield handle
+
+
+# Times the operator types -----------------------------------------------------------------------
+
+
+def test_parse_moment_takes_durations_and_timestamps() -> None:
+    assert parse_moment("30d") == timedelta(days=30)
+    assert parse_moment("2h") == timedelta(hours=2)
+    assert parse_moment("2026-11-28T14:02:00Z") == datetime(2026, 11, 28, 14, 2, tzinfo=UTC)
+    assert parse_moment("2026-11-28T15:02:00+01:00") == datetime(2026, 11, 28, 14, 2, tzinfo=UTC)
+    naive = parse_moment("2026-11-28T14:02:00")
+    assert isinstance(naive, datetime)
+    assert naive.tzinfo is not None  # read in local time, then held in UTC
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    assert resolve(timedelta(hours=2), now) == datetime(2026, 11, 28, 10, tzinfo=UTC)
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_moment("yesterday")
+
+
+# relay status ---------------------------------------------------------------------------------
+
+
+async def test_status_reports_one_snapshot_of_everything(
+    db: asyncpg.Connection, admin: Admin
+) -> None:
+    for minutes in (30, 20, 10):
+        await add_row(
+            db,
+            status="published",
+            age=timedelta(minutes=minutes),
+            deliveries=[Attempt("created", 201, timedelta(minutes=minutes / 2), "seeded")],
+        )
+    await add_row(db, age=timedelta(minutes=10))  # the oldest unfinished row
+    await add_row(db)
+    await add_row(db, status="in_flight", attempts=1)
+    soon = await add_row(
+        db,
+        attempts=2,
+        available_in=timedelta(seconds=30),
+        last_http_status=503,
+        deliveries=[Attempt("http_503", 503, timedelta(seconds=9))] * 2,
+    )
+    await add_row(
+        db,
+        attempts=1,
+        available_in=timedelta(minutes=1),
+        deliveries=[Attempt("timeout", None, timedelta(seconds=5))],
+    )
+    await add_dead(db, outcome="http_400")
+    await add_dead(db, outcome="invalid_event", http_status=None)
+    await add_dead(db, event_type="case_created", ordering_key="case-1")
+    # No delivery log: the class comes from last_http_status.
+    await add_row(db, status="dead", event_type="case_created", attempts=3, last_http_status=409)
+    await add_row(db, event_type="case_created", ordering_key="case-1")  # behind a dead row
+    await db.execute(
+        "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+        "('*', now() + interval '30 seconds', 'circuit', 'http_503: down', 'host:1'), "
+        "('dk/other', now() - interval '1 second', 'retry_after', 'http_429', 'host:2')"
+    )
+
+    report = await admin.status(retrying_limit=1)
+
+    assert report.counts == {"pending": 5, "in_flight": 1, "published": 3, "dead": 4}
+    assert report.oldest_unfinished_age is not None
+    assert 595 < report.oldest_unfinished_age < 660
+    assert report.retrying == 2
+    assert [row.id for row in report.retrying_rows] == [soon]
+    first = report.retrying_rows[0]
+    assert (first.attempts, first.error_class, first.last_http_status) == (2, "http_503", 503)
+    assert report.next_retry_at == first.next_attempt_at
+    assert 25 < (first.next_attempt_at - report.at).total_seconds() <= 30
+    assert report.blocked_by_dead == 1
+    assert report.dead_by_event_type == {"case_created": 2, EVENT: 2}
+    assert report.dead_by_error_class == {"http_400": 2, "http_409": 1, "invalid_event": 1}
+    assert report.last_published_at is not None
+    assert 280 < (report.at - report.last_published_at).total_seconds() < 320  # 10 min / 2
+    assert [(p.route, p.kind, p.set_by) for p in report.pauses] == [("*", "circuit", "host:1")]
+    assert 25 < report.pauses[0].remaining <= 30
+
+    document = report.to_json()
+    orjson.dumps(document)  # JSON-ready all the way down
+    assert document["counts"]["dead"] == 4
+    assert document["pauses"][0]["until"].endswith("Z")
+    text = "\n".join(report.lines())
+    assert "circuit" in text
+    assert "http_409" in text
+    assert "held behind a dead row" in text
+
+
+async def test_status_of_an_empty_outbox(admin: Admin) -> None:
+    report = await admin.status()
+    assert report.counts == {"pending": 0, "in_flight": 0, "published": 0, "dead": 0}
+    assert report.oldest_unfinished_age is None
+    assert report.next_retry_at is None
+    assert report.last_published_at is None
+    assert report.pauses == []
+    assert "pauses: none" in report.lines()
+
+
+# relay dead list / show ------------------------------------------------------------------------
+
+
+async def test_dead_list_filters_by_event_type_death_time_and_limit(
+    db: asyncpg.Connection, admin: Admin
+) -> None:
+    old = await add_dead(db, died_ago=timedelta(hours=3))
+    recent = await add_dead(db, died_ago=timedelta(minutes=5))
+    other = await add_dead(db, event_type="case_created", died_ago=timedelta(minutes=1))
+    await add_row(db)  # not dead
+
+    assert [row.id for row in await admin.dead_list()] == [old, recent, other]
+    assert [row.id for row in await admin.dead_list(event_type=EVENT)] == [old, recent]
+    assert [row.id for row in await admin.dead_list(since=timedelta(hours=1))] == [recent, other]
+    assert [row.id for row in await admin.dead_list(limit=1)] == [old]
+    row = (await admin.dead_list(event_type="case_created"))[0]
+    assert (row.attempts, row.error_class, row.last_http_status) == (1, "http_400", 400)
+    assert "payload" not in row.to_json()
+    assert "refused" in row.line()
+
+
+async def test_dead_show_has_the_payload_and_every_attempt(
+    db: asyncpg.Connection, admin: Admin
+) -> None:
+    row_id = await add_row(
+        db,
+        status="dead",
+        attempts=3,
+        age=timedelta(hours=25),
+        last_http_status=503,
+        last_error="HTTP 503: injected",
+        deliveries=[Attempt("http_503", 503, timedelta(hours=n), error="down") for n in (3, 2, 1)],
+    )
+    detail = await admin.row(row_id)
+    assert (detail.status, detail.attempts, detail.last_http_status) == ("dead", 3, 503)
+    assert [item.attempt for item in detail.deliveries] == [1, 2, 3]
+    assert detail.error_class == "http_503"
+    assert detail.last_attempt_at == detail.deliveries[-1].attempted_at
+    document = detail.to_json()
+    assert document["payload"]["eventType"] == EVENT
+    assert len(document["deliveries"]) == 3
+    text = "\n".join(detail.lines())
+    assert "attempts:       3" in text
+    assert "delivery log (3 attempts):" in text
+    assert '"eventType": "payment_status_updated"' in text
+
+    with pytest.raises(NoSuchRow, match="no row 999999"):
+        await admin.row(999_999)
+
+
+# relay requeue ---------------------------------------------------------------------------------
+
+
+async def dead_ids(db: asyncpg.Connection) -> set[int]:
+    return {row["id"] for row in await db.fetch("SELECT id FROM outbox WHERE status = 'dead'")}
+
+
+async def test_requeue_selectors(db: asyncpg.Connection, admin: Admin) -> None:
+    a = await add_dead(db, died_ago=timedelta(hours=3))
+    b = await add_dead(db, died_ago=timedelta(minutes=30))
+    c = await add_dead(db, event_type="case_created", died_ago=timedelta(minutes=30))
+    d = await add_dead(db, event_type="case_created", died_ago=timedelta(minutes=5))
+    pending = await add_row(db)
+
+    with pytest.raises(NoSelector, match="--all-dead"):
+        await admin.requeue(DeadSelector())
+    with pytest.raises(NoSelector, match="no ids or filters"):
+        await admin.requeue(DeadSelector(ids=(a,), all_dead=True))
+
+    preview = await admin.requeue(DeadSelector(all_dead=True), dry_run=True)
+    assert preview.ids == [a, b, c, d]
+    assert await dead_ids(db) == {a, b, c, d}  # a dry run changes nothing
+
+    by_id = await admin.requeue(DeadSelector(ids=(a, pending, 424242)))
+    assert (by_id.ids, by_id.not_dead) == ([a], [pending, 424242])
+    window = DeadSelector(
+        event_type="case_created", since=timedelta(hours=1), until=timedelta(minutes=10)
+    )
+    assert (await admin.requeue(window)).ids == [c]
+    assert (await admin.requeue(DeadSelector(until=timedelta(minutes=10)))).ids == [b]
+    assert (await admin.requeue(DeadSelector(all_dead=True))).ids == [d]
+    assert await dead_ids(db) == set()
+
+
+async def test_requeue_resets_the_row_keeps_its_id_and_history_and_wakes_relays(
+    db: asyncpg.Connection, database_url: str, admin: Admin
+) -> None:
+    row_id = await add_dead(db, ordering_key="case-9")
+    woken = asyncio.Event()
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener("relay_outbox", lambda *_: woken.set())
+    try:
+        with capture_logs() as logged:
+            result = await admin.requeue(DeadSelector(ids=(row_id,)))
+        async with asyncio.timeout(5):
+            await woken.wait()
+    finally:
+        await listener.close()
+    assert result.ids == [row_id]
+    row = await db.fetchrow("SELECT * FROM outbox WHERE id = $1", row_id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["ordering_key"]) == ("pending", 0, "case-9")
+    assert row["available_at"] <= await db.fetchval("SELECT now()")
+    assert row["last_error"] == "HTTP 400: refused"  # kept until the next attempt
+    assert await db.fetchval("SELECT count(*) FROM outbox_delivery WHERE outbox_id = $1", row_id)
+    audit = [entry for entry in logged if entry["event"] == "admin.requeued"]
+    assert len(audit) == 1
+    assert audit[0]["count"] == 1
+    assert audit[0]["ids"] == [row_id]
+    assert audit[0]["selector"] == {"ids": [row_id]}
+    assert audit[0]["operator"] == admin.operator
+    assert "payload" not in audit[0]
+
+
+# relay purge -----------------------------------------------------------------------------------
+
+
+async def test_purge_of_100000_rows_never_holds_up_inserts(
+    db: asyncpg.Connection, database_url: str, admin: Admin
+) -> None:
+    rows = 100_000
+    await db.execute(
+        """
+        INSERT INTO outbox (event_type, payload, status, attempts, created_at, published_at,
+                            event_api_id)
+        SELECT 'payment_status_updated', jsonb_build_object('n', n), 'published', 1,
+               now() - interval '40 days', now() - interval '40 days', n::text
+        FROM generate_series(1, $1::int) AS n""",
+        rows,
+    )
+    await db.execute(
+        """
+        INSERT INTO outbox_delivery (outbox_id, attempt, attempted_at, http_status, latency_ms,
+                                     outcome, event_api_id, worker)
+        SELECT id, 1, published_at, 201, 5, 'created', event_api_id, 'seed' FROM outbox"""
+    )
+    young = await add_row(db, status="published", age=timedelta(days=1))
+    dead = await add_dead(db, died_ago=timedelta(days=60))
+    await db.execute("ANALYZE outbox; ANALYZE outbox_delivery")
+
+    latencies: list[float] = []
+    done = asyncio.Event()
+    producer = await asyncpg.connect(database_url)
+
+    async def insert_meanwhile() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await producer.execute(
+                "INSERT INTO outbox (event_type, payload) VALUES ($1, $2::jsonb)",
+                EVENT,
+                orjson.dumps(payload()).decode(),
+            )
+            latencies.append(time.perf_counter() - started)
+
+    inserting = asyncio.create_task(insert_meanwhile())
+    try:
+        result = await admin.purge(timedelta(days=30), batch_size=1000)
+    finally:
+        done.set()
+        await inserting
+        await producer.close()
+
+    print(
+        f"\npurge: {result.rows} rows in {result.batches} batches, {result.seconds:.2f}s; "
+        f"{len(latencies)} concurrent inserts, max {max(latencies) * 1000:.1f}ms"
+    )
+    assert (result.rows, result.batches) == (rows, 100)
+    assert len(latencies) > 50  # the producer really ran alongside
+    assert max(latencies) < 0.5
+    left = await db.fetch("SELECT id FROM outbox WHERE status <> 'pending' ORDER BY id")
+    assert [row["id"] for row in left] == [young, dead]
+    assert await db.fetchval("SELECT count(*) FROM outbox_delivery") == 1  # the dead row's
+
+
+async def test_purge_refuses_a_cutoff_in_the_future(admin: Admin) -> None:
+    with pytest.raises(RelayError, match="in the future"):
+        await admin.purge(datetime.now(UTC) + timedelta(days=1))
+
+
+async def test_the_daemon_purges_after_relay_retention(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    for _ in range(3):
+        await add_row(
+            db,
+            status="published",
+            age=timedelta(days=4),  # published two days ago
+            deliveries=[Attempt("created", 201, timedelta(days=2), "seeded")],
+        )
+    young = await add_row(db, status="published", age=timedelta(hours=2))
+    dead = await add_dead(db, died_ago=timedelta(days=30))
+
+    async def purged() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM outbox") == 2)
+
+    async with (
+        running() as emulator,
+        running_daemon(engine_settings(database_url, emulator, retention="1d")),
+    ):
+        await eventually(purged)
+    left = await db.fetch("SELECT id FROM outbox ORDER BY id")
+    assert [row["id"] for row in left] == [young, dead]
+    assert await db.fetchval("SELECT count(*) FROM outbox_delivery") == 1  # the dead row's

@@ -1,0 +1,297 @@
+"""What an operator sees of a run: /metrics, /readyz, the delivery log and the JSON log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.admin import open_admin
+from relay.config import load_settings
+from relay.emulator import Emulator, Faults
+from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
+from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running, secret_config
+from tests.integration.test_admin import eventually
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+EVENT_FIELDS = ("outbox_id", "event_type", "correlation_id", "tenant", "attempt")
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def scrape(port: int | None) -> defaultdict[str, float]:
+    """Every sample of /metrics summed over its labels, by sample name."""
+    _, text = await get(f"http://127.0.0.1:{port}/metrics")
+    totals: defaultdict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for item in family.samples:
+            totals[item.name] += item.value
+    return totals
+
+
+async def sample(port: int | None, name: str, **labels: str) -> float | None:
+    _, text = await get(f"http://127.0.0.1:{port}/metrics")
+    for family in text_string_to_metric_families(text):
+        for item in family.samples:
+            if item.name == name and all(item.labels.get(k) == v for k, v in labels.items()):
+                return float(item.value)
+    return None
+
+
+async def test_metrics_counters_move_during_a_run(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    config = secret_config(faults=Faults(error_rate=0.3))
+    async with running(config) as emulator:
+        settings = engine_settings(database_url, emulator, circuit_threshold=1000)
+        async with running_daemon(settings) as daemon:
+            before = await scrape(daemon.http_port)
+            assert before["relay_events_published_total"] == 0
+            await insert_rows(db, 50)
+
+            async def all_published() -> bool:
+                return (await scrape(daemon.http_port))["relay_events_published_total"] == 50
+
+            await eventually(all_published)
+            after = await scrape(daemon.http_port)
+            labelled = await sample(
+                daemon.http_port,
+                "relay_events_published_total",
+                event_type="payment_status_updated",
+            )
+    assert labelled == 50
+    retried = after["relay_events_retried_total"]
+    assert retried > 0  # about 30% of the sends were refused
+    assert after["relay_publish_latency_seconds_count"] == 50 + retried
+    assert after["relay_claim_batch_size_count"] > before["relay_claim_batch_size_count"]
+    assert after["relay_token_refreshes_total"] >= 1
+    assert after["relay_requests_in_flight"] == 0
+    assert after["relay_events_dead_lettered_total"] == 0
+    assert await status_counts(db) == {"published": 50}
+
+
+async def test_readyz_turns_503_during_a_403_and_200_after(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    async with running() as emulator:
+        settings = engine_settings(database_url, emulator, configuration_pause=0.5)
+        async with running_daemon(settings) as daemon:
+            readyz = f"http://127.0.0.1:{daemon.http_port}/readyz"
+            assert (await get(readyz))[0] == 200
+            emulator.set_faults(status=403)
+            await insert_rows(db, 3)
+
+            async def not_ready() -> bool:
+                return (await get(readyz))[0] == 503
+
+            await eventually(not_ready)
+            _, body = await get(readyz)
+            paused = await sample(daemon.http_port, "relay_paused", kind="configuration")
+            emulator.clear_faults()
+
+            async def ready_and_sent() -> bool:
+                return (await get(readyz))[0] == 200 and await status_counts(db) == {"published": 3}
+
+            await eventually(ready_and_sent)
+    reason = orjson.loads(body)["reason"]
+    assert "dk/abcinsurance" in reason
+    assert "http_403" in reason
+    assert paused == 1
+    # A configuration error costs no attempt: each row was published at its first count.
+    assert await db.fetchval("SELECT max(attempts) FROM outbox") == 1
+
+
+async def test_failed_twice_then_published_leaves_three_delivery_rows(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    async with running() as emulator:
+        # Retry-After: 1 spaces the attempts a second apart, so the fault can be lifted
+        # between the second and third attempt without a race.
+        emulator.set_faults(status=503, retry_after="1")
+        async with running_daemon(engine_settings(database_url, emulator)):
+            [row_id] = await insert_rows(db, 1)
+
+            async def failed_twice() -> bool:
+                attempts = await db.fetchval("SELECT attempts FROM outbox WHERE id = $1", row_id)
+                return bool(attempts == 2)
+
+            await eventually(failed_twice)
+            emulator.clear_faults()
+
+            async def published() -> bool:
+                return await status_counts(db) == {"published": 1}
+
+            await eventually(published)
+    log = await db.fetch(
+        "SELECT attempt, attempted_at, http_status, outcome, event_api_id, error "
+        "FROM outbox_delivery WHERE outbox_id = $1 ORDER BY attempted_at",
+        row_id,
+    )
+    assert [(r["attempt"], r["http_status"], r["outcome"]) for r in log] == [
+        (1, 503, "http_503"),
+        (2, 503, "http_503"),
+        (3, 201, "created"),
+    ]
+    assert log[2]["event_api_id"] == "1"
+    assert "HTTP 503" in log[0]["error"]
+    gaps = [
+        (b["attempted_at"] - a["attempted_at"]).total_seconds() for a, b in itertools.pairwise(log)
+    ]
+    assert min(gaps) >= 0.95  # Retry-After honoured
+    row = await db.fetchrow("SELECT attempts, last_error, published_at FROM outbox")
+    assert row is not None
+    assert (row["attempts"], row["last_error"]) == (3, None)
+
+
+async def test_a_dead_event_shows_each_of_its_attempts(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    async with running() as emulator:
+        emulator.set_faults(status=503)
+        settings = engine_settings(
+            database_url, emulator, max_attempts=2, max_age=0, circuit_threshold=1000
+        )
+        async with running_daemon(settings):
+            [row_id] = await insert_rows(db, 1)
+
+            async def dead() -> bool:
+                return await status_counts(db) == {"dead": 1}
+
+            await eventually(dead)
+    async with open_admin(load_settings(database_url=database_url)) as admin:
+        detail = await admin.row(row_id)
+        report = await admin.status()
+    assert (detail.status, detail.attempts, detail.last_http_status) == ("dead", 2, 503)
+    assert [(item.attempt, item.outcome) for item in detail.deliveries] == [
+        (1, "http_503"),
+        (2, "http_503"),
+    ]
+    assert report.dead_by_error_class == {"http_503": 1}
+
+
+# The JSON log of a real `relay run --drain` -----------------------------------------------------
+
+
+def run_env(database_url: str, emulator: Emulator, **extra: str) -> dict[str, str]:
+    """The environment of a ``relay run`` process aimed at this database and emulator."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
+    env.update(
+        RELAY_DATABASE_URL=database_url,
+        RELAY_TOKEN_URL=emulator.token_url,
+        RELAY_API_BASE_URL=emulator.base_url,
+        RELAY_COUNTRY="dk",
+        RELAY_TENANT="abcinsurance",
+        RELAY_CLIENT_ID=CLIENT_ID,
+        RELAY_CLIENT_SECRET=CLIENT_SECRET,
+        RELAY_HTTP_HOST="127.0.0.1",
+        RELAY_HTTP_PORT="0",
+        RELAY_BACKOFF_BASE="10ms",
+        RELAY_BACKOFF_CAP="50ms",
+        RELAY_POLL_INTERVAL="100ms",
+        RELAY_LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+async def insert_invalid(db: asyncpg.Connection) -> int:
+    """A row the relay cannot send (no timestamp): dead at its first attempt, no HTTP call."""
+    document = {
+        "eventType": "payment_status_updated",
+        "payloadVersion": "1.0.0",
+        "correlationId": str(uuid.uuid4()),
+        "payment": {"uuid": str(uuid.uuid4()), "status": "secret-status-never-logged"},
+    }
+    row_id: int = await db.fetchval(
+        "INSERT INTO outbox (event_type, payload, tenant, country) "
+        "VALUES ('payment_status_updated', $1::jsonb, 'budget', 'dk') RETURNING id",
+        orjson.dumps(document).decode(),
+    )
+    return row_id
+
+
+async def relay_process(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        RELAY,
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def secrets_in(emulator: Emulator, payloads: list[dict[str, Any]]) -> list[str]:
+    """Strings that must never reach a log: the secret, every token, payload contents."""
+    values = [CLIENT_SECRET, "Bearer ", "eyJ", *emulator.access_tokens]
+    for document in payloads:
+        values.append(document["payment"]["uuid"])
+        values.append(orjson.dumps(document).decode())
+    return values
+
+
+async def test_json_log_lines_of_a_run_carry_context_and_no_secrets(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await insert_rows(db, 40)
+    invalid = await insert_invalid(db)
+    payloads = [
+        orjson.loads(row["payload"]) for row in await db.fetch("SELECT payload FROM outbox")
+    ]
+    async with running(secret_config(faults=Faults(error_rate=0.5))) as emulator:
+        env = run_env(
+            database_url,
+            emulator,
+            RELAY_LOG_LEVEL="debug",
+            RELAY_MAX_ATTEMPTS="3",
+            RELAY_MAX_AGE="0s",
+            RELAY_CIRCUIT_THRESHOLD="1000",
+        )
+        code, _, stderr = await relay_process(env, "run", "--drain")
+        assert code == 0, stderr[-2000:]
+        shown = await relay_process(env, "dead", "show", str(invalid))
+
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.strip()]
+    events = [line for line in lines if "outbox_id" in line]
+    for line in events:
+        missing = [name for name in EVENT_FIELDS if line.get(name) is None]
+        assert not missing, line
+    names = Counter(line["event"] for line in events)
+    counts = await status_counts(db)
+    assert names["publish.retry_scheduled"] > 0
+    assert names["publish.dead_lettered"] == counts["dead"]
+    assert counts["published"] == 41 - counts["dead"]  # a publish logs no line of its own
+    [dead] = [line for line in events if line["outbox_id"] == invalid]
+    assert (dead["event"], dead["level"], dead["outcome"]) == (
+        "publish.dead_lettered",
+        "warning",
+        "invalid_event",
+    )
+    assert [line for line in lines if line["level"] == "info" and "outbox_id" in line]
+    assert not [line for line in lines if "payload" in line]
+    for value in secrets_in(emulator, payloads):
+        assert value not in stderr
+
+    code, stdout, stderr = shown
+    assert code == 0, stderr
+    assert f"outbox row {invalid}: dead" in stdout
+    assert "attempts:       1" in stdout
+    assert "payload is missing timestamp" in stdout
+    assert "secret-status-never-logged" in stdout  # the payload, shown on stdout only
+    assert "delivery log (1 attempts):" in stdout
+    assert "invalid_event" in stdout
