@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
 from relay import database
 from relay.config import Settings, load_settings
-from relay.errors import RelayError
+from relay.errors import InvalidEvent, RelayError, SchemaNotReady
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +42,12 @@ def settings_from_env(**overrides: object) -> Settings:
     return load_settings(**overrides)
 
 
+def configure_logging(settings: Settings) -> None:
+    from relay import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+
+
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -64,6 +72,91 @@ def migrate(sql: bool) -> None:
         return
     database.migrate(settings.require_database_url(), settings.schema_name)
     click.echo(f'relay: schema "{settings.schema_name}" is at revision {database.head_revision()}')
+
+
+@main.command()
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="Exit 0 once every row is published or dead (waits out scheduled retries).",
+)
+@error_boundary
+def run(drain: bool) -> None:
+    """Run the relay: claim, publish and record until SIGTERM (or, with --drain, until done).
+
+    Needs RELAY_DATABASE_URL, RELAY_CLIENT_ID with a secret or key material, RELAY_COUNTRY,
+    RELAY_TENANT and (in the sandbox) RELAY_API_BASE_URL. Serves /healthz, /readyz and
+    /metrics on RELAY_HTTP_PORT.
+    """
+    import asyncio
+
+    from relay import daemon
+
+    settings = settings_from_env()
+    configure_logging(settings)
+    asyncio.run(daemon.run(settings, drain=drain))
+
+
+def _read_payload(value: str) -> object:
+    if value.startswith("@"):
+        try:
+            value = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise click.BadParameter(f"cannot read {value[1:]}: {error.strerror}") from None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON: {error}") from None
+
+
+@main.command()
+@click.argument("event_type")
+@click.option("--payload", required=True, help="The event as JSON, or @FILE to read it.")
+@click.option("--tenant", default=None, help="Overrides RELAY_TENANT for this event.")
+@click.option("--country", default=None, help="Overrides RELAY_COUNTRY for this event.")
+@click.option("--ordering-key", default=None, help="Events of one key are sent in order.")
+@error_boundary
+def enqueue(
+    event_type: str, payload: str, tenant: str | None, country: str | None, ordering_key: str | None
+) -> None:
+    """Write one event into the outbox (for operators and scripts); prints its id."""
+    import asyncio
+
+    import asyncpg
+
+    from relay.outbox import enqueue_async
+
+    settings = settings_from_env()
+    document = _read_payload(payload)
+    if not isinstance(document, dict):
+        raise InvalidEvent("--payload must be a JSON object")
+    url = settings.require_database_url()
+
+    async def write() -> int:
+        try:
+            connection = await asyncpg.connect(database.asyncpg_dsn(url), timeout=10)
+        except database.CONNECTION_ERRORS as error:
+            raise database.describe_connection_error(url, error) from None
+        try:
+            return await enqueue_async(
+                connection,
+                event_type,
+                document,
+                tenant=tenant,
+                country=country,
+                ordering_key=ordering_key,
+                schema=settings.schema_name,
+            )
+        except asyncpg.UndefinedTableError:
+            raise SchemaNotReady(
+                f'the outbox table does not exist in schema "{settings.schema_name}"'
+            ) from None
+        except database.DATABASE_ERRORS as error:
+            raise database.describe_connection_error(url, error) from None
+        finally:
+            await connection.close()
+
+    click.echo(asyncio.run(write()))
 
 
 @main.command()
@@ -149,3 +242,204 @@ def emulator(
         click.echo(f"relay emulator: {line}")
 
     asyncio.run(emulation.serve(emulation.Emulator(config), host, port, announce))
+
+
+# Operations: status, dead rows, requeue, purge ---------------------------------------------------
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from relay.admin import Admin, Moment
+
+T = TypeVar("T")
+
+
+class MomentType(click.ParamType["Moment"]):
+    """A duration back from now (30d, 2h, 15m) or an ISO 8601 timestamp."""
+
+    name = "DURATION|TIMESTAMP"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Moment:
+        from datetime import datetime, timedelta
+
+        from relay.admin import parse_moment
+
+        if isinstance(value, timedelta | datetime):
+            return value
+        try:
+            return parse_moment(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+MOMENT = MomentType()
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _with_admin(work: Callable[[Admin], Awaitable[T]]) -> T:
+    """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA."""
+    import asyncio
+
+    from relay.admin import open_admin
+
+    settings = settings_from_env()
+    configure_logging(settings)
+
+    async def go() -> T:
+        async with open_admin(settings) as admin:
+            return await work(admin)
+
+    return asyncio.run(go())
+
+
+def _emit(document: object, lines: list[str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@main.command()
+@JSON_OPTION
+@error_boundary
+def status(as_json: bool) -> None:
+    """Show the outbox: rows per status, the oldest unfinished row, retrying rows and when
+    they are next tried, dead rows by event type and by last error, the last publish and the
+    pauses in force. Reads one snapshot; safe while relays run.
+    """
+    report = _with_admin(lambda admin: admin.status())
+    _emit(report.to_json(), report.lines(), as_json)
+
+
+@main.group()
+def dead() -> None:
+    """Find and inspect dead rows (requeue them with 'relay requeue')."""
+
+
+@dead.command("list")
+@click.option("--event-type", default=None, help="Only this event type.")
+@click.option("--since", type=MOMENT, default=None, help="Only rows that died since then.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@JSON_OPTION
+@error_boundary
+def dead_list(event_type: str | None, since: Moment | None, limit: int, as_json: bool) -> None:
+    """List dead rows, oldest first: id, when it died, event type, attempts, last error.
+    Never prints payloads (see 'relay dead show')."""
+    rows = _with_admin(
+        lambda admin: admin.dead_list(event_type=event_type, since=since, limit=limit)
+    )
+    _emit([row.to_json() for row in rows], [row.line() for row in rows], as_json)
+
+
+@dead.command("show")
+@click.argument("row_id", metavar="ID", type=int)
+@JSON_OPTION
+@error_boundary
+def dead_show(row_id: int, as_json: bool) -> None:
+    """Show one row in full: its last error, HTTP status, attempts, timestamps, its payload
+    and every delivery attempt. The only command that prints a payload."""
+    detail = _with_admin(lambda admin: admin.row(row_id))
+    _emit(detail.to_json(), detail.lines(), as_json)
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--event-type", default=None, help="Dead rows of this event type.")
+@click.option("--since", type=MOMENT, default=None, help="Dead rows that died since then.")
+@click.option("--until", type=MOMENT, default=None, help="Dead rows that died before then.")
+@click.option("--all-dead", is_flag=True, help="Every dead row (alone, without filters).")
+@click.option("--dry-run", is_flag=True, help="Print what would be requeued; change nothing.")
+@JSON_OPTION
+@error_boundary
+def requeue(
+    ids: tuple[int, ...],
+    event_type: str | None,
+    since: Moment | None,
+    until: Moment | None,
+    all_dead: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Send dead rows again: pending now, attempts back to 0, ids (and so ordering) kept.
+
+    Choose rows by ID, --event-type and --since/--until (combined: all must match), or
+    --all-dead. Running relays are woken at once. Writes an 'admin.requeued' audit line
+    (with $USER) to the log.
+    """
+    from relay.admin import DeadSelector
+
+    selector = DeadSelector(ids, event_type, since, until, all_dead)
+    selector.check()  # before connecting: a bad selection needs no database
+    result = _with_admin(lambda admin: admin.requeue(selector, dry_run=dry_run))
+    _emit(result.to_json(), result.lines(), as_json)
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    type=MOMENT,
+    required=True,
+    help="Published before this: a duration (30d) or a timestamp.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows per transaction.",
+)
+@JSON_OPTION
+@error_boundary
+def purge(older_than: Moment, batch_size: int, as_json: bool) -> None:
+    """Delete published rows (and their delivery log) published before --older-than, in
+    small batches. Dead rows are never purged. RELAY_RETENTION makes the relay do this hourly.
+    """
+    result = _with_admin(lambda admin: admin.purge(older_than, batch_size=batch_size))
+    _emit(result.to_json(), result.lines(), as_json)
+
+
+@main.command()
+@click.option(
+    "--events",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(min=10, max=1_000_000),
+    help="How many events to enqueue (a handful of them invalid on purpose).",
+)
+@click.option(
+    "--keep-server/--stop-server",
+    default=True,
+    show_default=True,
+    help="Leave the embedded PostgreSQL running afterwards, for the commands the summary lists.",
+)
+@click.option(
+    "--stop",
+    "stop_only",
+    is_flag=True,
+    help="Only stop an embedded PostgreSQL an earlier demo left running, and exit.",
+)
+@error_boundary
+def demo(events: int, keep_server: bool, stop_only: bool) -> None:
+    """Run the relay end to end on this machine: database, emulated EventApi, thousands of events.
+
+    Without RELAY_DATABASE_URL it starts an embedded PostgreSQL in .relay-demo/pgdata (the
+    'embedded' extra) and re-creates database relay_demo in it; with RELAY_DATABASE_URL it
+    re-creates schema relay_demo in that database and touches no other schema. The emulator
+    adds latency and a few failures; a live progress bar and a summary follow. Ctrl-C stops
+    cleanly (exit code 130).
+    """
+    try:
+        from relay import demo as demonstration
+
+        if stop_only:
+            demonstration.stop()
+            return
+        code = demonstration.run_demo(events, keep_server=keep_server)
+    except KeyboardInterrupt:  # before the demo could handle it (while importing, say)
+        click.echo("relay demo: interrupted", err=True)
+        code = 130
+    if code:
+        sys.exit(code)

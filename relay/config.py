@@ -148,7 +148,7 @@ class Settings(BaseSettings):
 
     # Operations
     http_host: str = Field(default="0.0.0.0")  # noqa: S104 - probes come from outside the pod
-    http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the endpoint")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -198,6 +198,16 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ValueError("must be letters, digits, '.', '_' or '-'")
         return value
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> Settings:
+        # A leased row may wait behind one request per slot before its own is sent; the lease
+        # must outlast that, or a slow partner would hand live rows to another replica.
+        if self.lease < 3 * self.request_timeout:
+            raise ValueError(
+                f"{env_name('lease')}: must be at least three times RELAY_REQUEST_TIMEOUT"
+            )
+        return self
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
