@@ -1,0 +1,256 @@
+"""``relay demo`` as a user runs it: the installed command, a process, a directory of its own.
+
+The embedded runs start a real PostgreSQL with pgserver (about two seconds with initdb). As
+root, pgserver runs it as a system user ``pgserver`` that it creates on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from relay.demo import INVALID_ROWS
+
+# Each test runs the command as a process (imports alone take a second or two): several
+# seconds apiece. 'make test' runs them; deselect with -m "not slow" for a quick loop.
+pytestmark = pytest.mark.slow
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+RESULT = re.compile(
+    r"^relay demo: (?P<published>\d+) published, (?P<dead>\d+) dead, (?P<left>\d+) left of "
+    r"(?P<total>\d+) events \((?P<status>done|interrupted)\)$",
+    re.MULTILINE,
+)
+EXPORTED_URL = re.compile(r"export RELAY_DATABASE_URL='([^']+)'")
+REASONS = (
+    "payload must be a JSON object, not a JSON list",
+    "payload is missing correlationId",
+    "payload eventType 'case_created' disagrees with event_type 'claim_updated'",
+    "payload correlationId is not a UUID",
+)
+# Fields every event carries and the output may well name; everything else is the payload's.
+ENVELOPE = frozenset({"eventType", "payloadVersion", "timestamp"})
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """The test's environment without any RELAY_* variable, plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
+    env.update(extra)
+    return env
+
+
+def relay_demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RELAY, "demo", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+def result(output: str) -> dict[str, Any]:
+    match = RESULT.search(output)
+    assert match is not None, output
+    return {
+        name: int(value) if value.isdigit() else value for name, value in match.groupdict().items()
+    }
+
+
+def payload_strings(document: Any) -> Iterator[str]:
+    """Every string in a payload outside the envelope, long enough to be recognisable."""
+    if isinstance(document, dict):
+        for name, value in document.items():
+            if name not in ENVELOPE:
+                yield from payload_strings(value)
+    elif isinstance(document, list):
+        for item in document:
+            yield from payload_strings(item)
+    elif isinstance(document, str) and len(document) >= 6:
+        yield document
+
+
+def assert_no_payload_contents(url: str, schema: str, output: str) -> None:
+    """Nothing from a published payload (names, case tokens, claim ids...) is in the output;
+    the reasons of the dead rows may quote their payloads, and only there."""
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            f'SELECT payload FROM "{schema}".outbox WHERE status = %s', ("published",)
+        ).fetchall()
+    values = {value for (payload,) in rows for value in payload_strings(payload)}
+    assert len(values) > 2 * len(rows)  # names, user names, tokens, numbers, uuids...
+    leaked = sorted(value for value in values if value in output)
+    assert leaked == []
+
+
+def assert_complete(output: str, total: int) -> None:
+    outcome = result(output)
+    assert outcome == {
+        "published": total - INVALID_ROWS,
+        "dead": INVALID_ROWS,
+        "left": 0,
+        "total": total,
+        "status": "done",
+    }
+    assert "relay demo: done" in output
+    assert "duplicates 0" in output
+    for reason in REASONS:
+        assert reason in output
+
+
+def wait_for(condition: Callable[[], bool], within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def process_exists(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_demo_on_an_embedded_postgresql(tmp_path: Path) -> None:
+    env = environment()
+    pgdata = tmp_path / ".relay-demo" / "pgdata"
+    try:
+        run = relay_demo(tmp_path, env, "--events", "300")
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, output
+        assert "using an embedded PostgreSQL in .relay-demo/pgdata" in output
+        assert "dropped and re-created database relay_demo" in output
+        assert_complete(output, 300)
+        for command in ("relay status", "relay dead list", "relay dead show ", "relay demo --stop"):
+            assert command in run.stdout
+        # The server is left running for the commands the summary lists, at the URL it gives.
+        exported = EXPORTED_URL.search(run.stdout)
+        assert exported is not None
+        assert_no_payload_contents(exported.group(1), "public", output)
+    finally:
+        stop = relay_demo(tmp_path, env, "--stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "stopped the embedded PostgreSQL" in stop.stdout
+    assert postmaster_pid(pgdata) is None
+
+
+def test_ctrl_c_stops_the_embedded_server(tmp_path: Path) -> None:
+    pgdata = tmp_path / ".relay-demo" / "pgdata"
+    with subprocess.Popen(
+        [RELAY, "demo", "--events", "1000"],
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        try:
+            assert demo.stdout is not None
+            lines = []
+            for line in demo.stdout:
+                lines.append(line)
+                if line.startswith("relay demo: emulated EventApi"):
+                    break
+            server = postmaster_pid(pgdata)
+            assert server is not None, "".join(lines)
+            assert process_exists(server), "".join(lines)
+            demo.send_signal(signal.SIGINT)
+            output = "".join(lines) + demo.stdout.read()
+            assert demo.wait(timeout=60) == 130, output
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                relay_demo(tmp_path, environment(), "--stop")
+    assert "relay demo: interrupted" in output
+    assert "the embedded PostgreSQL is stopped" in output
+    assert postmaster_pid(pgdata) is None
+    # pg_ctl stop returns once the pid file is gone, a moment before the process has exited.
+    wait_for(lambda: not process_exists(server), within=10)
+
+
+def test_demo_uses_the_database_of_relay_database_url(database_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO outbox (event_type, payload) VALUES ('payment_status_updated', '{}')"
+        )
+    run = relay_demo(tmp_path, environment(RELAY_DATABASE_URL=database_url), "--events", "300")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "using the database of RELAY_DATABASE_URL" in output
+    assert 'dropped and re-created schema "relay_demo"' in output
+    assert "export RELAY_SCHEMA=relay_demo" in run.stdout
+    assert_complete(output, 300)
+    assert_no_payload_contents(database_url, "relay_demo", output)
+    assert not (tmp_path / ".relay-demo").exists()
+    with psycopg.connect(database_url) as connection:
+        counts: dict[str, int] = dict(
+            connection.execute(
+                "SELECT status, count(*) FROM relay_demo.outbox GROUP BY status"
+            ).fetchall()
+        )
+        untouched = connection.execute("SELECT status FROM public.outbox").fetchall()
+    assert counts == {"published": 300 - INVALID_ROWS, "dead": INVALID_ROWS}
+    assert untouched == [("pending",)]  # the application's own outbox is left alone
+
+
+def published_rows(url: str) -> int:
+    with psycopg.connect(url) as connection:
+        try:
+            row = connection.execute(
+                "SELECT count(*) FROM relay_demo.outbox WHERE status = 'published'"
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+    assert row is not None
+    return int(row[0])
+
+
+def test_ctrl_c_during_delivery_finishes_in_flight_work_and_exits_130(
+    database_url: str, tmp_path: Path
+) -> None:
+    with subprocess.Popen(
+        [RELAY, "demo", "--events", "1000"],
+        cwd=tmp_path,
+        env=environment(RELAY_DATABASE_URL=database_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        try:
+            wait_for(lambda: published_rows(database_url) > 0 or demo.poll() is not None)
+            demo.send_signal(signal.SIGINT)
+            output, _ = demo.communicate(timeout=60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    assert demo.returncode == 130, output
+    outcome = result(output)
+    assert outcome["status"] == "interrupted"
+    assert "relay demo: interrupted" in output
+    with psycopg.connect(database_url) as connection:
+        counts: dict[str, int] = dict(
+            connection.execute(
+                "SELECT status, count(*) FROM relay_demo.outbox GROUP BY status"
+            ).fetchall()
+        )
+    # Requests in flight were finished and recorded, queued rows given back: none is held.
+    assert "in_flight" not in counts
+    assert counts.get("published", 0) == outcome["published"] > 0
+    assert sum(counts.values()) == outcome["total"]
+    assert outcome["published"] + outcome["dead"] + outcome["left"] == outcome["total"]
