@@ -7,16 +7,19 @@ from collections.abc import Mapping
 from contextlib import redirect_stdout
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from sqlalchemy.exc import DBAPIError
+import structlog
 
 from relay.errors import DatabaseUnavailable, SchemaNotReady
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: it costs most of a CLI command's start-up otherwise.
+log = structlog.get_logger("relay.database")
 
 # Arbitrary, fixed: the advisory lock that serialises concurrent 'relay migrate' runs.
 MIGRATION_LOCK_KEY = 7_261_690_001
@@ -36,6 +39,8 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def _alembic_config(url: str | None, schema: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     location = Path(str(resources.files("relay.migrations")))
     config.set_main_option("script_location", str(location))
@@ -64,19 +69,24 @@ DATABASE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
-CONNECTION_ERRORS = (*DATABASE_ERRORS, DBAPIError)
+CONNECTION_ERRORS = DATABASE_ERRORS
 
 
 def migrate(url: str, schema: str) -> None:
     """Upgrade the schema to head; a no-op when current; safe to run from several replicas."""
+    from alembic import command
+    from sqlalchemy.exc import DBAPIError
+
     try:
         command.upgrade(_alembic_config(url, schema), "head")
-    except CONNECTION_ERRORS as error:
+    except (*DATABASE_ERRORS, DBAPIError) as error:
         raise describe_connection_error(url, error) from None
 
 
 def migration_sql(schema: str) -> str:
     """The DDL 'relay migrate' would run, for a DBA to review and apply by hand."""
+    from alembic import command
+
     buffer = io.StringIO()
     config = _alembic_config(None, schema)
     config.output_buffer = buffer
@@ -86,14 +96,21 @@ def migration_sql(schema: str) -> str:
 
 
 def downgrade(url: str, schema: str, revision: str = "base") -> None:
+    from alembic import command
+
     command.downgrade(_alembic_config(url, schema), revision)
 
 
-def head_revision() -> str:
+def known_revisions() -> list[str]:
+    """This relay's revisions, newest first."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config(None, "public"))
-    head = script.get_current_head()
-    assert head is not None
-    return head
+    return [revision.revision for revision in script.walk_revisions()]
+
+
+def head_revision() -> str:
+    return known_revisions()[0]
 
 
 async def current_revision(
@@ -115,10 +132,14 @@ async def check_schema(connection: asyncpg.Connection | asyncpg.Pool, schema: st
     revision = await current_revision(connection, schema)
     if revision is None:
         raise SchemaNotReady(f'the outbox table does not exist in schema "{schema}"')
-    if revision != head_revision():
+    known = known_revisions()
+    if revision not in known:
+        # Migrations come first in an upgrade and only add: a replica still on the previous
+        # release keeps running against the newer schema until it is replaced.
+        log.warning("schema.newer_than_relay", revision=revision, relay_head=known[0])
+    elif revision != known[0]:
         raise SchemaNotReady(
-            f'the outbox schema "{schema}" is at revision {revision}, '
-            f"this relay needs {head_revision()}"
+            f'the outbox schema "{schema}" is at revision {revision}, this relay needs {known[0]}'
         )
 
 

@@ -221,10 +221,14 @@ class Queries:
                 ORDER BY id
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
+            ), batch AS (
+                -- An array, so both deletes are index lookups: joining the CTE instead made
+                -- the planner scan both tables whole for every batch.
+                SELECT coalesce(array_agg(id), '{{}}') AS ids FROM doomed
             ), log AS (
-                DELETE FROM "{s}".outbox_delivery d USING doomed WHERE d.outbox_id = doomed.id
+                DELETE FROM "{s}".outbox_delivery d USING batch WHERE d.outbox_id = ANY(batch.ids)
             )
-            DELETE FROM "{s}".outbox o USING doomed WHERE o.id = doomed.id"""
+            DELETE FROM "{s}".outbox o USING batch WHERE o.id = ANY(batch.ids)"""
 
 
 # Operator statements ---------------------------------------------------------------------------

@@ -329,7 +329,11 @@ class Worker:
         return result, prepared
 
     def _finish(self, row: ClaimedRow, result: Result, prepared: Prepared | Unsendable) -> None:
-        tenant = prepared.tenant if isinstance(prepared, Prepared) else row.tenant
+        tenant = (
+            prepared.tenant
+            if isinstance(prepared, Prepared)
+            else row.tenant or self.config.default_tenant
+        )
         self.done.append(Done(row, result, prepared.correlation_id, tenant))
         self.has_done.set()
 
@@ -419,6 +423,10 @@ class Worker:
             self._report(item, fenced=item.row.id not in written)
         # A row written may unblock the next row of its key, or a retry due at once.
         self.wake.set()
+        # A retry due before the next poll is woken for, so short backoffs stay short.
+        due = [d.result.delay for d in batch if d.result.status == "pending" and d.result.delay]
+        if due and min(due) < self.config.poll_interval.total_seconds():
+            asyncio.get_running_loop().call_later(min(due), self.wake.set)
 
     def _report(self, item: Done, *, fenced: bool) -> None:
         row, result = item.row, item.result
