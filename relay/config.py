@@ -81,6 +81,7 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="ignore",
         hide_input_in_errors=True,
+        populate_by_name=True,
     )
 
     # Database

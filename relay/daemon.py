@@ -171,7 +171,14 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 async def _supervised(main: Coroutine[Any, Any, None], tasks: list[asyncio.Task[None]]) -> None:
     """Run the engine; if a background task dies, say which and stop loudly."""
     engine = asyncio.ensure_future(main)
-    done, _ = await asyncio.wait([engine, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait([engine, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # Stop the engine (it gives its rows back) before the pool and session close under it.
+        engine.cancel()
+        with suppress(asyncio.CancelledError):
+            await engine
+        raise
     if engine in done:
         engine.result()
         return

@@ -40,6 +40,8 @@ GLOBAL = "*"
 # Results wait at most this long for company before they are written, while requests are in
 # flight; with nothing in flight they are written at once.
 FLUSH_DELAY = 0.005
+# At shutdown, how long to wait for a claim in progress (it may be retrying a lost database).
+GIVE_UP_CLAIM_AFTER = 5.0
 
 
 class Sender(Protocol):
@@ -131,6 +133,7 @@ class Worker:
         self.drained = asyncio.Event()
         self.writing: asyncio.Future[None] | None = None
         self.claim_failed = False
+        self.claiming: asyncio.Future[list[ClaimedRow]] | None = None
         self._backoff = RetryPolicy(timedelta(milliseconds=100), timedelta(seconds=30))
 
     # Public state ---------------------------------------------------------------------------
@@ -176,6 +179,9 @@ class Worker:
         """Stop claiming, give back queued rows, let requests in flight finish within the
         grace period, write their outcomes, and give back whatever is still held."""
         feeder.cancel()
+        if self.claiming is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.claiming), GIVE_UP_CLAIM_AFTER)
         unsent = [row.id for row in self.queue]
         self.queue.clear()
         await self._db_at_exit("release", lambda: self.store.release(unsent))
@@ -253,6 +259,12 @@ class Worker:
         return woken or not done
 
     async def _claim(self, size: int) -> list[ClaimedRow]:
+        # Shielded: a claim the database has committed must reach `held` even when shutdown
+        # cancels the feeder mid-claim, or its rows would wait out their lease.
+        self.claiming = asyncio.ensure_future(self._claim_and_hold(size))
+        return await asyncio.shield(self.claiming)
+
+    async def _claim_and_hold(self, size: int) -> list[ClaimedRow]:
         rows = await self._db("claim", lambda: self._claim_once(size))
         self.metrics.claim_batch_size.observe(len(rows))
         if rows:

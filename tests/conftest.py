@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from urllib.parse import urlsplit, urlunsplit
@@ -58,7 +59,10 @@ def _find_server(stack: ExitStack) -> str:
 
         container = stack.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
         return str(container.get_connection_url())
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset; filterwarnings=error would fail.
+        warnings.simplefilter("ignore")
+        import pgserver
 
     data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-test-pg-"))
     server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]

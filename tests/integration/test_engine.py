@@ -229,3 +229,21 @@ async def test_a_dead_row_blocks_its_key_until_requeued(
         assert emulator.stats()["events"] == 0
         await drain(engine_settings(database_url, emulator, dead_blocks_key=False))
         assert emulator.stats()["events"] == 2
+
+
+async def test_a_stop_mid_run_leaves_no_row_leased(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await insert_rows(db, 2000)
+    config = secret_config(faults=Faults(latency_ms=2))
+    async with running(config) as emulator:
+        for round_number in range(1, 4):
+            settings = engine_settings(database_url, emulator, concurrency=16)
+            target = 300 * round_number
+            async with running_daemon(settings):
+                await wait_for(lambda: emulator.stats()["events"] >= target)  # noqa: B023
+            leased = await db.fetchval(
+                "SELECT count(*) FROM outbox WHERE status = 'in_flight' OR claimed_by IS NOT NULL"
+            )
+            assert leased == 0
+    assert emulator.duplicates == 0
