@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import sys
 import uuid
 from collections import Counter, defaultdict
@@ -19,8 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.admin import open_admin
 from relay.config import load_settings
 from relay.emulator import Emulator, Faults
-from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
-from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running, secret_config
+from tests.helpers.engine import (
+    engine_settings,
+    insert_rows,
+    relay_env,
+    running_daemon,
+    status_counts,
+)
+from tests.helpers.partner import CLIENT_SECRET, running, secret_config
 from tests.integration.test_admin import eventually
 
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -185,28 +190,6 @@ async def test_a_dead_event_shows_each_of_its_attempts(
 # The JSON log of a real `relay run --drain` -----------------------------------------------------
 
 
-def run_env(database_url: str, emulator: Emulator, **extra: str) -> dict[str, str]:
-    """The environment of a ``relay run`` process aimed at this database and emulator."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
-    env.update(
-        RELAY_DATABASE_URL=database_url,
-        RELAY_TOKEN_URL=emulator.token_url,
-        RELAY_API_BASE_URL=emulator.base_url,
-        RELAY_COUNTRY="dk",
-        RELAY_TENANT="abcinsurance",
-        RELAY_CLIENT_ID=CLIENT_ID,
-        RELAY_CLIENT_SECRET=CLIENT_SECRET,
-        RELAY_HTTP_HOST="127.0.0.1",
-        RELAY_HTTP_PORT="0",
-        RELAY_BACKOFF_BASE="10ms",
-        RELAY_BACKOFF_CAP="50ms",
-        RELAY_POLL_INTERVAL="100ms",
-        RELAY_LOG_FORMAT="json",
-    )
-    env.update(extra)
-    return env
-
-
 async def insert_invalid(db: asyncpg.Connection) -> int:
     """A row the relay cannot send (no timestamp): dead at its first attempt, no HTTP call."""
     document = {
@@ -254,13 +237,15 @@ async def test_json_log_lines_of_a_run_carry_context_and_no_secrets(
         orjson.loads(row["payload"]) for row in await db.fetch("SELECT payload FROM outbox")
     ]
     async with running(secret_config(faults=Faults(error_rate=0.5))) as emulator:
-        env = run_env(
+        env = relay_env(
             database_url,
             emulator,
             RELAY_LOG_LEVEL="debug",
             RELAY_MAX_ATTEMPTS="3",
             RELAY_MAX_AGE="0s",
             RELAY_CIRCUIT_THRESHOLD="1000",
+            RELAY_BACKOFF_CAP="50ms",
+            RELAY_POLL_INTERVAL="100ms",
         )
         code, _, stderr = await relay_process(env, "run", "--drain")
         assert code == 0, stderr[-2000:]
