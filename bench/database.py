@@ -1,0 +1,166 @@
+"""The benchmark database: created and migrated once per suite, bulk-loaded per run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from relay.database import migrate
+from relay.queries import Queries
+
+ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE = "relay_bench"
+EVENT_TYPE = "payment_status_updated"
+
+# A payload as an application would write it (about 250 bytes), built by the server so a
+# million rows load in seconds. Every row gets its own correlationId.
+PAYLOAD_SQL = f"""jsonb_build_object(
+    'eventType', '{EVENT_TYPE}', 'payloadVersion', '1.0.0',
+    'correlationId', gen_random_uuid(), 'timestamp', '2026-11-28T10:31:28.251Z',
+    'payment', jsonb_build_object('uuid', gen_random_uuid(), 'status', 'canceled'))"""
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """When the relay published: the first and last published_at, and how many."""
+
+    published: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return (self.published - 1) / self.seconds if self.seconds > 0 else 0.0
+
+
+class BenchDatabase:
+    """``relay_bench`` on the benchmark server; every call opens its own short connection."""
+
+    def __init__(self, admin_url: str = ADMIN_URL, name: str = DATABASE) -> None:
+        self.admin_url = admin_url
+        self.name = name
+        self.url = with_database(admin_url, name)
+
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def recreate(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+        migrate(self.url, "public")
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def server_version(self) -> str:
+        with self._connect() as db:
+            row = db.execute("SELECT version()").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def clear(self) -> None:
+        with self._connect() as db:
+            db.execute("TRUNCATE outbox, outbox_delivery, relay_pause RESTART IDENTITY")
+
+    def load_pending(self, count: int) -> None:
+        with self._connect() as db:
+            db.execute(
+                f"INSERT INTO outbox (event_type, payload) "
+                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL} FROM generate_series(1, %s)",
+                (count,),
+            )
+
+    def load_published(self, count: int) -> None:
+        """Rows already delivered, with their delivery-log rows, as months of traffic leave."""
+        with self._connect() as db:
+            db.execute(
+                f"INSERT INTO outbox (event_type, payload, status, attempts, created_at, "
+                f"    published_at, event_api_id, last_http_status) "
+                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL}, 'published', 1, "
+                f"    now() - interval '1 day', now() - interval '1 day', g::text, 201 "
+                f"FROM generate_series(1, %s) g",
+                (count,),
+            )
+            db.execute(
+                "INSERT INTO outbox_delivery (outbox_id, attempt, attempted_at, http_status, "
+                "    latency_ms, outcome, event_api_id, worker) "
+                "SELECT id, 1, published_at, 201, 1.5, 'created', event_api_id, 'preloaded' "
+                "FROM outbox WHERE status = 'published'"
+            )
+
+    def vacuum_analyze(self) -> None:
+        with self._connect() as db:
+            db.execute("VACUUM ANALYZE outbox")
+            db.execute("VACUUM ANALYZE outbox_delivery")
+
+    def counts(self) -> dict[str, int]:
+        with self._connect() as db:
+            rows = db.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
+        return {str(status): int(str(count)) for status, count in rows}
+
+    def span(self) -> Span:
+        """The relay's publishing window as the database recorded it (published_at is the
+        record statement's now(), so this is slightly later than the partner saw it)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT count(*), extract(epoch FROM max(published_at) - min(published_at)) "
+                "FROM outbox WHERE status = 'published' "
+                "AND published_at > now() - interval '1 hour'"  # not the preloaded rows
+            ).fetchone()
+        assert row is not None
+        return Span(int(str(row[0])), float(str(row[1] or 0)))
+
+    def request_ms_p50(self) -> float:
+        """Median publish request time the relay logged (Publisher's own measurement)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) "
+                "FROM outbox_delivery WHERE worker <> 'preloaded'"
+            ).fetchone()
+        assert row is not None
+        return round(float(str(row[0] or 0)), 2)
+
+    def transactions(self) -> int:
+        """Transactions committed in this database so far (pg_stat_database.xact_commit).
+
+        Every statement the relay sends outside an explicit transaction is one; so is every
+        asyncpg pool release (its reset query). Backends report at exit or when idle.
+        """
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        assert row is not None
+        return int(str(row[0]))
+
+    def explain_claim(self, limit: int, *, generic: bool = False, jit: bool = True) -> str:
+        """EXPLAIN (ANALYZE, BUFFERS) of the relay's claim statement, rolled back afterwards.
+
+        ``generic``: the plan PostgreSQL would cache for the prepared statement (asyncpg
+        prepares every statement) instead of planning it for each run's parameters.
+        ``jit``: the server default (on) or off. Costs are shown: without them PostgreSQL
+        leaves out the JIT summary.
+        """
+        claim = Queries("public").claim
+        with psycopg.connect(self.url) as db:
+            db.execute(
+                f"PREPARE bench_claim (int, text, text, text, boolean, float8) AS {claim}",
+                prepare=False,
+            )
+            mode = "force_generic_plan" if generic else "force_custom_plan"
+            db.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            db.execute(f"SET LOCAL jit = {'on' if jit else 'off'}")
+            rows = db.execute(
+                "EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim "
+                f"({int(limit)}, 'bench-explain', 'dk', 'abcinsurance', true, 60)"
+            ).fetchall()
+            db.rollback()
+        return "\n".join(str(row[0]) for row in rows)

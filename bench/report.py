@@ -1,0 +1,215 @@
+"""The markdown tables (and the target check) for one suite run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Result = dict[str, Any]
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _pairs(results: list[Result]) -> list[tuple[Result, Result]]:
+    ceilings = {(r["latency_ms"], r["concurrency"]): r for r in results if r["kind"] == "ceiling"}
+    return [
+        (ceilings[(r["latency_ms"], r["concurrency"])], r)
+        for r in results
+        if r["kind"] == "relay" and (r["latency_ms"], r["concurrency"]) in ceilings
+    ]
+
+
+def _relay_at(results: list[Result], latency: float, concurrency: int) -> Result | None:
+    return next(
+        (
+            r
+            for r in results
+            if r["kind"] == "relay"
+            and r["latency_ms"] == latency
+            and r["concurrency"] == concurrency
+        ),
+        None,
+    )
+
+
+def throughput_table(results: list[Result]) -> str:
+    rows = [
+        (
+            f"{relay['latency_ms']:g} ms",
+            relay["concurrency"],
+            ceiling["rate"],
+            relay["rate"],
+            f"{relay['rate'] / ceiling['rate']:.0%}",
+            f"{ceiling['request_ms_p50']:.1f} / {relay['request_ms_p50']:.1f}",
+            ceiling["cpu_per_event_us"],
+            relay["cpu_per_event_us"],
+            relay["postgres_cpu_per_event_us"],
+            relay["emulator_cpu_per_event_us"],
+            relay["transactions_per_event"],
+            relay["peak_rss_mb"],
+            relay["machine_busy_cores"],
+            f"{ceiling['foreign_cores']:.2f} / {relay['foreign_cores']:.2f}",
+            f"{ceiling['tries']} / {relay['tries']}",
+        )
+        for ceiling, relay in _pairs(results)
+    ]
+    header = (
+        "emulator latency", "concurrency", "HTTP ceiling ev/s", "relay ev/s", "relay/ceiling",
+        "request ms p50 (ceiling / relay)",
+        "ceiling CPU µs/ev", "relay CPU µs/ev", "PostgreSQL CPU µs/ev", "emulator CPU µs/ev",
+        "xacts/ev", "relay peak RSS MB", "cores busy", "foreign cores (ceiling / relay)",
+        "tries",
+    )  # fmt: skip
+    return _table(header, rows)
+
+
+def naive_table(naive: Result, relay: Result | None) -> str:
+    multiple = f"{relay['rate'] / naive['rate']:.1f}x" if relay else "-"
+    row = (naive["events"], naive["rate"], naive["cpu_per_event_us"], naive["peak_rss_mb"])
+    header = ("rows", "naive ev/s", "naive CPU µs/ev", "naive peak RSS MB", "relay (c=32) ev/s")
+    return _table((*header, "relay / naive"), [(*row, relay["rate"] if relay else None, multiple)])
+
+
+def trickle_table(result: Result) -> str:
+    header = ("rate", "events", "delivered", "p50 ms", "p99 ms", "max ms", "mean ms")
+    row = (
+        f"{result['per_second']:g}/s for {result['seconds']:g} s",
+        result["produced"],
+        result["delivered"],
+        result["p50_ms"],
+        result["p99_ms"],
+        result["max_ms"],
+        result["mean_ms"],
+    )
+    return _table(header, [row])
+
+
+def backlog_table(results: list[Result]) -> str:
+    base = results[0]
+    rows = [
+        (
+            r["label"],
+            r["published_rows"],
+            r["pending_rows"],
+            r["rate"],
+            r["ms_per_event"],
+            f"{r['ms_per_event'] / base['ms_per_event']:.2f}",
+            r["cpu_per_event_us"],
+            r["postgres_cpu_per_event_us"],
+            r["claim_plans"]["custom"]["execution_ms"],
+            r["claim_plans"]["generic"]["execution_ms"],
+            r["claim_plans"]["generic_jit_off"]["execution_ms"],
+            r["claim_plans"]["after"]["execution_ms"],
+        )
+        for r in results
+    ]
+    header = (
+        "table", "published rows", "pending rows", "relay ev/s", "ms/event", "vs first",
+        "relay CPU µs/ev", "PostgreSQL CPU µs/ev", "claim ms (custom plan)",
+        "claim ms (generic plan)", "claim ms (generic, jit off)", "claim ms (after run)",
+    )  # fmt: skip
+    return _table(header, rows)
+
+
+def database_table(result: Result) -> str:
+    published = max(result["published"], 1)
+    rows = [
+        (name, calls, round(calls / published, 4))
+        for name, calls in sorted(result["calls"].items(), key=lambda item: -item[1])
+    ]
+    rows.append(("**relay statements**", None, result["statements_per_event"]))
+    rows.append(
+        ("**round trips** (statements + pool resets)", None, result["round_trips_per_event"])
+    )
+    rows.append(("**server transactions** (xact_commit)", None, result["transactions_per_event"]))
+    return _table(("statement", "calls", "per published event"), rows)
+
+
+def targets(document: Result) -> list[tuple[str, str, str, bool]]:
+    """(target, threshold, measured, met) for every target the run has data for."""
+    results = document["results"]
+    checks: list[tuple[str, str, str, bool]] = []
+    for ceiling, relay in _pairs(results.get("throughput", [])):
+        fraction = relay["rate"] / ceiling["rate"]
+        if relay["latency_ms"] == 0 or relay["concurrency"] == 32:
+            need = 0.8 if relay["latency_ms"] == 0 else 0.9
+            name = f"relay / ceiling at {relay['latency_ms']:g} ms, c={relay['concurrency']}"
+            checks.append((name, f">= {need:.0%}", f"{fraction:.0%}", fraction >= need))
+    fastest = _relay_at(results.get("throughput", []), 0, 32)
+    for naive in results.get("naive", []):
+        if fastest:
+            multiple = fastest["rate"] / naive["rate"]
+            checks.append(("relay / naive at 0 ms", ">= 5x", f"{multiple:.1f}x", multiple >= 5))
+    for trickle in results.get("trickle", []):
+        checks.append(("trickle p50", "<= 5 ms", f"{trickle['p50_ms']} ms", trickle["p50_ms"] <= 5))
+        checks.append(
+            ("trickle p99", "<= 25 ms", f"{trickle['p99_ms']} ms", trickle["p99_ms"] <= 25)
+        )
+    for work in results.get("database", []):
+        value = work["statements_per_event"]
+        checks.append(("statements per event", "<= 0.2", f"{value}", value <= 0.2))
+    checks += _backlog_targets(results.get("backlog", []))
+    relay_runs = [r for name in ("throughput", "backlog", "trickle") for r in results.get(name, [])]
+    rss = [r["peak_rss_mb"] for r in relay_runs if r["kind"] != "ceiling"]
+    if rss:
+        checks.append(("relay peak RSS", "< 150 MB", f"{max(rss)} MB", max(rss) < 150))
+    return checks
+
+
+def _backlog_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
+    if len(results) < 2:
+        return []
+    base = results[0]["ms_per_event"]
+    return [
+        (
+            f"per-row cost, {r['label']} vs {results[0]['label']}",
+            "<= +10%",
+            f"{r['ms_per_event'] / base - 1:+.0%}",
+            r["ms_per_event"] <= base * 1.10,
+        )
+        for r in results[1:]
+    ]
+
+
+def render(document: Result) -> str:
+    machine = document["machine"]
+    results = document["results"]
+    parts = [
+        f"## Suite run {machine['date']} ({document['mode']}, {document.get('total_seconds')} s)",
+        f"{machine['nproc']} cores ({machine['cpu_model']}), {machine['memory']} RAM, "
+        f"Python {machine['python']}, {machine['postgresql'].split(' on ')[0]}, "
+        f"commit {machine['commit']}",
+    ]
+    if "throughput" in results:
+        parts += ["### Throughput and HTTP ceiling", throughput_table(results["throughput"])]
+    for naive in results.get("naive", []):
+        relay = _relay_at(results.get("throughput", []), 0, 32)
+        parts += ["### Naive baseline (0 ms)", naive_table(naive, relay)]
+    for trickle in results.get("trickle", []):
+        parts += ["### Latency under a trickle", trickle_table(trickle)]
+    if results.get("backlog"):
+        parts += ["### Scaling with backlog (0 ms, c=32)", backlog_table(results["backlog"])]
+    for work in results.get("database", []):
+        parts += [f"### Database work per event (0 ms, c={work['concurrency']})"]
+        parts += [database_table(work)]
+    checks = targets(document)
+    if checks:
+        rows = [
+            (name, need, got, "met" if met else "**missed**") for name, need, got, met in checks
+        ]
+        parts += ["### Targets", _table(("target", "threshold", "measured", ""), rows)]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,182 @@
+"""Run every benchmark in one go: ``python -m bench.suite`` (``make bench``).
+
+Writes bench/results/<time>.json (and latest.json, latest.md) and prints the markdown
+tables docs/benchmarks.md is made from. ``--quick`` runs a small version in about a minute
+(a smoke test: its figures are not held against the targets); ``--only`` picks benchmarks.
+See docs/benchmarks.md for what each one measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.database import BenchDatabase
+from bench.machine import describe
+from bench.measure import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    rows: int  # pending rows per throughput run (and events per ceiling run)
+    latencies: tuple[float, ...]
+    concurrencies: tuple[int, ...]
+    naive_rows: int
+    trickle_per_second: float
+    trickle_seconds: float
+    backlog: tuple[tuple[str, int, int], ...]  # label, published rows, pending rows
+    backlog_events: int
+    concurrency: int = 32  # for naive comparison, trickle, backlog and database work
+
+
+FULL = Plan(
+    rows=20_000,
+    latencies=(0, 20),
+    concurrencies=(8, 32, 64),
+    naive_rows=5_000,
+    trickle_per_second=50,
+    trickle_seconds=20,
+    backlog=(
+        ("10k published", 10_000, 20_000),
+        ("1M published", 1_000_000, 20_000),
+        ("1M pending", 0, 1_000_000),
+    ),
+    backlog_events=20_000,
+)
+QUICK = Plan(
+    rows=2_000,
+    latencies=(0, 20),
+    concurrencies=(32,),
+    naive_rows=500,
+    trickle_per_second=50,
+    trickle_seconds=5,
+    backlog=(("1k published", 1_000, 2_000), ("20k published", 20_000, 2_000)),
+    backlog_events=2_000,
+)
+BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog")
+
+
+def run_throughput(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    """Each relay run right after its ceiling run, same emulator, same concurrency."""
+    results = []
+    for latency in plan.latencies:
+        for concurrency in plan.concurrencies:
+            ceiling = partial(scenarios.ceiling, ctx, latency, concurrency, plan.rows)
+            relay = partial(scenarios.relay_drain, ctx, latency, concurrency, plan.rows)
+            results += [ctx.measure(ceiling), ctx.measure(relay)]
+            _progress(results[-2:])
+    return results
+
+
+def run_naive(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    return [ctx.measure(partial(scenarios.naive, ctx, plan.naive_rows))]
+
+
+def run_database(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    return [ctx.measure(partial(scenarios.database_work, ctx, plan.concurrency, plan.rows))]
+
+
+def run_trickle(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    args = (plan.trickle_per_second, plan.trickle_seconds, plan.concurrency)
+    return [ctx.measure(partial(scenarios.trickle, ctx, *args))]
+
+
+def run_backlog(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    results = []
+    for label, published, pending in plan.backlog:
+        run = partial(
+            scenarios.backlog,
+            ctx,
+            label,
+            published=published,
+            pending=pending,
+            events=plan.backlog_events,
+            concurrency=plan.concurrency,
+        )
+        results.append(ctx.measure(run))
+        _progress(results[-1:])
+    return results
+
+
+RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = {
+    "throughput": run_throughput,
+    "naive": run_naive,
+    "database": run_database,
+    "trickle": run_trickle,
+    "backlog": run_backlog,
+}
+
+
+def _progress(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        keys = ["kind", "label", "latency_ms", "concurrency", "rate", "cpu_per_event_us"]
+        keys += ["foreign_cores", "tries"]
+        print("  " + ", ".join(f"{key}={result[key]}" for key in keys if key in result), flush=True)
+
+
+def _write(document: dict[str, Any], markdown: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{stamp}.json"
+    text = json.dumps(document, indent=2)
+    path.write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / "latest.md").write_text(markdown)
+    return path
+
+
+def run(plan: Plan, selected: list[str], mode: str) -> dict[str, Any]:
+    db = BenchDatabase()
+    db.recreate()
+    logs = RESULTS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    document: dict[str, Any] = {
+        "machine": describe(db.server_version()),
+        "mode": mode,
+        "plan": asdict(plan),
+        "results": {},
+        "seconds": {},
+    }
+    with ExitStack() as stack:
+        ctx = scenarios.Context(db, logs, stack)
+        document["startup"] = scenarios.startup(ctx)
+        for name in selected:
+            print(f"{name} ...", flush=True)
+            started = time.monotonic()
+            document["results"][name] = RUNNERS[name](ctx, plan)
+            document["seconds"][name] = round(time.monotonic() - started, 1)
+    db.drop()
+    return document
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small smoke-test version (~70 s)")
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
+        help=f"run only these: {', '.join(BENCHMARKS)}",
+    )  # fmt: skip
+    options = parser.parse_args()
+    started = time.monotonic()
+    selected = [name for name in BENCHMARKS if name in options.only]
+    document = run(QUICK if options.quick else FULL, selected, "quick" if options.quick else "full")
+    document["total_seconds"] = round(time.monotonic() - started, 1)
+    markdown = report.render(document)
+    path = _write(document, markdown)
+    print(markdown)
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
