@@ -65,12 +65,14 @@ class EngineConfig:
 
     @property
     def prefetch(self) -> int:
-        return min(self.concurrency, self.claim_batch_size)
+        """Rows queued ahead of the senders. Two rounds' worth: at low partner latency a claim
+        crossing a busy event loop otherwise leaves senders idle (+10 % events/s at 0 ms)."""
+        return min(2 * self.concurrency, self.claim_batch_size)
 
     @property
     def min_claim(self) -> int:
         """Claim only when this many rows fit, unless a sender is idle (keeps claims batched)."""
-        return max(1, min(self.claim_batch_size, self.concurrency // 2))
+        return max(1, min(self.claim_batch_size, self.concurrency // 4))
 
 
 @dataclass(slots=True)
