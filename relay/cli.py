@@ -94,7 +94,14 @@ def run(drain: bool) -> None:
 
     settings = settings_from_env()
     configure_logging(settings)
-    asyncio.run(daemon.run(settings, drain=drain))
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: the default loop works, a bit slower
+        asyncio.run(daemon.run(settings, drain=drain))
+        return
+    # uvloop: +8 % events/s and -5 % CPU per event at 0 ms partner latency (docs/benchmarks.md).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(daemon.run(settings, drain=drain))
 
 
 def _read_payload(value: str) -> object:
