@@ -26,14 +26,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:  # imported where used: the engine never needs SQLAlchemy (-20 MB, -0.6 s)
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
 
 from relay.database import DATABASE_ERRORS
 from relay.errors import InvalidEvent
@@ -148,6 +149,8 @@ def prepare_event(
 
 
 def _sqlalchemy_insert(schema: str) -> Any:
+    from sqlalchemy import text
+
     return text(
         f'INSERT INTO "{schema}".outbox (event_type, payload, tenant, country, ordering_key) '
         "VALUES (:event_type, CAST(:payload AS jsonb), :tenant, :country, :ordering_key) "
