@@ -124,9 +124,15 @@ class Worker:
         self.busy = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.slot_freed = asyncio.Event()
+        # The feeder sleeps on `wake`; senders set it only when a claim's worth of slots is
+        # free and more rows are known to wait (`more`), not once per event.
+        self.more = True
+        self.refill_at = config.concurrency + config.prefetch - config.min_claim
         self.done: list[Done] = []
+        # The recorder sleeps on `has_done` (the first result) and then briefly on
+        # `enough_done` (a batch's worth, or nothing left in flight).
         self.has_done = asyncio.Event()
+        self.enough_done = asyncio.Event()
         self.held: set[int] = set()
         self.view = PauseView()
         self.failures = 0
@@ -224,41 +230,32 @@ class Worker:
         return min(free, self.config.claim_batch_size)
 
     async def _feeder(self, drain: bool) -> None:
-        more = True
         while True:
             if time.monotonic() - self.view.read_at >= self.config.poll_interval.total_seconds():
                 await self._refresh_pauses()
-            size = self._claim_size() if more else 0
+            size = self._claim_size() if self.more else 0
             if size:
                 rows = await self._claim(size)
-                more = len(rows) == size
+                self.more = len(rows) == size
                 if rows:
                     continue
             timeout = self.config.poll_interval.total_seconds()
-            if drain and not more and not self.queue and not self.busy and not self.done:
+            if drain and not self.more and not self.queue and not self.busy and not self.done:
                 remaining, next_in = await self._unfinished()
                 if remaining == 0:
                     self.drained.set()
                     return
                 timeout = min(timeout, max(next_in, 0.01))
-            if await self._wait_for_work(more, timeout):
-                more = True
+            await self._wait_for_work(timeout)
 
-    async def _wait_for_work(self, more: bool, wait_seconds: float) -> bool:
-        """Wait for a wake-up, a freed slot (when more work is known) or the poll timeout.
-        Return True when new work may exist."""
-        self.slot_freed.clear()
-        waits = [asyncio.ensure_future(self.wake.wait())]
-        if more:
-            waits.append(asyncio.ensure_future(self.slot_freed.wait()))
-        done, pending = await asyncio.wait(
-            waits, timeout=wait_seconds, return_when="FIRST_COMPLETED"
-        )
-        for future in pending:
-            future.cancel()
-        woken = self.wake.is_set()
+    async def _wait_for_work(self, wait_seconds: float) -> None:
+        """Wait for a wake-up (a NOTIFY, a written result, free slots) or the poll timeout;
+        after either, new work may exist."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_seconds):
+                await self.wake.wait()
         self.wake.clear()
-        return woken or not done
+        self.more = True
 
     async def _claim(self, size: int) -> list[ClaimedRow]:
         # Shielded: a claim the database has committed must reach `held` even when shutdown
@@ -322,9 +319,11 @@ class Worker:
                 self._finish(row, *await self._process(row))
             finally:
                 self.busy -= 1
-                self.slot_freed.set()
                 if self.busy == 0:
                     self.idle.set()
+                    self.enough_done.set()
+                if self.more and len(self.queue) + self.busy <= self.refill_at:
+                    self.wake.set()
 
     async def _process(self, row: ClaimedRow) -> tuple[Result, Prepared | Unsendable]:
         cfg = self.config
@@ -350,6 +349,8 @@ class Worker:
         )
         self.done.append(Done(row, result, prepared.correlation_id, tenant))
         self.has_done.set()
+        if len(self.done) >= self.config.min_claim:
+            self.enough_done.set()
 
     # Outage protection ------------------------------------------------------------------------
 
@@ -407,19 +408,14 @@ class Worker:
     # Recorder --------------------------------------------------------------------------------
 
     async def _recorder(self) -> None:
-        flush_size = self.config.min_claim
         while True:
             await self.has_done.wait()
-            if self.busy and len(self.done) < flush_size:
+            if self.busy and len(self.done) < self.config.min_claim:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._enough_done(flush_size), FLUSH_DELAY)
+                    async with asyncio.timeout(FLUSH_DELAY):
+                        await self.enough_done.wait()
             self.writing = asyncio.ensure_future(self._flush())
             await asyncio.shield(self.writing)
-
-    async def _enough_done(self, size: int) -> None:
-        while len(self.done) < size and self.busy:
-            self.has_done.clear()
-            await self.has_done.wait()
 
     async def _flush_all(self) -> None:
         while self.done:
@@ -428,6 +424,7 @@ class Worker:
     async def _flush(self) -> None:
         batch, self.done = self.done, []
         self.has_done.clear()
+        self.enough_done.clear()
         if not batch:
             return
         results = [d.result for d in batch]
