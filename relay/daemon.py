@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -33,6 +33,7 @@ from relay.worker import EngineConfig, Worker
 log = structlog.get_logger("relay.daemon")
 SAMPLE_INTERVAL = 15.0
 PURGE_INTERVAL = 3600.0
+T = TypeVar("T")
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -219,3 +220,17 @@ async def run(settings: Settings, *, drain: bool = False) -> None:
         await daemon.run(drain=drain)
     finally:
         remove()
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop where it is built, else on asyncio's default loop.
+
+    uvloop: +8 % events/s and -5 % CPU per event at 0 ms partner latency, and about 3 ms less
+    per request at 20 ms (docs/benchmarks.md).
+    """
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: the default loop works, a bit slower
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
