@@ -106,6 +106,7 @@ def backlog_table(results: list[Result]) -> str:
             r["published_rows"],
             r["pending_rows"],
             r["rate"],
+            " / ".join(f"{rate:,.0f}" for rate in r.get("rates", [r["rate"]])),
             r["ms_per_event"],
             f"{r['ms_per_event'] / base['ms_per_event']:.2f}",
             r["cpu_per_event_us"],
@@ -118,7 +119,8 @@ def backlog_table(results: list[Result]) -> str:
         for r in results
     ]
     header = (
-        "table", "published rows", "pending rows", "relay ev/s", "ms/event", "vs first",
+        "table", "published rows", "pending rows", "relay ev/s (median)", "ev/s of each round",
+        "ms/event", "vs first",
         "relay CPU µs/ev", "PostgreSQL CPU µs/ev", "claim ms (custom plan)",
         "claim ms (generic plan)", "claim ms (generic, jit off)", "claim ms (after run)",
     )  # fmt: skip
