@@ -18,6 +18,8 @@ import psycopg
 import pytest
 
 from relay.database import (
+    REVISIONS,
+    alembic_revisions,
     check_schema,
     current_revision,
     downgrade,
@@ -130,6 +132,11 @@ def test_upgrade_downgrade_upgrade_round_trips(empty_database_url: str) -> None:
 
     migrate(empty_database_url, "public")
     assert schema_snapshot(empty_database_url) == first
+
+
+def test_the_relay_knows_every_migration_in_order() -> None:
+    # relay run checks the schema against REVISIONS without importing Alembic.
+    assert list(REVISIONS) == alembic_revisions()
 
 
 def test_migrating_a_current_schema_changes_nothing(database_url: str) -> None:
