@@ -64,6 +64,7 @@ def throughput_table(results: list[Result]) -> str:
             relay["machine_busy_cores"],
             f"{ceiling['foreign_cores']:.2f} / {relay['foreign_cores']:.2f}",
             f"{ceiling['tries']} / {relay['tries']}",
+            f"{_rates(ceiling)}; {_rates(relay)}",
         )
         for ceiling, relay in _pairs(results)
     ]
@@ -72,9 +73,13 @@ def throughput_table(results: list[Result]) -> str:
         "request ms p50 (ceiling / relay)",
         "ceiling CPU µs/ev", "relay CPU µs/ev", "PostgreSQL CPU µs/ev", "emulator CPU µs/ev",
         "xacts/ev", "relay peak RSS MB", "cores busy", "foreign cores (ceiling / relay)",
-        "tries",
+        "tries", "ev/s of each round (ceiling; relay)",
     )  # fmt: skip
     return _table(header, rows)
+
+
+def _rates(result: Result) -> str:
+    return " / ".join(f"{rate:,.0f}" for rate in result.get("rates", [result["rate"]]))
 
 
 def naive_table(naive: Result, relay: Result | None) -> str:
@@ -106,7 +111,7 @@ def backlog_table(results: list[Result]) -> str:
             r["published_rows"],
             r["pending_rows"],
             r["rate"],
-            " / ".join(f"{rate:,.0f}" for rate in r.get("rates", [r["rate"]])),
+            _rates(r),
             r["ms_per_event"],
             f"{r['ms_per_event'] / base['ms_per_event']:.2f}",
             r["cpu_per_event_us"],

@@ -37,8 +37,9 @@ class Plan:
     trickle_seconds: float
     backlog: tuple[tuple[str, int, int], ...]  # label, published rows, pending rows
     backlog_events: int
-    # Runs of a few seconds each drift with the machine by +-20 %: the states are measured in
-    # interleaved rounds (A B C A B C ...) and each state's median run is reported.
+    # Runs at 0 ms last a few seconds and drift with the machine by +-20 %: they are measured
+    # in interleaved rounds (A B A B ..., A B C A B C ...) and each one's median run reported.
+    throughput_rounds_at_0ms: int = 3
     backlog_rounds: int = 5
     concurrency: int = 32  # for naive comparison, trickle, backlog and database work
 
@@ -66,20 +67,32 @@ QUICK = Plan(
     trickle_seconds=5,
     backlog=(("1k published", 1_000, 2_000), ("20k published", 20_000, 2_000)),
     backlog_events=2_000,
+    throughput_rounds_at_0ms=1,
     backlog_rounds=1,
 )
 BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog")
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate, with every run's rate beside it."""
+    median = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+    return {**median, "rates": [r["rate"] for r in runs]}
 
 
 def run_throughput(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
     """Each relay run right after its ceiling run, same emulator, same concurrency."""
     results = []
     for latency in plan.latencies:
+        rounds = plan.throughput_rounds_at_0ms if latency == 0 else 1
         for concurrency in plan.concurrencies:
             ceiling = partial(scenarios.ceiling, ctx, latency, concurrency, plan.rows)
             relay = partial(scenarios.relay_drain, ctx, latency, concurrency, plan.rows)
-            results += [ctx.measure(ceiling), ctx.measure(relay)]
-            _progress(results[-2:])
+            ceilings, relays = [], []
+            for _ in range(rounds):
+                ceilings.append(ctx.measure(ceiling))
+                relays.append(ctx.measure(relay))
+                _progress([ceilings[-1], relays[-1]])
+            results += [_median_run(ceilings), _median_run(relays)]
     return results
 
 
@@ -111,11 +124,7 @@ def run_backlog(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
             )
             runs[label].append(ctx.measure(run))
             _progress(runs[label][-1:])
-    results = []
-    for measured in runs.values():
-        median = sorted(measured, key=lambda r: r["rate"])[len(measured) // 2]
-        results.append({**median, "rates": [r["rate"] for r in measured]})
-    return results
+    return [_median_run(measured) for measured in runs.values()]
 
 
 RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = {
