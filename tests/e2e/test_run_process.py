@@ -53,7 +53,7 @@ async def test_kill_9_mid_run_then_restart_loses_nothing(
         assert second.returncode == 0, stderr.decode()[-2000:]
     assert await status_counts(db) == {"published": len(ids)}
     # Resent after the kill: requests in flight, plus answers received but not yet written
-    # (results are written in batches of up to concurrency / 2).
+    # (results are written every few milliseconds, a quarter of the concurrency at a time).
     assert emulator.duplicates <= concurrency + concurrency // 2
 
 
