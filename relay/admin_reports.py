@@ -1,0 +1,351 @@
+"""What the operator commands answer: ``relay status``, ``relay dead list|show``, ``relay
+requeue`` and ``relay purge`` results, each as lines for people and as JSON for scripts.
+
+Timestamps print in UTC with millisecond precision and a Z, ages and waits in their two largest
+units (``3d 4h``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+# Formatting ----------------------------------------------------------------------------------
+
+
+def iso(moment: datetime | None) -> str | None:
+    """UTC, millisecond precision, with a Z; None stays None."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def human_duration(seconds: float) -> str:
+    """``3d 4h``, ``2m 5s``, ``850ms``: the two largest units, for people."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    parts: list[str] = []
+    remaining = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if remaining >= size or (unit == "s" and not parts):
+            parts.append(f"{remaining // size}{unit}")
+            remaining %= size
+    return " ".join(parts[:2])
+
+
+def _relative(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    delta = (moment - now).total_seconds()
+    when = "in " + human_duration(delta) if delta > 0 else human_duration(-delta) + " ago"
+    return f"{iso(moment)} ({when})"
+
+
+def jsonable(value: object) -> object:
+    """``value`` with every datetime in it (mappings and sequences too) as :func:`iso` text."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def _fields(instance: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """A dataclass instance's fields (or the ``names`` given) as JSON-ready values."""
+    if names is None:
+        names = [item.name for item in fields(instance)]
+    return {name: jsonable(getattr(instance, name)) for name in names}
+
+
+# Reports -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePause:
+    """A relay_pause row still in force."""
+
+    route: str
+    kind: str
+    reason: str
+    set_by: str
+    set_at: datetime
+    until: datetime
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryingRow:
+    """A pending row that has failed at least once, and when it may be tried again."""
+
+    id: int
+    event_type: str
+    attempts: int
+    next_attempt_at: datetime
+    last_http_status: int | None
+    error_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """``relay status``: one consistent snapshot of the outbox."""
+
+    at: datetime
+    counts: dict[str, int]
+    oldest_unfinished_at: datetime | None
+    oldest_unfinished_age: float | None
+    retrying: int
+    next_retry_at: datetime | None
+    retrying_rows: list[RetryingRow]
+    blocked_by_dead: int
+    dead_by_event_type: dict[str, int]
+    dead_by_error_class: dict[str, int]
+    last_published_at: datetime | None
+    pauses: list[ActivePause]
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready values (timestamps as ISO 8601 strings, ages in seconds)."""
+        document = _fields(
+            self,
+            [
+                "at",
+                "counts",
+                "oldest_unfinished_at",
+                "oldest_unfinished_age",
+                "retrying",
+                "next_retry_at",
+                "blocked_by_dead",
+                "dead_by_event_type",
+                "dead_by_error_class",
+                "last_published_at",
+            ],
+        )
+        document["retrying_rows"] = [_fields(row) for row in self.retrying_rows]
+        document["pauses"] = [_fields(pause) for pause in self.pauses]
+        return document
+
+    def lines(self) -> list[str]:
+        """The report for people."""
+        return [
+            *self._queue_lines(),
+            *self._retrying_lines(),
+            *self._dead_lines(),
+            *self._pause_lines(),
+        ]
+
+    def _queue_lines(self) -> list[str]:
+        counts = self.counts
+        oldest = (
+            "-"
+            if self.oldest_unfinished_age is None
+            else f"{human_duration(self.oldest_unfinished_age)} old"
+        )
+        return [
+            f"outbox at {iso(self.at)}",
+            f"  pending    {counts['pending']:>10,}   oldest unfinished: {oldest}",
+            f"  in_flight  {counts['in_flight']:>10,}",
+            f"  published  {counts['published']:>10,}   last published: "
+            + _relative(self.last_published_at, self.at),
+            f"  dead       {counts['dead']:>10,}",
+        ]
+
+    def _retrying_lines(self) -> list[str]:
+        lines = [
+            f"retrying: {self.retrying:,} rows, next attempt "
+            + _relative(self.next_retry_at, self.at)
+        ]
+        for row in self.retrying_rows:
+            lines.append(
+                f"  {row.id:>10}  {row.event_type}  attempts {row.attempts}  "
+                f"last {row.error_class}  next {_relative(row.next_attempt_at, self.at)}"
+            )
+        if self.blocked_by_dead:
+            lines.append(
+                f"held behind a dead row of their ordering key: {self.blocked_by_dead:,} rows"
+            )
+        return lines
+
+    def _dead_lines(self) -> list[str]:
+        lines = ["dead by event type:" + ("" if self.dead_by_event_type else " none")]
+        lines += [f"  {count:>10,}  {key}" for key, count in self.dead_by_event_type.items()]
+        lines.append("dead by last error:" + ("" if self.dead_by_error_class else " none"))
+        lines += [f"  {count:>10,}  {key}" for key, count in self.dead_by_error_class.items()]
+        return lines
+
+    def _pause_lines(self) -> list[str]:
+        lines = ["pauses:" + ("" if self.pauses else " none")]
+        for pause in self.pauses:
+            lines.append(
+                f"  {pause.route}  {pause.kind}  {human_duration(pause.remaining)} left"
+                f"  set by {pause.set_by}: {pause.reason}"
+            )
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    """A dead row as ``relay dead list`` shows it: everything but the payload."""
+
+    id: int
+    event_type: str
+    tenant: str | None
+    country: str | None
+    ordering_key: str | None
+    attempts: int
+    created_at: datetime
+    died_at: datetime
+    last_http_status: int | None
+    last_error: str | None
+    error_class: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return _fields(self)
+
+    def line(self) -> str:
+        """One line for people; the error shortened."""
+        error = (self.last_error or "").replace("\n", " ")
+        error = error if len(error) <= 80 else error[:77] + "..."
+        return (
+            f"{self.id:>10}  {iso(self.died_at)}  {self.event_type}  attempts {self.attempts}"
+            f"  {self.error_class}  {error}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One attempt from the delivery log."""
+
+    attempt: int
+    attempted_at: datetime
+    http_status: int | None
+    latency_ms: float | None
+    outcome: str
+    event_api_id: str | None
+    error: str | None
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowDetail:
+    """``relay dead show``: one row in full, its payload and every attempt."""
+
+    id: int
+    event_type: str
+    payload: str
+    tenant: str | None
+    country: str | None
+    ordering_key: str | None
+    status: str
+    attempts: int
+    available_at: datetime
+    created_at: datetime
+    published_at: datetime | None
+    event_api_id: str | None
+    last_http_status: int | None
+    last_error: str | None
+    claimed_by: str | None
+    lease_until: datetime | None
+    error_class: str
+    last_attempt_at: datetime | None
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values; the payload as the JSON object it is."""
+        names = [item.name for item in fields(self) if item.name not in ("payload", "deliveries")]
+        document = _fields(self, names)
+        document["payload"] = json.loads(self.payload)
+        document["deliveries"] = [_fields(item) for item in self.deliveries]
+        return document
+
+    def lines(self) -> list[str]:
+        """The row for people: its state, the last error, the payload, the delivery log."""
+        lines = [
+            f"outbox row {self.id}: {self.status}",
+            f"  event type:     {self.event_type}",
+            f"  route:          {self.country or '(RELAY_COUNTRY)'}/"
+            f"{self.tenant or '(RELAY_TENANT)'}",
+            f"  ordering key:   {self.ordering_key or '-'}",
+            f"  attempts:       {self.attempts}",
+            f"  created:        {iso(self.created_at)}",
+            f"  last attempt:   {iso(self.last_attempt_at) or '-'}",
+            f"  available at:   {iso(self.available_at)}",
+            f"  published:      {iso(self.published_at) or '-'}",
+            f"  event_api_id:   {self.event_api_id or '-'}",
+            f"  HTTP status:    {self.last_http_status or '-'}",
+            f"  error class:    {self.error_class}",
+            f"  last error:     {self.last_error or '-'}",
+            "payload:",
+        ]
+        pretty = json.dumps(json.loads(self.payload), indent=2, ensure_ascii=False)
+        lines += ["  " + line for line in pretty.splitlines()]
+        lines.append(f"delivery log ({len(self.deliveries)} attempts):")
+        for item in self.deliveries:
+            latency = "-" if item.latency_ms is None else f"{item.latency_ms:.0f}ms"
+            lines.append(
+                f"  attempt {item.attempt}  {iso(item.attempted_at)}  "
+                f"HTTP {item.http_status or '-'}  {latency}  {item.outcome}  "
+                f"by {item.worker}  {item.error or ''}".rstrip()
+            )
+        return lines
+
+
+# Requeue and purge ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueResult:
+    """What a requeue did (or, with ``dry_run``, would do)."""
+
+    ids: list[int]
+    not_dead: list[int]  # ids asked for by number that are missing or not dead
+    selector: dict[str, Any]
+    dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "requeued": 0 if self.dry_run else len(self.ids),
+            "would_requeue": len(self.ids) if self.dry_run else 0,
+            "ids": self.ids,
+            "not_dead": self.not_dead,
+            "selector": self.selector,
+            "dry_run": self.dry_run,
+        }
+
+    def lines(self) -> list[str]:
+        """One summary line, and the ids asked for that were left alone."""
+        shown = ", ".join(str(row_id) for row_id in self.ids[:50])
+        if len(self.ids) > 50:
+            shown += f", ... ({len(self.ids) - 50} more)"
+        verb = "would requeue" if self.dry_run else "requeued"
+        lines = [f"relay: {verb} {len(self.ids)} dead rows" + (f": {shown}" if shown else "")]
+        if self.not_dead:
+            left = ", ".join(str(row_id) for row_id in self.not_dead)
+            lines.append(f"relay: not dead (left alone): {left}")
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What a purge deleted."""
+
+    cutoff: datetime
+    rows: int
+    batches: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return _fields(self)
+
+    def lines(self) -> list[str]:
+        """One summary line."""
+        return [
+            f"relay: purged {self.rows} published rows (published before {iso(self.cutoff)}) "
+            f"in {self.batches} batches, {self.seconds:.1f}s"
+        ]
