@@ -15,44 +15,37 @@ or as a process with ``relay emulator``; the same faults are set over HTTP by
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
-import hmac
 import random
 import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus
 
-import jwt
 import orjson
 from aiohttp import web
 from cryptography import x509
 
 from relay.config import Settings, load_settings
+from relay.emulator_auth import ClientAuthentication
+from relay.emulator_replies import (
+    INSUFFICIENT_SCOPE,
+    UNAUTHORIZED,
+    Reply,
+    canned,
+    oauth_error,
+    spring_error,
+)
 from relay.errors import ConfigurationError
-from relay.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint, load_key_material
+from relay.keys import load_key_material
 
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a path, not a password
 SEND_PATH = "/api/events/v1/{country}/external/{tenant}/send"
 REQUIRED_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
-UNAUTHORIZED = {
-    "error": "unauthorized",
-    "error_description": "Full authentication is required to access this resource",
-}
-INSUFFICIENT_SCOPE = {
-    "error": "insufficient_scope",
-    "error_description": "Insufficient scope for this resource",
-    "scope": "events",
-}
 
 
 @dataclass
@@ -119,39 +112,6 @@ class _Issued:
     expires_at: float
 
 
-class _Reply(Exception):
-    """Stop handling and send this answer."""
-
-    def __init__(self, status: int, body: Mapping[str, Any], **headers: str) -> None:
-        super().__init__(status)
-        self.code = body.get("error") if isinstance(body.get("error"), str) else None
-        self.response = web.Response(
-            status=status,
-            body=orjson.dumps(body),
-            content_type="application/json",
-            headers=headers,
-        )
-
-
-def _oauth_error(status: int, error: str, description: str) -> _Reply:
-    headers = {"WWW-Authenticate": 'Basic realm="token"'} if status == 401 else {}
-    reply = _Reply(status, {"error": error, "error_description": description}, **headers)
-    reply.response.headers["Cache-Control"] = "no-store"
-    return reply
-
-
-def _spring(status: int, path: str, exception: str, message: str) -> _Reply:
-    body = {
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000",
-        "status": status,
-        "error": _phrase(status),
-        "exception": exception,
-        "message": message,
-        "path": path,
-    }
-    return _Reply(status, body)
-
-
 class Emulator:
     """The emulated partner. See the module docstring for how tests drive it."""
 
@@ -190,7 +150,7 @@ class Emulator:
         self._correlation_ids: set[str] = set()
         self._tokens: dict[str, _Issued] = {}
         self.access_tokens: list[str] = []  # every token issued, for leak tests
-        self._seen_jti: dict[str, float] = {}
+        self._client_auth = ClientAuthentication(self.config)
         self._next_id = 1
 
     # In-process control ---------------------------------------------------------------------
@@ -270,9 +230,9 @@ class Emulator:
         error: str | None = None
         try:
             if self.faults.token_status is not None:
-                raise _oauth_error(self.faults.token_status, "temporarily_unavailable", "fault")
+                raise oauth_error(self.faults.token_status, "temporarily_unavailable", "fault")
             response = await self._grant(request, record)
-        except _Reply as reply:
+        except Reply as reply:
             response, error = reply.response, reply.code
         self.token_requests.append(
             TokenRequest(
@@ -286,18 +246,18 @@ class Emulator:
 
     async def _grant(self, request: web.Request, record: dict[str, Any]) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
-            raise _oauth_error(400, "invalid_request", "form-urlencoded body required")
+            raise oauth_error(400, "invalid_request", "form-urlencoded body required")
         form = {key: str(value) for key, value in (await request.post()).items()}
-        client_id = self._authenticate(request, form, record)
+        client_id = self._client_auth.authenticate(request, form, record)
         grant_type = form.get("grant_type")
         if not grant_type:
-            raise _oauth_error(400, "invalid_request", "grant_type is missing")
+            raise oauth_error(400, "invalid_request", "grant_type is missing")
         if grant_type != "client_credentials":
-            raise _oauth_error(400, "unsupported_grant_type", f"{grant_type} is not supported")
+            raise oauth_error(400, "unsupported_grant_type", f"{grant_type} is not supported")
         allowed = self.config.scopes.get(client_id, frozenset({"events"}))
         requested = frozenset(form.get("scope", "").split())
         if not requested <= allowed:
-            raise _oauth_error(400, "invalid_scope", "scope not allowed for this client")
+            raise oauth_error(400, "invalid_scope", "scope not allowed for this client")
         granted = requested or allowed
         value = secrets.token_urlsafe(32)
         lifetime = self.faults.token_lifetime
@@ -310,94 +270,6 @@ class Emulator:
             "scope": " ".join(sorted(granted)),
         }
         return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-    def _authenticate(
-        self, request: web.Request, form: dict[str, str], record: dict[str, Any]
-    ) -> str:
-        header = request.headers.get("Authorization", "")
-        methods = [
-            name
-            for name, present in (
-                ("client_secret_basic", header.startswith("Basic ")),
-                ("client_secret_post", "client_secret" in form),
-                ("private_key_jwt", "client_assertion" in form),
-            )
-            if present
-        ]
-        if len(methods) > 1:
-            raise _oauth_error(400, "invalid_request", "more than one authentication method")
-        if not methods:
-            raise _oauth_error(401, "invalid_client", "client authentication is required")
-        record["auth_method"] = methods[0]
-        if methods[0] == "private_key_jwt":
-            return self._check_assertion(request, form, record)
-        if methods[0] == "client_secret_basic":
-            client_id, secret = _basic_credentials(header)
-        else:
-            client_id, secret = form.get("client_id", ""), form["client_secret"]
-        record["client_id"] = client_id
-        expected = self.config.clients.get(client_id)
-        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
-            raise _oauth_error(401, "invalid_client", "unknown client or wrong secret")
-        return client_id
-
-    def _check_assertion(
-        self, request: web.Request, form: dict[str, str], record: dict[str, Any]
-    ) -> str:
-        assertion = form["client_assertion"]
-        record["assertion"] = assertion
-        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
-            raise _oauth_error(401, "invalid_client", "unsupported client_assertion_type")
-        try:
-            header = jwt.get_unverified_header(assertion)
-            unverified = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.InvalidTokenError:
-            raise _oauth_error(401, "invalid_client", "client_assertion is not a JWT") from None
-        record["assertion_header"] = header
-        client_id = str(unverified.get("iss", ""))
-        record["client_id"] = client_id
-        if form.get("client_id", client_id) != client_id or unverified.get("sub") != client_id:
-            raise _oauth_error(401, "invalid_client", "client_id, iss and sub must be equal")
-        claims = self._verify_signature(request, assertion, header, client_id)
-        record["assertion_claims"] = claims
-        if claims["exp"] - claims["iat"] > self.config.max_assertion_lifetime:
-            raise _oauth_error(401, "invalid_client", "client_assertion lives too long")
-        now = time.time()
-        self._seen_jti = {jti: exp for jti, exp in self._seen_jti.items() if exp > now - 60}
-        if claims["jti"] in self._seen_jti:
-            raise _oauth_error(401, "invalid_client", "client_assertion jti was already used")
-        self._seen_jti[claims["jti"]] = float(claims["exp"])
-        return client_id
-
-    def _verify_signature(
-        self, request: web.Request, assertion: str, header: dict[str, Any], client_id: str
-    ) -> dict[str, Any]:
-        if header.get("alg") != "RS256":
-            raise _oauth_error(401, "invalid_client", "client_assertion must be RS256")
-        audiences = [str(request.url.with_query(None))]
-        if self.config.audience:
-            audiences.append(self.config.audience)
-        for certificate in self.config.certificates.get(client_id, []):
-            if header.get("kid") not in (None, certificate_thumbprint(certificate)):
-                continue
-            try:
-                claims: dict[str, Any] = jwt.decode(
-                    assertion,
-                    certificate.public_key(),  # type: ignore[arg-type]
-                    algorithms=["RS256"],
-                    audience=audiences,
-                    issuer=client_id,
-                    leeway=5,
-                    options={"require": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"]},
-                )
-            except jwt.InvalidSignatureError:
-                continue  # try the client's next certificate (key rotation)
-            except jwt.InvalidTokenError as error:
-                raise _oauth_error(401, "invalid_client", f"client_assertion: {error}") from None
-            return claims
-        raise _oauth_error(
-            401, "invalid_client", "no registered certificate verifies the assertion"
-        )
 
     # Send endpoint --------------------------------------------------------------------------
 
@@ -413,7 +285,7 @@ class Emulator:
                 return web.Response(status=499)
             self._inject_status(request)
             response = await self._accept(request)
-        except _Reply as reply:
+        except Reply as reply:
             response = reply.response
         finally:
             self._active -= 1
@@ -430,7 +302,7 @@ class Emulator:
             status = faults.error_status
         if status is None:
             return
-        reply = _canned(status, request.path)
+        reply = canned(status, request.path)
         if faults.retry_after is not None:
             reply.response.headers["Retry-After"] = faults.retry_after
         raise reply
@@ -439,10 +311,10 @@ class Emulator:
         self._authorize(request)
         country, tenant = request.match_info["country"], request.match_info["tenant"]
         if self.config.routes is not None and (country, tenant) not in self.config.routes:
-            raise _canned(404, request.path)
+            raise canned(404, request.path)
         event_type = request.headers.get("Event-Type", "")
         if not event_type:
-            raise _spring(
+            raise spring_error(
                 400,
                 request.path,
                 "org.springframework.web.bind.ServletRequestBindingException",
@@ -450,7 +322,7 @@ class Emulator:
             )
         content_type = request.headers.get("Content-Type", "")
         if request.content_type != "application/json" or request.charset not in (None, "utf-8"):
-            raise _spring(
+            raise spring_error(
                 415,
                 request.path,
                 "org.springframework.web.HttpMediaTypeNotSupportedException",
@@ -465,9 +337,9 @@ class Emulator:
             self._tokens.get(header.removeprefix("Bearer ")) if header[:7] == "Bearer " else None
         )
         if issued is None or self._clock() >= issued.expires_at:
-            raise _Reply(401, UNAUTHORIZED, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise Reply(401, UNAUTHORIZED, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if "events" not in issued.scopes:
-            raise _Reply(403, INSUFFICIENT_SCOPE)
+            raise Reply(403, INSUFFICIENT_SCOPE)
 
     def _record(
         self, country: str, tenant: str, event_type: str, body: dict[str, Any], content_type: str
@@ -521,25 +393,13 @@ class Emulator:
         )
 
 
-def _basic_credentials(header: str) -> tuple[str, str]:
-    try:
-        decoded = base64.b64decode(header.removeprefix("Basic ").strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise _oauth_error(401, "invalid_client", "malformed Basic credentials") from None
-    client_id, separator, secret = decoded.partition(":")
-    if not separator:
-        raise _oauth_error(401, "invalid_client", "malformed Basic credentials")
-    # RFC 6749 2.3.1: both parts are form-urlencoded before base64.
-    return unquote_plus(client_id), unquote_plus(secret)
-
-
 def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
-        raise _spring(
+        raise spring_error(
             400,
             path,
             "org.springframework.http.converter.HttpMessageNotReadableException",
@@ -547,26 +407,11 @@ def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
         )
     for name in REQUIRED_FIELDS:
         if body.get(name) in (None, ""):
-            raise _Reply(400, {"message": f"Incorrect payload, missing [{name}]", "valid": False})
+            raise Reply(400, {"message": f"Incorrect payload, missing [{name}]", "valid": False})
     if body["eventType"] != event_type:
         message = "Incorrect payload, eventType does not match the Event-Type header"
-        raise _Reply(400, {"message": message, "valid": False})
+        raise Reply(400, {"message": message, "valid": False})
     return body
-
-
-def _canned(status: int, path: str) -> _Reply:
-    if status == 401:
-        return _Reply(401, UNAUTHORIZED)
-    if status == 403:
-        return _Reply(403, INSUFFICIENT_SCOPE)
-    return _spring(status, path, "emulator.InjectedFault", "injected by the emulator")
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 async def serve(emulator: Emulator, host: str, port: int, announce: Callable[[str], None]) -> None:

@@ -12,7 +12,8 @@ import jwt
 import orjson
 import pytest
 
-from relay.emulator import UNAUTHORIZED, Emulator, EmulatorConfig
+from relay.emulator import Emulator, EmulatorConfig
+from relay.emulator_replies import UNAUTHORIZED
 from relay.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
 from tests.helpers.keys import certificate, rsa_key
 from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, FakeClock, event_body, running
