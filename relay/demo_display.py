@@ -1,0 +1,231 @@
+"""What the demo shows: a live progress bar while it enqueues and delivers, and afterwards a
+summary of the outbox as the database has it, with the commands to look further."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter as MetricCounter
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from relay.demo_database import Target, connect
+
+if TYPE_CHECKING:
+    from relay.demo import Run
+
+REFRESH_SECONDS = 0.2
+
+# The progress bar -----------------------------------------------------------------------------
+
+
+def metric_total(counter: MetricCounter) -> int:
+    """A Prometheus counter's value summed over all its labels."""
+    return int(
+        sum(
+            sample.value
+            for metric in counter.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+    )
+
+
+class RateColumn(ProgressColumn):
+    """Events per second, as rich measures the task's progress."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed or 0:,.0f} events/s", style="progress.data.speed")
+
+
+def progress_bar(console: Console) -> Progress:
+    """One line per stage: its count, rate, detail and elapsed time."""
+    return Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=1 / REFRESH_SECONDS,
+    )
+
+
+# The summary ----------------------------------------------------------------------------------
+
+SUMMARY_COUNTS = """
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE status = 'published') AS published,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'in_flight') AS in_flight,
+           min(published_at) AS first_published,
+           max(published_at) AS last_published
+    FROM "{schema}".outbox"""
+# Dead rows grouped by their reason, the most common first, with one id to look at.
+SUMMARY_DEAD = """
+    SELECT last_error AS reason, count(*) AS rows, min(id) AS example
+    FROM "{schema}".outbox WHERE status = 'dead'
+    GROUP BY last_error ORDER BY count(*) DESC, min(id)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """The outbox after the run, as the database has it."""
+
+    total: int
+    published: int
+    pending: int
+    in_flight: int  # 0 after any clean stop: held rows are given back
+    dead: list[tuple[str, int, int]]  # reason, rows, an example id
+    first_published: datetime | None
+    last_published: datetime | None
+
+    @property
+    def dead_count(self) -> int:
+        return sum(rows for _, rows, _ in self.dead)
+
+    @property
+    def left(self) -> int:
+        return self.pending + self.in_flight
+
+    def rate(self) -> float | None:
+        if self.first_published is None or self.last_published is None or self.published < 2:
+            return None
+        seconds = (self.last_published - self.first_published).total_seconds()
+        return self.published / seconds if seconds > 0 else None
+
+
+async def read_tally(target: Target) -> Tally:
+    """The outbox as it is now."""
+    connection = await connect(target.url)
+    try:
+        counts = await connection.fetchrow(SUMMARY_COUNTS.format(schema=target.schema))
+        dead = await connection.fetch(SUMMARY_DEAD.format(schema=target.schema))
+    finally:
+        await connection.close()
+    assert counts is not None
+    return Tally(
+        total=counts["total"],
+        published=counts["published"],
+        pending=counts["pending"],
+        in_flight=counts["in_flight"],
+        dead=[
+            (row["reason"] or "(no reason recorded)", row["rows"], row["example"]) for row in dead
+        ],
+        first_published=counts["first_published"],
+        last_published=counts["last_published"],
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _emulator_line(stats: dict[str, Any]) -> str:
+    answered_503 = stats.get("statuses", {}).get("503", 0)
+    return (
+        f"received {stats.get('events', 0):,}, duplicates {stats.get('duplicates', 0)}, "
+        f"answered 503 {answered_503} times, dropped {stats.get('dropped', 0)} connections"
+    )
+
+
+def _summary_rows(run: Run, tally: Tally) -> list[tuple[str, str]]:
+    retried = metric_total(run.daemon.metrics.retried) if run.daemon is not None else 0
+    elapsed = time.monotonic() - run.started
+    rows = [
+        ("Database", f"{run.target.description}; fresh: {run.target.fresh}"),
+        (
+            "Events",
+            f"{tally.total:,} in {run.transactions} transactions, {run.invalid} of them "
+            "invalid on purpose (written with plain SQL)",
+        ),
+        ("Published", f"{tally.published:,}"),
+        ("Dead", f"{tally.dead_count:,}"),
+        ("Retried attempts", f"{retried:,}"),
+        ("Events per second", f"{_number(tally.rate())} (first publish to last)"),
+        ("Elapsed", f"relay {run.relay_seconds:.1f} s, whole demo {elapsed:.1f} s"),
+        ("Emulator", _emulator_line(run.emulator)),
+        ("By route", ", ".join(f"{route} {n:,}" for route, n in sorted(run.routes.items()))),
+    ]
+    if tally.left:
+        left = f"{tally.pending:,} pending"
+        if tally.in_flight:
+            left += f", {tally.in_flight:,} still leased (their lease brings them back)"
+        rows.insert(4, ("Not sent", left + "; committed whole, nothing half-written"))
+    if run.given_back:
+        back = f"{run.given_back:,} rows the relay still held when it stopped: pending again now"
+        rows.insert(5, ("Given back", back))
+    return rows
+
+
+def _summary_table(run: Run, tally: Tally) -> Table:
+    title = "relay demo: interrupted" if run.interrupted else "relay demo: done"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in _summary_rows(run, tally):
+        table.add_row(name, Text(value))
+    return table
+
+
+def _dead_table(tally: Tally) -> Table:
+    table = Table(title="Dead rows by reason", title_justify="left")
+    table.add_column("Rows", justify="right")
+    table.add_column("Reason")
+    table.add_column("e.g. id", justify="right")
+    for reason, rows, example in tally.dead:
+        table.add_row(str(rows), Text(reason), str(example))
+    return table
+
+
+def _next_steps(run: Run, tally: Tally) -> list[str]:
+    target = run.target
+    server_left_running = target.embedded is not None and run.keep_server and not run.interrupted
+    if target.embedded is not None and not server_left_running:
+        return ["relay demo: the embedded PostgreSQL is stopped"]
+    lines = ["Look further:"]
+    if target.embedded is None:
+        lines.append(f"  export RELAY_SCHEMA={target.schema}   # RELAY_DATABASE_URL is already set")
+    else:
+        lines.append(f"  export RELAY_DATABASE_URL='{target.url}'")
+    lines += ["  relay status", "  relay dead list"]
+    if tally.dead:
+        lines.append(f"  relay dead show {tally.dead[0][2]}")
+    if server_left_running:
+        lines.append("  relay demo --stop   # stops the embedded PostgreSQL when you are done")
+    return lines
+
+
+def print_report(run: Run, tally: Tally | None) -> None:
+    """The summary, the dead rows by reason, what to run next and the one-line result."""
+    console = run.console
+    console.print()
+    if tally is None:
+        console.print(f"relay demo: interrupted while {run.stage}; nothing was sent")
+        return
+    console.print(_summary_table(run, tally))
+    if tally.dead:
+        console.print(_dead_table(tally))
+    for line in _next_steps(run, tally):
+        console.print(Text(line), soft_wrap=True)
+    status = "interrupted" if run.interrupted else "done"
+    console.print(
+        f"relay demo: {tally.published} published, {tally.dead_count} dead, "
+        f"{tally.left} left of {tally.total} events ({status})",
+        soft_wrap=True,
+    )
