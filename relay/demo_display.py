@@ -3,9 +3,12 @@ summary of the outbox as the database has it, with the commands to look further.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter as MetricCounter
@@ -203,12 +206,28 @@ def _next_steps(run: Run, tally: Tally) -> list[str]:
         lines.append(f"  export RELAY_SCHEMA={target.schema}   # RELAY_DATABASE_URL is already set")
     else:
         lines.append(f"  export RELAY_DATABASE_URL='{target.url}'")
-    lines += ["  relay status", "  relay dead list"]
+    relay = relay_command()
+    lines += [f"  {relay} status", f"  {relay} dead list"]
     if tally.dead:
-        lines.append(f"  relay dead show {tally.dead[0][2]}")
+        lines.append(f"  {relay} dead show {tally.dead[0][2]}")
     if server_left_running:
-        lines.append("  relay demo --stop   # stops the embedded PostgreSQL when you are done")
+        lines.append(f"  {relay} demo --stop   # stops the embedded PostgreSQL when you are done")
     return lines
+
+
+def relay_command() -> str:
+    """``relay`` when the shell finds this very program by that name, else its path:
+    ``make demo`` runs .venv/bin/relay, which a fresh shell does not have on its PATH."""
+    own = Path(sys.argv[0]).absolute()
+    if own.name != "relay":
+        return "relay"
+    found = shutil.which("relay")
+    if found is not None and Path(found).resolve() == own.resolve():
+        return "relay"
+    try:
+        return str(own.relative_to(Path.cwd()))
+    except ValueError:
+        return str(own)
 
 
 def print_report(run: Run, tally: Tally | None) -> None:
