@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +80,20 @@ class Partner:
         }
 
 
-def _wait_until_answering(partner: Partner, log: Path, within: float = 20.0) -> None:
+def wait_until_answering(
+    process: subprocess.Popen[bytes],
+    name: str,
+    probe: Callable[[], object],
+    log: Path,
+    within: float,
+) -> None:
+    """Wait until ``probe`` stops raising a requests error; fail if ``process`` exits first."""
     deadline = time.monotonic() + within
     while True:
-        if partner.process.poll() is not None:
-            raise RuntimeError(f"relay emulator exited at start; see {log}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start; see {log}")
         try:
-            partner.stats()
+            probe()
         except requests.RequestException:
             if time.monotonic() > deadline:
                 raise
@@ -113,7 +120,7 @@ def running_partner(latency_ms: float, log: Path) -> Iterator[Partner]:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     partner = Partner(process, port, latency_ms)
     try:
-        _wait_until_answering(partner, log)
+        wait_until_answering(partner.process, "relay emulator", partner.stats, log, 20.0)
         yield partner
     finally:
         partner.http.close()

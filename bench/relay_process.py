@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from bench.measure import Usage, peak_rss_mb, run_measured, wait_for_exit
-from bench.partner import Partner, free_port
+from bench.partner import Partner, free_port, wait_until_answering
 
 RELAY = str(Path(sys.executable).parent / "relay")
 
@@ -69,22 +69,6 @@ class RunningRelay:
         return self.usage
 
 
-def _wait_healthy(relay: RunningRelay, log: Path, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    url = f"http://127.0.0.1:{relay.port}/healthz"
-    while True:
-        if relay.process.poll() is not None:
-            raise RuntimeError(f"relay run exited at start; see {log}")
-        try:
-            requests.get(url, timeout=1).raise_for_status()
-        except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-        else:
-            return
-
-
 @contextmanager
 def running_relay(env: Mapping[str, str], log: Path) -> Iterator[RunningRelay]:
     """``relay run`` until the block ends (or ``stop()`` is called in it)."""
@@ -97,7 +81,12 @@ def running_relay(env: Mapping[str, str], log: Path) -> Iterator[RunningRelay]:
         )
     relay = RunningRelay(process, started, port)
     try:
-        _wait_healthy(relay, log)
+        url = f"http://127.0.0.1:{relay.port}/healthz"
+
+        def healthy() -> None:
+            requests.get(url, timeout=1).raise_for_status()
+
+        wait_until_answering(relay.process, "relay run", healthy, log, 30.0)
         yield relay
     finally:
         if relay.usage is None:
