@@ -6,11 +6,11 @@ Three kinds of task share one process:
 * ``concurrency`` **senders** each take a row, publish it and hand the result on;
 * the **recorder** writes results in batches (one statement per batch) and wakes the feeder.
 
-The feeder claims up to ``concurrency`` rows ahead of the senders so that a sender finishing
-never waits for a claim round trip; those rows are leased like any other and are given back
-at once on shutdown. Pauses (``relay_pause``) are shared with every other replica through the
-database: the claim query skips paused routes, so a replica that has not seen a failure
-itself is held all the same.
+The feeder keeps up to ``prefetch`` rows (two rounds of ``concurrency``, at most a claim batch)
+queued ahead of the senders so that a sender finishing never waits for a claim round trip;
+those rows are leased like any other and are given back at once on shutdown. Pauses
+(``relay_pause``) are shared with every other replica through the database: the claim query
+skips paused routes, so a replica that has not seen a failure itself is held all the same.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ class Worker:
     # Feeder ----------------------------------------------------------------------------------
 
     def _claim_size(self) -> int:
-        """How many rows to claim now: up to ``concurrency`` ahead of the senders."""
+        """How many rows to claim now: up to ``prefetch`` ahead of the senders."""
         outstanding = len(self.queue) + self.busy
         global_pause = self.view.global_pause()
         if global_pause is not None:
