@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigurationError
+from relay.routes import COUNTRY_RULE, TENANT_RULE, country_problem, tenant_problem
 
 ENV_PREFIX = "RELAY_"
 
@@ -134,6 +135,9 @@ class Settings(BaseSettings):
     circuit_pause: Duration = Field(default=timedelta(seconds=5))
     circuit_pause_cap: Duration = Field(default=timedelta(minutes=5))
     configuration_pause: Duration = Field(default=timedelta(seconds=60))
+    retry_after_cap: Duration = Field(
+        default=timedelta(minutes=5), description="the longest Retry-After honoured"
+    )
     token_backoff_base: Duration = Field(
         default=timedelta(seconds=1), description="first retry delay after a failed token request"
     )
@@ -189,21 +193,23 @@ class Settings(BaseSettings):
     @field_validator("country")
     @classmethod
     def _check_country(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[a-z]{2}", value):
-            raise ValueError("must be a lower-case two-letter country code such as dk")
+        if value is not None and country_problem(value):
+            raise ValueError(f"must be {COUNTRY_RULE}")
         return value
 
     @field_validator("tenant")
     @classmethod
     def _check_tenant(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise ValueError("must be letters, digits, '.', '_' or '-'")
+        if value is not None and tenant_problem(value):
+            raise ValueError(f"must be {TENANT_RULE}")
         return value
 
     @model_validator(mode="after")
     def _check_lease(self) -> Settings:
-        # A leased row may wait behind one request per slot before its own is sent; the lease
-        # must outlast that, or a slow partner would hand live rows to another replica.
+        # Held rows are extended every quarter lease, so a row has at least three quarters of
+        # the lease left whenever it is looked at; a row is sent only when what is left covers
+        # one token request and one publish (two request timeouts). Three timeouts keep that
+        # true with a quarter of a timeout to spare for the extension's own round trip.
         if self.lease < 3 * self.request_timeout:
             raise ValueError(
                 f"{env_name('lease')}: must be at least three times RELAY_REQUEST_TIMEOUT"

@@ -39,14 +39,13 @@ if TYPE_CHECKING:  # imported where used: the engine never needs SQLAlchemy (-20
 from relay.database import DATABASE_ERRORS
 from relay.errors import InvalidEvent
 from relay.queries import NOTIFY_CHANNEL, Queries
+from relay.routes import country_problem, tenant_problem
 
 log = structlog.get_logger("relay.outbox")
 
 DEFAULT_PAYLOAD_VERSION = "1.0.0"
 REQUIRED_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-_COUNTRY = re.compile(r"^[a-z]{2}$")
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # The 8-4-4-4-12 form only (either case): uuid.UUID also takes braces, "urn:uuid:" and bare hex.
 UUID_PATTERN = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
@@ -74,10 +73,11 @@ def utc_timestamp(moment: datetime | None = None) -> str:
 
 
 def _check_routing(tenant: str | None, country: str | None, ordering_key: str | None) -> None:
-    if country is not None and not _COUNTRY.fullmatch(country):
-        raise InvalidEvent(f"country {country!r} is not a lower-case two-letter code such as dk")
-    if tenant is not None and not _TENANT.fullmatch(tenant):
-        raise InvalidEvent(f"tenant {tenant!r} may hold only letters, digits, '.', '_' and '-'")
+    problem = (country is not None and country_problem(country)) or (
+        tenant is not None and tenant_problem(tenant)
+    )
+    if problem:
+        raise InvalidEvent(problem)
     if ordering_key is not None and (not isinstance(ordering_key, str) or not ordering_key):
         raise InvalidEvent("ordering_key must be a non-empty string or None")
     if ordering_key is not None and "\x00" in ordering_key:
