@@ -16,6 +16,8 @@ from relay.config import Settings, load_settings
 from relay.errors import InvalidEvent, RelayError, SchemaNotReady
 
 P = ParamSpec("P")
+# relay run --drain: finished, but rows wait behind dead rows (requeue them to move on).
+BLOCKED_EXIT_CODE = 3
 R = TypeVar("R")
 
 
@@ -78,7 +80,8 @@ def migrate(sql: bool) -> None:
 @click.option(
     "--drain",
     is_flag=True,
-    help="Exit 0 once every row is published or dead (waits out scheduled retries).",
+    help="Exit once every row is published or dead (waits out scheduled retries): 0, or 3 "
+    "when rows remain blocked behind dead rows of their key.",
 )
 @error_boundary
 def run(drain: bool) -> None:
@@ -92,7 +95,11 @@ def run(drain: bool) -> None:
 
     settings = settings_from_env()
     configure_logging(settings)
-    daemon.run_loop(daemon.run(settings, drain=drain))
+    report = daemon.run_loop(daemon.run(settings, drain=drain))
+    if report is not None:
+        click.echo(report.line())
+        if report.blocked:
+            sys.exit(BLOCKED_EXIT_CODE)
 
 
 def _read_payload(value: str) -> object:

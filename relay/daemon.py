@@ -18,20 +18,22 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from relay import database, http, outbox
+from relay import database, http
 from relay.config import Settings
 from relay.decide import Policy
-from relay.errors import RelayError, TokenError
+from relay.errors import ConfigurationError, RelayError, TokenError
 from relay.keys import load_key_material
+from relay.liveness import Liveness
 from relay.metrics import Metrics
-from relay.outbox import Store
+from relay.outbox import Defaults, Store
 from relay.publisher import Publisher, create_session
 from relay.retry import GiveUpPolicy, RetryPolicy
 from relay.token import TokenProvider
-from relay.worker import EngineConfig, Worker
+from relay.worker import DrainReport, EngineConfig, Worker
 
 log = structlog.get_logger("relay.daemon")
 SAMPLE_INTERVAL = 15.0
+POOL_CLOSE_TIMEOUT = 2.0
 PURGE_INTERVAL = 3600.0
 T = TypeVar("T")
 
@@ -42,6 +44,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         claim_batch_size=settings.claim_batch_size,
         lease=settings.lease,
         poll_interval=settings.poll_interval,
+        request_timeout=settings.request_timeout,
         default_country=settings.country,
         default_tenant=settings.tenant,
         dead_blocks_key=settings.dead_blocks_key,
@@ -76,13 +79,13 @@ class Daemon:
             return f"no access token: {self.tokens.last_error}"
         return self.worker.not_ready_reason()
 
-    async def run(self, *, drain: bool = False) -> None:
+    async def run(self, *, drain: bool = False) -> DrainReport | None:
         settings = self.settings
         url = settings.require_database_url()
         settings.require_partner()
         async with AsyncExitStack() as stack:
             pool = await self._open_pool(url)
-            stack.push_async_callback(pool.close)
+            stack.push_async_callback(_close_pool, pool)
             session = await stack.enter_async_context(create_session(settings))
             key_material = load_key_material(settings) if settings.uses_private_key_jwt else None
             self.tokens = TokenProvider(
@@ -97,13 +100,12 @@ class Daemon:
             publisher = Publisher(
                 session, self.tokens, api_base, settings.request_timeout, self.metrics
             )
-            store = Store(pool, settings.schema_name, settings.worker_id)
-            self.worker = Worker(store, publisher, engine_config(settings), self.metrics)
-            await self._start_http(stack)
-            background = [
-                ("listener", outbox.listen(database.asyncpg_dsn(url), self.worker.wake)),
-                ("sampler", self._sample(store)),
-            ]
+            defaults = Defaults(settings.country, settings.tenant)
+            store = Store(pool, settings.schema_name, settings.worker_id, defaults)
+            liveness = Liveness(database.asyncpg_dsn(url), asyncio.Event())
+            self.worker = Worker(store, publisher, engine_config(settings), self.metrics, liveness)
+            address = await self._start_http(stack)
+            background = [("liveness", liveness.run()), ("sampler", self._sample(store))]
             if settings.retention is not None:
                 background.append(("retention", self._purge(store, settings.retention)))
             tasks = [asyncio.create_task(coro, name=name) for name, coro in background]
@@ -111,13 +113,19 @@ class Daemon:
             log.info(
                 "relay.started",
                 worker=settings.worker_id,
+                incarnation=liveness.incarnation,
                 concurrency=settings.concurrency,
                 schema=settings.schema_name,
+                environment=settings.environment,
+                api_base_url=api_base,
+                token_url=settings.resolved_token_url,
+                http=address,
                 drain=drain,
             )
             self.started.set()
-            await _supervised(self.worker.run(self.stop, drain=drain), tasks)
+            report = await _supervised(self.worker.run(self.stop, drain=drain), tasks)
         log.info("relay.stopped")
+        return report
 
     async def _open_pool(self, url: str) -> asyncpg.Pool:
         try:
@@ -131,11 +139,19 @@ class Daemon:
             raise
         return pool
 
-    async def _start_http(self, stack: AsyncExitStack) -> None:
+    async def _start_http(self, stack: AsyncExitStack) -> str:
+        """Serve /healthz, /readyz and /metrics; return the address listened on."""
         app = http.create_app(self.metrics, self.not_ready_reason)
-        runner = await http.start(app, self.settings.http_host, self.settings.http_port)
+        host, port = self.settings.http_host, self.settings.http_port
+        try:
+            runner = await http.start(app, host, port)
+        except OSError as error:
+            raise ConfigurationError(
+                f"RELAY_HTTP_PORT: cannot listen on {host}:{port}: {error.strerror or error}"
+            ) from None
         stack.push_async_callback(runner.cleanup)
         self.http_port = int(runner.addresses[0][1])
+        return f"{host}:{self.http_port}"
 
     @staticmethod
     async def _warm_up(tokens: TokenProvider) -> None:
@@ -145,8 +161,11 @@ class Daemon:
     async def _sample(self, store: Store) -> None:
         """Queue depth and oldest age, sampled (never counted per request)."""
         while True:
-            with suppress(*database.DATABASE_ERRORS):
+            try:
                 depth, oldest = await store.queue_sample()
+            except database.DATABASE_ERRORS as error:
+                log.warning("sample.failed", error=database.describe_database_error(error))
+            else:
                 self.metrics.queue_depth.set(depth)
                 self.metrics.oldest_pending_age.set(oldest)
             await asyncio.sleep(SAMPLE_INTERVAL)
@@ -155,9 +174,11 @@ class Daemon:
         """Delete published rows older than RELAY_RETENTION, in small batches, hourly."""
         while True:
             total = 0
-            with suppress(*database.DATABASE_ERRORS):
+            try:
                 while (deleted := await store.purge_published(retention.total_seconds())) > 0:
                     total += deleted
+            except database.DATABASE_ERRORS as error:
+                log.warning("retention.failed", error=database.describe_database_error(error))
             if total:
                 log.info("retention.purged", rows=total)
             await asyncio.sleep(PURGE_INTERVAL)
@@ -169,7 +190,17 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _supervised(main: Coroutine[Any, Any, None], tasks: list[asyncio.Task[None]]) -> None:
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close the pool, waiting a little for connections in use; then cut them."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+    except TimeoutError:
+        pool.terminate()
+
+
+async def _supervised(
+    main: Coroutine[Any, Any, DrainReport | None], tasks: list[asyncio.Task[None]]
+) -> DrainReport | None:
     """Run the engine; if a background task dies, say which and stop loudly."""
     engine = asyncio.ensure_future(main)
     try:
@@ -181,8 +212,7 @@ async def _supervised(main: Coroutine[Any, Any, None], tasks: list[asyncio.Task[
             await engine
         raise
     if engine in done:
-        engine.result()
-        return
+        return engine.result()
     crashed = next(iter(done))
     engine.cancel()
     with suppress(asyncio.CancelledError):
@@ -213,11 +243,11 @@ def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
     return remove
 
 
-async def run(settings: Settings, *, drain: bool = False) -> None:
+async def run(settings: Settings, *, drain: bool = False) -> DrainReport | None:
     daemon = Daemon(settings)
     remove = install_signal_handlers(daemon.stop)
     try:
-        await daemon.run(drain=drain)
+        return await daemon.run(drain=drain)
     finally:
         remove()
 

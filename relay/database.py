@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
-from collections.abc import Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import redirect_stdout
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 
-from relay.errors import DatabaseUnavailable, SchemaNotReady
+from relay.errors import DatabaseRefused, DatabaseUnavailable, SchemaNotReady
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic is imported where it is used: it costs most of a CLI command's start-up otherwise.
 log = structlog.get_logger("relay.database")
+T = TypeVar("T")
 
 # Arbitrary, fixed: the advisory lock that serialises concurrent 'relay migrate' runs.
 MIGRATION_LOCK_KEY = 7_261_690_001
@@ -60,16 +63,31 @@ def describe_connection_error(url: str, error: BaseException) -> DatabaseUnavail
     return DatabaseUnavailable(f"RELAY_DATABASE_URL: cannot use the database at {where}: {reason}")
 
 
-# What a lost, refused or killed connection can raise. InternalClientError comes from asyncpg
-# when a connection is terminated under a running statement.
-DATABASE_ERRORS = (
+# The connection or the server is away, restarting, overloaded or failing over, or the
+# statement lost a race it can win on a second try: wait and try again. InternalClientError
+# comes from asyncpg when a connection is terminated under a running statement.
+CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresError,
+    asyncpg.PostgresConnectionError,  # 08: connection exceptions
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, cannot connect now, canceled
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # 40: deadlock, serialization failure
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby during failover
 )
-CONNECTION_ERRORS = DATABASE_ERRORS
+# Anything the database can raise. What is not a connection error is an answer about the
+# statement or its data (a missing table or right, a value it cannot store): retrying the same
+# statement cannot help.
+DATABASE_ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+
+
+def describe_database_error(error: BaseException) -> str:
+    """One line for a refusal: the server's message and its SQLSTATE, never a value."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"{message} (SQLSTATE {sqlstate})" if sqlstate else message
 
 
 def migrate(url: str, schema: str) -> None:
@@ -190,8 +208,71 @@ async def create_pool(
     return pool
 
 
+class DatabaseCalls:
+    """How the engine runs its database calls: a connection error is waited out with backoff
+    (and reported once), anything else is the statement's own problem and is raised.
+
+    ``problem`` says why the last call failed while the database is away, for /readyz.
+    """
+
+    def __init__(
+        self,
+        on_error: Callable[[str], None] | None = None,
+        *,
+        base: float = 0.1,
+        cap: float = 30.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.on_error = on_error
+        self.base = base
+        self.cap = cap
+        self.jitter = jitter
+        self.problem: str | None = None
+
+    async def run(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one call, retrying while the database is away; raise DatabaseRefused when it
+        answers with an error about the statement."""
+        attempt = 0
+        while True:
+            try:
+                value = await make()
+            except asyncpg.PostgresError as error:
+                if isinstance(error, CONNECTION_ERRORS):
+                    attempt += 1
+                    self.failed(operation, error)
+                    await asyncio.sleep(self._delay(attempt))
+                    continue
+                raise DatabaseRefused(
+                    f"the database refused the {operation}: {describe_database_error(error)}"
+                ) from error
+            except CONNECTION_ERRORS as error:
+                attempt += 1
+                self.failed(operation, error)
+                await asyncio.sleep(self._delay(attempt))
+                continue
+            if self.problem is not None:
+                log.info("database.recovered", operation=operation)
+                self.problem = None
+            return value
+
+    def _delay(self, attempt: int) -> float:
+        return float(min(self.cap, self.base * 2 ** min(attempt, 20)) * (0.5 + self.jitter()))
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(operation)
+        if self.problem is None:
+            log.error(
+                "database.unavailable", operation=operation, error=describe_database_error(error)
+            )
+        self.problem = "database unreachable"
+
+
 __all__ = [
+    "CONNECTION_ERRORS",
+    "DATABASE_ERRORS",
     "MIGRATION_LOCK_KEY",
+    "DatabaseCalls",
     "asyncpg_dsn",
     "check_schema",
     "create_pool",

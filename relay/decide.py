@@ -1,7 +1,14 @@
 """Turning a claimed row and a publish outcome into the row's next state. Pure functions.
 
-``prepare`` decides whether a row can be sent at all; ``decide`` decides what an outcome
-means for the row: published, retried later, or dead. Both are tested as tables.
+``prepare`` decides whether a row can be sent at all; ``decide`` decides what an outcome means
+for the row: published, tried again later (with or without using an attempt), or dead;
+``give_back`` returns a row unsent. All are tested as tables.
+
+The body sent is the payload's text exactly as PostgreSQL renders the stored ``jsonb``
+(``payload::text``): it is never parsed and re-encoded, so numbers of any size and precision,
+and nesting of any depth, reach Scalepoint as the table holds them. The envelope fields
+(``eventType``, ``correlationId``, ...) are read by PostgreSQL in the claim, so validating a row
+cannot recurse or overflow here either.
 """
 
 from __future__ import annotations
@@ -9,16 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import orjson
-
 from relay.outbox import REQUIRED_FIELDS, UUID_PATTERN, ClaimedRow, Result
 from relay.publisher import Outcome, OutcomeKind
 from relay.retry import GiveUpPolicy, RetryPolicy
+from relay.routes import route_name, route_problem
+
+# Answers that say "come back later" about the partner, not about the row: a Retry-After on
+# these defers the row without using an attempt.
+THROTTLE_STATUSES = frozenset({429, 503})
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A row ready to send: the compact body and its route."""
+    """A row ready to send: the body as stored, and its route."""
 
     body: bytes
     country: str
@@ -27,7 +37,7 @@ class Prepared:
 
     @property
     def route(self) -> str:
-        return f"{self.country}/{self.tenant}"
+        return route_name(self.country, self.tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,48 +48,61 @@ class Unsendable:
     correlation_id: str | None = None
 
 
-def _missing(document: dict[str, object]) -> list[str]:
-    return [name for name in REQUIRED_FIELDS if document.get(name) in (None, "")]
+def _envelope_problem(row: ClaimedRow) -> str | None:
+    if row.payload_type != "object":
+        return f"payload must be a JSON object, not a JSON {row.payload_type}"
+    missing = [name for name in REQUIRED_FIELDS if row.envelope.get(name) in (None, "")]
+    wrong = [name for name in missing if row.envelope_kinds.get(name) not in (None, "null")]
+    if wrong:
+        kinds = ", ".join(f"{name} is a JSON {row.envelope_kinds[name]}" for name in wrong)
+        return f"payload fields must be JSON strings: {kinds}"
+    if missing:
+        return f"payload is missing {', '.join(missing)}"
+    declared = row.envelope["eventType"]
+    if declared != row.event_type:
+        return f"payload eventType {declared!r} disagrees with event_type {row.event_type!r}"
+    if not UUID_PATTERN.fullmatch(row.envelope["correlationId"] or ""):
+        return "payload correlationId is not a UUID"
+    return None
 
 
 def prepare(
-    row: ClaimedRow, default_country: str | None, default_tenant: str | None
+    row: ClaimedRow,
+    default_country: str | None,
+    default_tenant: str | None,
+    *,
+    max_stops: int,
 ) -> Prepared | Unsendable:
-    """Check a row's payload and route; encode it once, compactly."""
-    try:
-        document = orjson.loads(row.payload)
-    except orjson.JSONDecodeError:
-        return Unsendable("payload is not valid JSON")
-    if not isinstance(document, dict):
-        return Unsendable(f"payload must be a JSON object, not a JSON {type(document).__name__}")
-    correlation = document.get("correlationId")
-    correlation_id = str(correlation) if correlation is not None else None
-    missing = _missing(document)
-    if missing:
-        return Unsendable(f"payload is missing {', '.join(missing)}", correlation_id)
-    if document["eventType"] != row.event_type:
-        return Unsendable(
-            f"payload eventType {document['eventType']!r} disagrees with event_type "
-            f"{row.event_type!r}",
-            correlation_id,
-        )
-    if not isinstance(correlation, str) or not UUID_PATTERN.fullmatch(correlation):
-        return Unsendable("payload correlationId is not a UUID", correlation_id)
+    """Check a row before it is sent: how often it stopped a relay, its envelope, its route."""
+    correlation_id = row.envelope.get("correlationId")
+    if row.stops >= max_stops:
+        # Every claim of it so far ended with the relay stopping (killed, crashed or hung):
+        # sending it again would most likely stop this one too.
+        times = "once" if row.stops == 1 else f"{row.stops} times"
+        return Unsendable(f"the relay stopped while sending it {times}", correlation_id)
+    problem = _envelope_problem(row)
+    if problem is not None:
+        return Unsendable(problem, correlation_id)
     country = row.country or default_country
     tenant = row.tenant or default_tenant
-    if not country or not tenant:
+    if country is None or tenant is None:
         return Unsendable(
             "no country or tenant: set them on the row or RELAY_COUNTRY / RELAY_TENANT",
             correlation_id,
         )
-    return Prepared(orjson.dumps(document), country, tenant, str(correlation))
+    problem = route_problem(country, tenant)
+    if problem is not None:
+        return Unsendable(problem, correlation_id)
+    assert correlation_id is not None  # _envelope_problem checked it
+    return Prepared(row.payload.encode("utf-8"), country, tenant, correlation_id)
 
 
 def unsendable_result(row: ClaimedRow, reason: str, now: datetime) -> Result:
     return Result(
         id=row.id,
+        token=row.token,
         status="dead",
-        attempts=row.attempts + 1,
+        attempts=row.attempts,
         delay=None,
         http_status=None,
         event_api_id=None,
@@ -90,6 +113,24 @@ def unsendable_result(row: ClaimedRow, reason: str, now: datetime) -> Result:
     )
 
 
+def give_back(row: ClaimedRow, reason: str, now: datetime) -> Result:
+    """Return a claimed row unsent: pending at once, the attempt its claim counted given back."""
+    return Result(
+        id=row.id,
+        token=row.token,
+        status="pending",
+        attempts=max(row.attempts - 1, 0),
+        delay=0.0,
+        http_status=None,
+        event_api_id=None,
+        error=None,
+        latency_ms=None,
+        outcome=reason,
+        attempted_at=now,
+        logged=False,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     retry: RetryPolicy
@@ -97,30 +138,55 @@ class Policy:
     configuration_pause: timedelta
 
 
+def is_throttle(outcome: Outcome) -> bool:
+    """A 429 or 503 that says when to come back: the partner's pace, not the row's fault."""
+    return (
+        outcome.kind is OutcomeKind.TRANSIENT
+        and outcome.retry_after is not None
+        and outcome.http_status in THROTTLE_STATUSES
+    )
+
+
+def _next_state(
+    row: ClaimedRow, outcome: Outcome, now: datetime, policy: Policy, counts: bool
+) -> tuple[str, int, float | None]:
+    """(status, attempts, delay) for a row whose attempt did not publish it."""
+    used, spared = row.attempts, max(row.attempts - 1, 0)
+    if outcome.kind is OutcomeKind.PERMANENT:
+        return "dead", used, None
+    if outcome.kind is OutcomeKind.CONFIGURATION and outcome.for_all_routes:
+        # Our client is refused everywhere: the rows wait, keeping their attempts.
+        return "pending", spared, policy.configuration_pause.total_seconds()
+    if is_throttle(outcome):
+        assert outcome.retry_after is not None
+        return "pending", spared, outcome.retry_after.total_seconds()
+    attempts = used if counts else spared
+    if policy.give_up.exhausted(attempts, now - row.created_at):
+        return "dead", attempts, None
+    delay = policy.retry.delay(max(attempts, 1), outcome.retry_after)
+    if outcome.kind is OutcomeKind.CONFIGURATION:
+        # The route is paused for everyone this long anyway.
+        delay = max(delay, policy.configuration_pause)
+    return "pending", attempts, delay.total_seconds()
+
+
 def decide(
     row: ClaimedRow, outcome: Outcome, now: datetime, policy: Policy, *, counts: bool
 ) -> Result:
     """The row's next state after ``outcome``.
 
-    ``counts`` is False while the circuit is open or probing: an outage is nobody's fault, so
-    the attempts it causes are not counted against the row.
+    The claim counted the attempt (``row.attempts`` includes it). ``counts`` is False while the
+    circuit is open or probing: an outage is nobody's fault, so the attempts it causes are
+    given back, as are attempts answered with a throttle (429/503 with Retry-After) or a
+    refusal of our client on every route.
     """
-    attempts = row.attempts + 1 if counts or outcome.kind is OutcomeKind.PUBLISHED else row.attempts
-    status, delay = "pending", None
     if outcome.kind is OutcomeKind.PUBLISHED:
-        status = "published"
-    elif outcome.kind is OutcomeKind.PERMANENT:
-        status, attempts = "dead", row.attempts + 1
-    elif outcome.kind is OutcomeKind.CONFIGURATION:
-        # The route is paused for everyone; the row waits without using an attempt.
-        attempts = row.attempts
-        delay = policy.configuration_pause.total_seconds()
-    elif policy.give_up.exhausted(attempts, now - row.created_at):
-        status = "dead"
+        status, attempts, delay = "published", row.attempts, None
     else:
-        delay = policy.retry.delay(max(attempts, 1), outcome.retry_after).total_seconds()
+        status, attempts, delay = _next_state(row, outcome, now, policy, counts)
     return Result(
         id=row.id,
+        token=row.token,
         status=status,
         attempts=attempts,
         delay=delay,

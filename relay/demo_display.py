@@ -190,7 +190,7 @@ def _dead_table(tally: Tally) -> Table:
     table = Table(title="Dead rows by reason", title_justify="left")
     table.add_column("Rows", justify="right")
     table.add_column("Reason")
-    table.add_column("e.g. id", justify="right")
+    table.add_column("id", justify="right")  # one of them, for relay dead show
     for reason, rows, example in tally.dead:
         table.add_row(str(rows), Text(reason), str(example))
     return table

@@ -52,3 +52,8 @@ class DatabaseUnavailable(RelayError):
     """The database named by RELAY_DATABASE_URL cannot be reached or refused us."""
 
     exit_code = 2
+
+
+class DatabaseRefused(RelayError):
+    """The database answered a statement with an error that retrying cannot fix (a missing
+    table or right, a value it cannot store); the message names the operation and SQLSTATE."""

@@ -72,3 +72,25 @@ class Metrics:
         self.paused = Gauge(
             "relay_paused", "1 while a shared pause holds this relay.", ["kind"], registry=r
         )
+        self.route_paused = Gauge(
+            "relay_route_paused",
+            "1 while a pause of this kind holds the route (country/tenant; * for all).",
+            ["country", "tenant", "kind"],
+            registry=r,
+        )
+        self.given_back = Counter(
+            "relay_rows_given_back",
+            "Claimed rows returned unsent, without using an attempt.",
+            ["reason"],
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "relay_leases_lost",
+            "Held rows whose lease another claim took before this process sent them.",
+            registry=r,
+        )
+        self.rescued = Counter(
+            "relay_rows_rescued",
+            "Rows of stopped relays whose lease was ended early so they are sent again.",
+            registry=r,
+        )

@@ -17,31 +17,25 @@ Either both the business change and the event commit, or neither does.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import random
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import structlog
 
 if TYPE_CHECKING:  # imported where used: the engine never needs SQLAlchemy (-20 MB, -0.6 s)
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session
 
-from relay.database import DATABASE_ERRORS
 from relay.errors import InvalidEvent
-from relay.queries import NOTIFY_CHANNEL, Queries
+from relay.queries import ENVELOPE_FIELDS, Queries
 from relay.routes import country_problem, tenant_problem
-
-log = structlog.get_logger("relay.outbox")
 
 DEFAULT_PAYLOAD_VERSION = "1.0.0"
 REQUIRED_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
@@ -223,21 +217,50 @@ async def enqueue_async(
 
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
+    """A row as a claim returns it: the payload as stored text, its envelope read out."""
+
     id: int
+    token: int  # the claim's token: results are written only under it
     event_type: str
-    payload: str
+    payload: str  # the stored jsonb as PostgreSQL renders it; sent unchanged
     tenant: str | None
     country: str | None
     ordering_key: str | None
-    attempts: int
+    attempts: int  # attempts used, this one included
+    stops: int  # earlier claims of it that ended with the relay stopping
     created_at: datetime
+    payload_type: str  # the payload's JSON type: object, array, string, ...
+    envelope: dict[str, str | None] = field(default_factory=dict)  # JSON-string fields
+    envelope_kinds: dict[str, str | None] = field(default_factory=dict)  # their JSON types
+
+
+def claimed_row(record: asyncpg.Record) -> ClaimedRow:
+    """A ClaimedRow from one row of ``Queries.claim``."""
+    envelope = {name: record[f"value_{n}"] for n, name in enumerate(ENVELOPE_FIELDS)}
+    kinds = {name: record[f"kind_{n}"] for n, name in enumerate(ENVELOPE_FIELDS)}
+    return ClaimedRow(
+        id=record["id"],
+        token=record["token"],
+        event_type=record["event_type"],
+        payload=record["payload"],
+        tenant=record["tenant"],
+        country=record["country"],
+        ordering_key=record["ordering_key"],
+        attempts=record["attempts"],
+        stops=record["stops"],
+        created_at=record["created_at"],
+        payload_type=record["payload_type"],
+        envelope=envelope,
+        envelope_kinds=kinds,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """The outcome of one attempt, as it will be written to the row and the delivery log."""
+    """The outcome of one claim, as it will be written to the row and the delivery log."""
 
     id: int
+    token: int  # the claim it belongs to: the fence
     status: str  # 'published', 'pending' (retry or give back) or 'dead'
     attempts: int
     delay: float | None  # seconds until the row may be tried again; None keeps available_at
@@ -247,6 +270,7 @@ class Result:
     latency_ms: float | None
     outcome: str
     attempted_at: datetime
+    logged: bool = True  # False for a row given back unsent: no attempt to log
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,62 +287,147 @@ class Pause:
         return self.remaining > 0
 
 
-class Store:
-    """The engine's view of the outbox: claim, record, release, pauses. Owns no connection."""
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The route of rows that leave country or tenant NULL."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str, worker: str) -> None:
+    country: str | None
+    tenant: str | None
+
+
+class Store:
+    """The engine's view of the outbox: claim, record, leases, parking, pauses.
+
+    Owns no connection: every call takes one from the pool for one statement (or one short
+    transaction) and gives it back.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        worker: str,
+        defaults: Defaults = Defaults(None, None),
+    ) -> None:
         self.pool = pool
         self.queries = Queries(schema)
         self.worker = worker
+        self.defaults = defaults
 
     async def claim(
-        self,
-        limit: int,
-        *,
-        lease_seconds: float,
-        default_country: str | None,
-        default_tenant: str | None,
-        dead_blocks_key: bool,
+        self, limit: int, token: int, *, lease_seconds: float, dead_blocks_key: bool
     ) -> list[ClaimedRow]:
         rows = await self.pool.fetch(
             self.queries.claim,
             limit,
             self.worker,
-            default_country,
-            default_tenant,
+            self.defaults.country,
+            self.defaults.tenant,
             dead_blocks_key,
             lease_seconds,
+            token,
         )
-        claimed = [ClaimedRow(**dict(row)) for row in rows]
+        claimed = [claimed_row(row) for row in rows]
         claimed.sort(key=lambda row: row.id)
         return claimed
 
     async def record(self, results: Sequence[Result]) -> set[int]:
-        """Write outcomes in one statement; return the ids whose fence held."""
+        """Write outcomes in one statement; return the ids written (fence held, or published)."""
         columns = list(zip(*((
-            r.id, r.status, r.attempts, r.delay, r.http_status, r.event_api_id,
-            r.error, r.latency_ms, r.outcome, r.attempted_at,
+            r.id, r.token, r.status, r.attempts, r.delay, r.http_status, r.event_api_id,
+            r.error, r.latency_ms, r.outcome, r.attempted_at, r.logged,
         ) for r in results), strict=True))  # fmt: skip
         rows = await self.pool.fetch(self.queries.record, *columns, self.worker)
         return {row["id"] for row in rows}
 
-    async def release(self, ids: Sequence[int]) -> None:
-        if ids:
-            await self.pool.execute(self.queries.release, list(ids), self.worker)
+    async def extend(self, held: Sequence[tuple[int, int]], lease_seconds: float) -> set[int]:
+        """Extend the leases of (id, token) pairs; return the ids still held."""
+        if not held:
+            return set()
+        ids, tokens = zip(*held, strict=True)
+        rows = await self.pool.fetch(self.queries.extend, list(ids), list(tokens), lease_seconds)
+        return {row["id"] for row in rows}
 
-    async def release_orphans(self, known: Sequence[int]) -> None:
-        await self.pool.execute(self.queries.release_orphans, self.worker, list(known))
+    async def rescue(self) -> int:
+        """End the leases of rows whose holding process is gone; return how many."""
+        return len(await self.pool.fetch(self.queries.rescue))
+
+    async def release_orphans(self, incarnation: int, known: Sequence[int]) -> None:
+        await self.pool.execute(self.queries.release_orphans, incarnation, list(known))
 
     async def release_all(self) -> None:
         await self.pool.execute(self.queries.release_all, self.worker)
+
+    async def park_behind_dead(self, dead_ids: Sequence[int] | None) -> int:
+        """Block pending rows behind dead rows ($1, or every dead keyed row); return how many."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            dead = await connection.fetch(
+                self.queries.park_behind_dead, None if dead_ids is None else list(dead_ids)
+            )
+            if not dead:
+                return 0
+            status = await connection.execute(
+                self.queries.park_behind,
+                [row["ordering_key"] for row in dead],
+                [row["id"] for row in dead],
+            )
+        return int(status.split()[-1])
+
+    async def park_route(self, route: str) -> int:
+        """Block the pending rows of a paused route; return how many (0 if its pause ended)."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            if await connection.fetchval(self.queries.lock_pause, route) is None:
+                return 0
+            status = await connection.execute(
+                self.queries.park_route, route, self.defaults.country, self.defaults.tenant
+            )
+        return int(status.split()[-1])
+
+    async def unpark_route(self, route: str, limit: int | None) -> int:
+        status = await self.pool.execute(
+            self.queries.unpark_route, route, self.defaults.country, self.defaults.tenant, limit
+        )
+        return int(status.split()[-1])
+
+    async def unpark_stale(self, *, dead_blocks_key: bool) -> int:
+        status = await self.pool.execute(
+            self.queries.unpark_stale,
+            self.defaults.country,
+            self.defaults.tenant,
+            not dead_blocks_key,
+        )
+        return int(status.split()[-1])
 
     async def set_pause(self, route: str, seconds: float, kind: str, reason: str) -> None:
         await self.pool.execute(
             self.queries.set_pause, route, seconds, kind, reason[:500], self.worker
         )
 
-    async def clear_pauses(self, routes: Sequence[str]) -> None:
-        await self.pool.execute(self.queries.clear_pause, list(routes))
+    async def renew_pause(self, route: str, seconds: float, kind: str, reason: str) -> bool:
+        """Pause again after a failed probe, unless someone already did; True if this did."""
+        renewed = await self.pool.fetchval(
+            self.queries.renew_pause, route, seconds, kind, reason[:500], self.worker
+        )
+        return renewed is not None
+
+    async def clear_pauses(self, routes: Sequence[str]) -> list[str]:
+        """End the pauses of ``routes`` and unblock their parked rows; return the routes that
+        had a pause."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            cleared = [
+                row["route"]
+                for row in await connection.fetch(self.queries.clear_pause, list(routes))
+            ]
+            for route in cleared:
+                if route != "*":
+                    await connection.execute(
+                        self.queries.unpark_route,
+                        route,
+                        self.defaults.country,
+                        self.defaults.tenant,
+                        None,
+                    )
+        return cleared
 
     async def pauses(self) -> list[Pause]:
         return [Pause(**dict(row)) for row in await self.pool.fetch(self.queries.pauses)]
@@ -331,6 +440,9 @@ class Store:
         next_in = row["next_in"]
         return int(row["remaining"]), 0.0 if next_in is None or math.isnan(next_in) else next_in
 
+    async def blocked_behind_dead(self) -> int:
+        return int(await self.pool.fetchval(self.queries.blocked_behind_dead))
+
     async def queue_sample(self) -> tuple[int, float]:
         row = await self.pool.fetchrow(self.queries.queue_sample)
         assert row is not None
@@ -340,34 +452,3 @@ class Store:
         """Delete one batch of published rows; return how many went."""
         status = await self.pool.execute(self.queries.purge_published, older_than_seconds, batch)
         return int(status.split()[-1])
-
-
-async def listen(
-    dsn: str, wake: asyncio.Event, *, heartbeat: float = 5.0, connect_timeout: float = 10.0
-) -> None:
-    """Set ``wake`` whenever a row is inserted (LISTEN on the insert trigger's channel).
-
-    Runs until cancelled. A lost connection is re-opened with backoff; every (re)connect sets
-    ``wake`` too, since notifications sent while we were away are lost. A heartbeat query
-    notices a connection that died silently.
-    """
-    failures = 0
-    while True:
-        try:
-            connection = await asyncpg.connect(dsn, timeout=connect_timeout)
-        except DATABASE_ERRORS as error:
-            failures += 1
-            log.warning("listener.connect_failed", error=str(error), failures=failures)
-            await asyncio.sleep(min(30.0, 0.1 * 2**failures) * random.random() + 0.05)
-            continue
-        failures = 0
-        try:
-            await connection.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
-            wake.set()
-            while not connection.is_closed():
-                await asyncio.sleep(heartbeat)
-                await connection.execute("SELECT 1", timeout=heartbeat)
-        except DATABASE_ERRORS as error:
-            log.warning("listener.lost", error=str(error))
-        finally:
-            connection.terminate()

@@ -53,6 +53,7 @@ class Outcome:
     error: str | None = None  # human-readable, <= 1000 chars, for outbox.last_error
     retry_after: timedelta | None = None
     latency: float = 0.0  # seconds spent on the request, set by Publisher
+    for_all_routes: bool = False  # a CONFIGURATION refusal of our client, not of one route
 
 
 P = OutcomeKind.PERMANENT
@@ -271,7 +272,9 @@ class Publisher:
         except TokenUnavailable as error:
             return Outcome(T, "token_unavailable", error=str(error)[:MAX_ERROR_LENGTH])
         except TokenRejected as error:
-            return Outcome(C, "token_rejected", error=str(error)[:MAX_ERROR_LENGTH])
+            return Outcome(
+                C, "token_rejected", error=str(error)[:MAX_ERROR_LENGTH], for_all_routes=True
+            )
         headers = {
             "Authorization": f"Bearer {token.value}",
             "Content-Type": CONTENT_TYPE,

@@ -11,14 +11,29 @@ from dataclasses import dataclass
 # The advisory-lock class that guards ordering keys; migration 0001 uses the same number in the
 # insert trigger, where a producer takes the same lock in shared mode before drawing its id.
 ORDERING_LOCK_CLASS = 72_616_901
+# The advisory-lock class of liveness locks: each relay process holds (LIVENESS_LOCK_CLASS,
+# incarnation) on its long-lived connection for as long as it lives.
+LIVENESS_LOCK_CLASS = 72_616_902
 NOTIFY_CHANNEL = "relay_outbox"
+# The envelope fields the claim reads out of the payload for validation, so the relay never
+# has to parse a payload of unbounded depth.
+ENVELOPE_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
+
+
+def _route(alias: str, country: str = "$3", tenant: str = "$4") -> str:
+    """A row's route as pauses name it: its country and tenant, or the relay's defaults."""
+    return f"coalesce({alias}.country, {country}) || '/' || coalesce({alias}.tenant, {tenant})"
 
 
 def _ready_rows(schema: str, status_clause: str, order: str) -> str:
     """Rows this worker may take now, locked, skipping rows other replicas hold.
 
-    A keyed row is eligible only when it is the earliest unfinished row of its key and no open
-    transaction is still inserting into that key (see the insert trigger in migration 0001).
+    A keyed row is eligible only when no other row of its key is in flight and no earlier one
+    is unfinished. The key's advisory lock is taken first: while any producer transaction for
+    that key is open (it holds the lock shared, see migration 0001's insert trigger) the row
+    waits. Only once the lock is held does ``outbox_key_ready`` look for earlier rows, and it
+    is VOLATILE, so it reads a snapshot taken after the lock: a producer that committed a
+    smaller id in the meantime is seen. CASE fixes that order of evaluation.
     Rows of a paused route, or every row while a global pause is active, are left alone.
     """
     return f"""
@@ -26,17 +41,29 @@ def _ready_rows(schema: str, status_clause: str, order: str) -> str:
         WHERE {status_clause}
           AND NOT EXISTS (
               SELECT 1 FROM "{schema}".relay_pause p
-              WHERE p.until > now()
-                AND p.route IN ('*', coalesce(o.country, $3) || '/' || coalesce(o.tenant, $4)))
-          AND (o.ordering_key IS NULL OR (
-              NOT EXISTS (
-                  SELECT 1 FROM "{schema}".outbox e
-                  WHERE e.ordering_key = o.ordering_key AND e.id < o.id
-                    AND e.status <> 'published' AND (e.status <> 'dead' OR $5))
-              AND pg_try_advisory_xact_lock({ORDERING_LOCK_CLASS}, hashtext(o.ordering_key))))
+              WHERE p.until > now() AND p.route IN ('*', {_route("o")}))
+          AND CASE
+                WHEN o.ordering_key IS NULL THEN true
+                WHEN pg_try_advisory_xact_lock({ORDERING_LOCK_CLASS}, hashtext(o.ordering_key))
+                    THEN "{schema}".outbox_key_ready(o.ordering_key, o.id, $5)
+                ELSE false
+              END
         ORDER BY {order}
         LIMIT $1
         FOR UPDATE OF o SKIP LOCKED"""
+
+
+def _envelope_columns() -> str:
+    """For each envelope field: its JSON type, and its text when it is a JSON string."""
+    columns = ["jsonb_typeof(o.payload) AS payload_type"]
+    for number, name in enumerate(ENVELOPE_FIELDS):
+        field = f"o.payload -> '{name}'"
+        columns.append(f"jsonb_typeof({field}) AS kind_{number}")
+        columns.append(
+            f"CASE WHEN jsonb_typeof({field}) = 'string' THEN o.payload ->> '{name}' END "
+            f"AS value_{number}"
+        )
+    return ",\n                      ".join(columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +80,19 @@ class Queries:
 
     @property
     def claim(self) -> str:
-        """Claim up to $1 rows for worker $2 with a lease of $6 seconds, in one statement.
+        """Claim up to $1 rows for claim $7 of worker $2, with a lease of $6 seconds.
 
-        Rows whose lease expired (their worker died) come back here first, then pending rows
-        in the order they became available. Committed before any HTTP call is made.
-        $3/$4: default country/tenant, $5: whether a dead row blocks its key.
+        Rows whose lease ran out (their holder died: see ``rescue``) come back first, then
+        pending rows in the order they became available. The claim counts the attempt and,
+        for a row taken back from a holder that stopped, the stop. Committed before any HTTP
+        call is made. $3/$4: default country/tenant, $5: whether a dead row blocks its key.
+        The payload comes back as the text PostgreSQL renders (sent unchanged), with its
+        envelope fields read out for validation.
         """
         expired = _ready_rows(
-            self.schema, "o.status = 'in_flight' AND o.lease_until <= now()", "o.lease_until"
+            self.schema,
+            "o.status = 'in_flight' AND (o.lease_until IS NULL OR o.lease_until <= now())",
+            "o.lease_until NULLS FIRST, o.id",
         )
         pending = _ready_rows(
             self.schema, "o.status = 'pending' AND o.available_at <= now()", "o.available_at, o.id"
@@ -69,93 +101,225 @@ class Queries:
             WITH expired AS ({expired}),
                  pending AS ({pending}),
                  chosen AS (
-                     SELECT id FROM expired
+                     SELECT id, true AS rescued FROM expired
                      UNION ALL
-                     (SELECT id FROM pending)
+                     (SELECT id, false FROM pending)
                      LIMIT $1)
             UPDATE "{self.schema}".outbox o
-            SET status = 'in_flight', claimed_by = $2,
-                lease_until = now() + $6 * interval '1 second'
+            SET status = 'in_flight', claimed_by = $2, claim_token = $7,
+                lease_until = now() + $6 * interval '1 second',
+                attempts = o.attempts + 1,
+                stops = o.stops + CASE WHEN chosen.rescued THEN 1 ELSE 0 END,
+                blocked_by = NULL
             FROM chosen
             WHERE o.id = chosen.id
-            RETURNING o.id, o.event_type, o.payload::text AS payload, o.tenant, o.country,
-                      o.ordering_key, o.attempts, o.created_at"""
+            RETURNING o.id, o.claim_token AS token, o.event_type, o.payload::text AS payload,
+                      o.tenant, o.country, o.ordering_key, o.attempts, o.stops, o.created_at,
+                      {_envelope_columns()}"""
 
     @property
     def record(self) -> str:
-        """Write a batch of outcomes and their delivery-log rows in one statement.
+        """Write a batch of outcomes, give-backs included, in one statement.
 
-        Fenced on ownership: a row whose lease passed to another worker is not touched, and
-        only rows actually updated get a delivery-log row. Returns the ids written.
-        Arrays: $1 id, $2 status, $3 attempts, $4 delay seconds (NULL: keep available_at),
-        $5 http status, $6 event_api_id, $7 error, $8 latency ms, $9 outcome class,
-        $10 attempted_at; $11 this worker.
+        Fenced per claim: a row is written only while it is in flight under the claim ($2)
+        that produced the result. The one exception is an accepted publish: Scalepoint has the
+        event, so its ``_id`` is recorded whatever happened to the row meanwhile (another claim
+        that holds it then finds its own fence gone). Delivery-log rows are written for
+        attempts ($12) that were written or accepted. Returns the ids written.
+        Arrays: $1 id, $2 claim token, $3 status, $4 attempts, $5 delay seconds (NULL: keep
+        available_at), $6 http status, $7 event_api_id, $8 error, $9 latency ms, $10 outcome
+        class, $11 attempted_at, $12 whether the attempt is logged; $13 this worker.
         """
         s = self.schema
         return f"""
             WITH result AS (
-                SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[],
-                                     $5::int[], $6::text[], $7::text[], $8::float8[],
-                                     $9::text[], $10::timestamptz[])
-                    AS r(id, status, attempts, delay, http_status, event_api_id, error,
-                         latency_ms, outcome, attempted_at)
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[],
+                                     $5::float8[], $6::int[], $7::text[], $8::text[],
+                                     $9::float8[], $10::text[], $11::timestamptz[],
+                                     $12::boolean[])
+                    AS r(id, token, status, attempts, delay, http_status, event_api_id, error,
+                         latency_ms, outcome, attempted_at, logged)
             ), updated AS (
                 UPDATE "{s}".outbox o
                 SET status = r.status,
-                    attempts = r.attempts,
+                    attempts = CASE WHEN o.claim_token = r.token THEN r.attempts
+                                    ELSE o.attempts END,
                     available_at = CASE WHEN r.delay IS NULL THEN o.available_at
                                         ELSE now() + r.delay * interval '1 second' END,
                     claimed_by = NULL,
                     lease_until = NULL,
                     published_at = CASE WHEN r.status = 'published' THEN now() END,
                     event_api_id = coalesce(r.event_api_id, o.event_api_id),
-                    last_http_status = r.http_status,
-                    last_error = r.error
+                    last_http_status = CASE WHEN r.logged THEN r.http_status
+                                            ELSE o.last_http_status END,
+                    last_error = CASE WHEN r.logged THEN r.error ELSE o.last_error END
                 FROM result r
-                WHERE o.id = r.id AND o.claimed_by = $11 AND o.status = 'in_flight'
+                WHERE o.id = r.id
+                  AND ((o.status = 'in_flight' AND o.claim_token = r.token)
+                       OR (r.status = 'published' AND o.status <> 'published'))
                 RETURNING o.id
             ), logged AS (
                 INSERT INTO "{s}".outbox_delivery (outbox_id, attempt, attempted_at,
                     http_status, latency_ms, outcome, event_api_id, error, worker)
                 SELECT r.id, r.attempts, r.attempted_at, r.http_status, r.latency_ms,
-                       r.outcome, r.event_api_id, r.error, $11
-                FROM result r JOIN updated u ON u.id = r.id
+                       r.outcome, r.event_api_id, r.error, $13
+                FROM result r
+                WHERE r.logged
+                  AND (r.status = 'published' OR r.id IN (SELECT id FROM updated))
             )
             SELECT id FROM updated"""
 
     @property
-    def release(self) -> str:
-        """Give rows back unsent (shutdown): pending again now, no attempt used."""
+    def extend(self) -> str:
+        """Extend the leases of held rows ($1 ids under claims $2) to now + $3 seconds.
+
+        Returns the ids still held: a row missing from the answer was taken by another claim
+        (its lease had run out) and must not be sent by this one.
+        """
         return f"""
-            UPDATE "{self.schema}".outbox
-            SET status = 'pending', claimed_by = NULL, lease_until = NULL,
-                available_at = now()
-            WHERE id = ANY($1::bigint[]) AND claimed_by = $2 AND status = 'in_flight'"""
+            UPDATE "{self.schema}".outbox o
+            SET lease_until = now() + $3 * interval '1 second'
+            FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
+            WHERE o.id = h.id AND o.claim_token = h.token AND o.status = 'in_flight'
+            RETURNING o.id"""
+
+    @property
+    def rescue(self) -> str:
+        """End the leases of rows held by processes that are gone.
+
+        A live relay holds its liveness lock (LIVENESS_LOCK_CLASS, incarnation) and writes its
+        incarnation into the high half of every claim token. A row in flight under an
+        incarnation whose lock nobody holds belongs to a dead process: its lease is ended now
+        so the next claim takes it, instead of waiting out the lease. One read of pg_locks.
+        """
+        return f"""
+            WITH live AS (
+                SELECT coalesce(array_agg(l.objid::bigint), '{{}}') AS incarnations
+                FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                  AND l.classid = {LIVENESS_LOCK_CLASS}
+                  AND l.database = (SELECT oid FROM pg_database
+                                    WHERE datname = current_database())
+            )
+            UPDATE "{self.schema}".outbox o
+            SET lease_until = now()
+            FROM live
+            WHERE o.status = 'in_flight' AND o.lease_until > now()
+              AND o.claim_token IS NOT NULL
+              AND NOT (o.claim_token >> 32) = ANY(live.incarnations)
+            RETURNING o.id"""
 
     @property
     def release_all(self) -> str:
-        """Give back every row this worker still holds."""
+        """Give back every row worker $1 still holds (the demo, after its relay stopped)."""
         return f"""
             UPDATE "{self.schema}".outbox
             SET status = 'pending', claimed_by = NULL, lease_until = NULL,
-                available_at = now()
+                attempts = greatest(attempts - 1, 0), available_at = now()
             WHERE status = 'in_flight' AND claimed_by = $1"""
 
     @property
     def release_orphans(self) -> str:
-        """Give back rows leased to this worker that it does not know it holds.
+        """Give back rows in flight under incarnation $1 that are not among $2 (held ids).
 
         A claim whose connection dies after COMMIT but before the reply leaves such rows;
         without this they would wait for their lease to run out.
         """
         return f"""
             UPDATE "{self.schema}".outbox
-            SET status = 'pending', claimed_by = NULL, lease_until = NULL
-            WHERE status = 'in_flight' AND claimed_by = $1 AND NOT (id = ANY($2::bigint[]))"""
+            SET status = 'pending', claimed_by = NULL, lease_until = NULL,
+                attempts = greatest(attempts - 1, 0)
+            WHERE status = 'in_flight' AND (claim_token >> 32) = $1
+              AND NOT (id = ANY($2::bigint[]))"""
+
+    @property
+    def park_behind_dead(self) -> str:
+        """Block pending rows queued behind dead rows of their key ($1: dead ids, or NULL for
+        every dead keyed row), so that claims stop walking past them.
+
+        The dead rows are locked FOR SHARE first, in their own statement: a requeue (which
+        updates a dead row) then either runs before (and this finds the row no longer dead)
+        or waits for this transaction and unblocks what it blocked. See ``park_behind``.
+        """
+        return f"""
+            SELECT id, ordering_key FROM "{self.schema}".outbox
+            WHERE status = 'dead' AND ordering_key IS NOT NULL
+              AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+            ORDER BY id
+            FOR SHARE"""
+
+    @property
+    def park_behind(self) -> str:
+        """The second statement of ``park_behind_dead``: block pending rows of keys $1 whose
+        id is above the key's dead row $2."""
+        return f"""
+            UPDATE "{self.schema}".outbox o
+            SET status = 'blocked', blocked_by = 'dead_row'
+            FROM unnest($1::text[], $2::bigint[]) AS d(ordering_key, id)
+            WHERE o.ordering_key = d.ordering_key AND o.id > d.id AND o.status = 'pending'"""
+
+    @property
+    def unpark_stale(self) -> str:
+        """Unblock rows whose reason is gone: a dead_row row with no earlier dead row of its
+        key (or every such row when $3, i.e. dead rows do not block), a route_pause row whose
+        route has no pause. A safety net run at start-up; normal unblocking happens where the
+        reason ends (requeue, pause cleared)."""
+        s = self.schema
+        return f"""
+            UPDATE "{s}".outbox o
+            SET status = 'pending', blocked_by = NULL, available_at = now()
+            WHERE o.status = 'blocked'
+              AND CASE o.blocked_by
+                    WHEN 'dead_row' THEN $3 OR NOT EXISTS (
+                        SELECT 1 FROM "{s}".outbox d
+                        WHERE d.ordering_key = o.ordering_key AND d.id < o.id
+                          AND d.status = 'dead')
+                    ELSE NOT EXISTS (
+                        SELECT 1 FROM "{s}".relay_pause p WHERE p.route = {_route("o", "$1", "$2")})
+                  END"""
+
+    @property
+    def lock_pause(self) -> str:
+        """Lock route $1's pause row if it is still in force (first statement of parking).
+
+        Parking a route's rows and clearing its pause both lock the pause row first, so a
+        clear waits for a parking in progress and then unblocks everything it blocked.
+        """
+        return f"""
+            SELECT route FROM "{self.schema}".relay_pause
+            WHERE route = $1 AND until > now()
+            FOR UPDATE"""
+
+    @property
+    def park_route(self) -> str:
+        """Block the pending rows of route $1 ($2/$3: default country/tenant)."""
+        return f"""
+            UPDATE "{self.schema}".outbox o
+            SET status = 'blocked', blocked_by = 'route_pause'
+            WHERE o.status = 'pending' AND {_route("o", "$2", "$3")} = $1"""
+
+    @property
+    def unpark_route(self) -> str:
+        """Unblock at most $4 rows of route $1 ($2/$3: defaults), oldest first: one when its
+        pause ran out (the probe), all of them when it was lifted."""
+        s = self.schema
+        return f"""
+            UPDATE "{s}".outbox o
+            SET status = 'pending', blocked_by = NULL, available_at = now()
+            WHERE o.id IN (
+                SELECT b.id FROM "{s}".outbox b
+                WHERE b.status = 'blocked' AND b.blocked_by = 'route_pause'
+                  AND {_route("b", "$2", "$3")} = $1
+                ORDER BY b.id
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED)"""
 
     @property
     def set_pause(self) -> str:
-        """Hold every replica off a route ('*' for all) until now + $2 seconds."""
+        """Hold every replica off a route ('*' for all) until now + $2 seconds.
+
+        A pause already in force is kept if it lasts longer.
+        """
         return f"""
             INSERT INTO "{self.schema}".relay_pause (route, until, kind, reason, set_by)
             VALUES ($1, now() + $2 * interval '1 second', $3, $4, $5)
@@ -164,10 +328,29 @@ class Queries:
                 reason = excluded.reason, set_by = excluded.set_by, set_at = now()"""
 
     @property
-    def clear_pause(self) -> str:
-        """A success on a route ends its pause (and the global one)."""
+    def renew_pause(self) -> str:
+        """Pause route $1 again after its probe failed, but only if its pause has run out.
+
+        When several replicas probe at once, the first failure renews the pause and the other
+        failures find it in force and leave it: the pause doubles once per probe, not once per
+        replica. Returns the route when this call renewed it.
+        """
         return f"""
-            DELETE FROM "{self.schema}".relay_pause WHERE route = ANY($1::text[])"""
+            INSERT INTO "{self.schema}".relay_pause (route, until, kind, reason, set_by)
+            VALUES ($1, now() + $2 * interval '1 second', $3, $4, $5)
+            ON CONFLICT (route) DO UPDATE
+            SET until = excluded.until, kind = excluded.kind, reason = excluded.reason,
+                set_by = excluded.set_by, set_at = now()
+            WHERE relay_pause.until <= now()
+            RETURNING route"""
+
+    @property
+    def clear_pause(self) -> str:
+        """End the pauses of routes $1 (a success, or an operator); returns the routes that had
+        one. Locks each pause row, so a parking in progress finishes first."""
+        return f"""
+            DELETE FROM "{self.schema}".relay_pause WHERE route = ANY($1::text[])
+            RETURNING route"""
 
     @property
     def pauses(self) -> str:
@@ -180,23 +363,38 @@ class Queries:
 
     @property
     def unfinished(self) -> str:
-        """For --drain: rows still to send, their earliest availability, and lease state.
+        """For --drain: rows still to send, and the seconds until the earliest may be tried.
 
-        A row held back by a dead row of its key (when dead rows block) is not counted: it
-        cannot move until an operator requeues the dead row.
+        Rows held back by a dead row of their key (when dead rows block) are not counted: they
+        cannot move until an operator requeues the dead row. A row in flight without a lease
+        counts as available now.
         """
         s = self.schema
         return f"""
             SELECT count(*) AS remaining,
-                   greatest(extract(epoch FROM min(CASE WHEN o.status = 'pending'
-                       THEN o.available_at ELSE o.lease_until END) - now()), 0)::float8
-                       AS next_in
+                   greatest(extract(epoch FROM min(CASE
+                       WHEN o.status = 'pending' THEN o.available_at
+                       WHEN o.status = 'in_flight' THEN coalesce(o.lease_until, now())
+                       END) - now()), 0)::float8 AS next_in
             FROM "{s}".outbox o
-            WHERE o.status IN ('pending', 'in_flight')
+            WHERE (o.status IN ('pending', 'in_flight')
+                   OR (o.status = 'blocked' AND o.blocked_by = 'route_pause'))
               AND NOT ($1 AND o.ordering_key IS NOT NULL AND EXISTS (
                   SELECT 1 FROM "{s}".outbox d
                   WHERE d.ordering_key = o.ordering_key AND d.id < o.id
                     AND d.status = 'dead'))"""
+
+    @property
+    def blocked_behind_dead(self) -> str:
+        """Rows that wait for an earlier dead row of their key (blocked or not yet parked)."""
+        s = self.schema
+        return f"""
+            SELECT count(*) FROM "{s}".outbox o
+            WHERE o.status IN ('pending', 'blocked') AND o.ordering_key IS NOT NULL
+              AND EXISTS (
+                  SELECT 1 FROM "{s}".outbox d
+                  WHERE d.ordering_key = o.ordering_key AND d.id < o.id
+                    AND d.status = 'dead')"""
 
     @property
     def queue_sample(self) -> str:
@@ -204,7 +402,7 @@ class Queries:
         return f"""
             SELECT count(*) AS depth,
                    coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
-            FROM "{self.schema}".outbox WHERE status IN ('pending', 'in_flight')"""
+            FROM "{self.schema}".outbox WHERE status IN ('pending', 'in_flight', 'blocked')"""
 
     @property
     def purge_published(self) -> str:

@@ -1,16 +1,20 @@
-"""The engine: claim -> publish -> record, with bounded concurrency.
+"""The engine: claim -> send -> record, with bounded concurrency.
 
-Three kinds of task share one process:
+Each part owns one concern:
 
-* the **feeder** claims rows in batches sized to free capacity and queues them locally;
-* ``concurrency`` **senders** each take a row, publish it and hand the result on;
-* the **recorder** writes results in batches (one statement per batch) and wakes the feeder.
+* the **feeder** (here) claims rows sized to free capacity, only while this process holds its
+  liveness lock (``relay.liveness``) and the gate allows, and queues them;
+* ``concurrency`` **senders** (here) each take a queued row, check it (``relay.decide``), ask
+  the gate (``relay.gate``: circuit, shared pauses, route ramps), check its lease, publish, and
+  turn the outcome into the row's next state;
+* the **recorder** (``relay.recorder``) writes results in batches, fenced per claim;
+* the **lease keeper** (``relay.leases``) extends held leases and rescues rows of dead relays;
+* the **parker** (``relay.parking``) keeps rows that cannot move out of the claim's way.
 
-The feeder keeps up to ``prefetch`` rows (two rounds of ``concurrency``, at most a claim batch)
-queued ahead of the senders so that a sender finishing never waits for a claim round trip;
-those rows are leased like any other and are given back at once on shutdown. Pauses
-(``relay_pause``) are shared with every other replica through the database: the claim query
-skips paused routes, so a replica that has not seen a failure itself is held all the same.
+Rows queued ahead of the senders (the prefetch, two rounds of ``concurrency``) are held under
+lease like any other; they are given back unsent, without using an attempt, whenever they must
+not go: a global pause, a lost liveness connection, a lease too short for the request, or
+shutdown.
 """
 
 from __future__ import annotations
@@ -18,30 +22,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import structlog
 
-from relay.database import DATABASE_ERRORS
-from relay.decide import Policy, Prepared, Unsendable, decide, prepare, unsendable_result
+from relay.circuit import Change, Circuit
+from relay.database import DatabaseCalls
+from relay.decide import Policy, Prepared, Unsendable, decide, give_back, is_throttle, prepare
+from relay.decide import unsendable_result as dead_unsent
+from relay.gate import GLOBAL, Gate, Verdict
+from relay.leases import Holdings, LeaseKeeper
+from relay.liveness import Liveness
 from relay.metrics import CIRCUIT_STATES, Metrics
-from relay.outbox import ClaimedRow, Pause, Result, Store
+from relay.outbox import ClaimedRow, Result, Store
+from relay.parking import Parker
 from relay.publisher import Outcome, OutcomeKind
-from relay.retry import RetryPolicy
+from relay.recorder import Done, Recorder
 
 log = structlog.get_logger("relay.worker")
-T = TypeVar("T")
 
-GLOBAL = "*"
-# Results wait at most this long for company before they are written, while requests are in
-# flight; with nothing in flight they are written at once.
-FLUSH_DELAY = 0.005
 # At shutdown, how long to wait for a claim in progress (it may be retrying a lost database).
 GIVE_UP_CLAIM_AFTER = 5.0
+# After the grace period, how long shutdown may spend writing results and giving rows back.
+EXIT_MARGIN = 5.0
+# --drain: the first wait when rows exist but none could be claimed (a producer transaction
+# holds their key, say); it doubles up to the poll interval.
+DRAIN_BACKOFF = 0.05
+# A route in a log line is cut to this length (a bad row's tenant can be any length).
+ROUTE_IN_LOGS = 100
 
 
 class Sender(Protocol):
@@ -54,6 +66,7 @@ class EngineConfig:
     claim_batch_size: int
     lease: timedelta
     poll_interval: timedelta
+    request_timeout: timedelta
     default_country: str | None
     default_tenant: str | None
     dead_blocks_key: bool
@@ -74,53 +87,78 @@ class EngineConfig:
         """Claim only when this many rows fit, unless a sender is idle (keeps claims batched)."""
         return max(1, min(self.claim_batch_size, self.concurrency // 4))
 
-
-@dataclass(slots=True)
-class Done:
-    """A result waiting to be written, with what its log line needs."""
-
-    row: ClaimedRow
-    result: Result
-    correlation_id: str | None
-    tenant: str | None
+    @property
+    def send_budget(self) -> float:
+        """Lease a row must have left to be sent: a token request and the publish itself."""
+        return 2 * self.request_timeout.total_seconds()
 
 
-@dataclass(slots=True)
-class PauseView:
-    """The pauses as last read from the database, aged locally between reads."""
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    """What a ``--drain`` run did, and what it could not."""
 
-    pauses: list[Pause] = field(default_factory=list)
-    read_at: float = float("-inf")
+    published: int
+    dead: int
+    blocked: int  # rows left behind dead rows of their key
 
-    def remaining(self, pause: Pause) -> float:
-        return pause.remaining - (time.monotonic() - self.read_at)
-
-    def global_pause(self) -> Pause | None:
-        return next((p for p in self.pauses if p.route == GLOBAL), None)
-
-    def routes(self) -> set[str]:
-        return {p.route for p in self.pauses}
-
-    def configuration_error(self) -> str | None:
-        for pause in self.pauses:
-            if pause.kind == "configuration" and self.remaining(pause) > 0:
-                return f"{pause.route}: {pause.reason}"
-        return None
+    def line(self) -> str:
+        return (
+            f"relay: drained: {self.published} published, {self.dead} dead, "
+            f"{self.blocked} blocked behind dead rows"
+        )
 
 
 class Worker:
     """One relay process's engine. ``run`` returns when stopped (or drained)."""
 
     def __init__(
-        self, store: Store, sender: Sender, config: EngineConfig, metrics: Metrics
+        self,
+        store: Store,
+        sender: Sender,
+        config: EngineConfig,
+        metrics: Metrics,
+        liveness: Liveness,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.sender = sender
         self.config = config
         self.metrics = metrics
-        self.wake = asyncio.Event()
+        self.liveness = liveness
+        self.clock = clock
+        self.wake = liveness.wake
+        liveness.on_lost = self._liveness_lost
+        self.calls = DatabaseCalls(lambda operation: metrics.db_errors.labels(operation).inc())
+        self.holdings = Holdings(config.lease.total_seconds(), clock)
+        self.gate = Gate(
+            Circuit(
+                config.circuit_threshold,
+                config.circuit_pause.total_seconds(),
+                config.circuit_pause_cap.total_seconds(),
+            ),
+            config.concurrency,
+        )
+        self.recorder = Recorder(
+            store,
+            self.holdings,
+            self.calls,
+            metrics,
+            batch=config.min_claim,
+            busy=lambda: self.busy,
+            on_written=self._written,
+        )
+        self.keeper = LeaseKeeper(
+            store,
+            self.holdings,
+            self.calls,
+            metrics,
+            on_lost=self._leases_lost,
+            on_rescued=self.wake.set,
+        )
+        self.parker = Parker(store, self.calls, dead_blocks_key=config.dead_blocks_key)
         self.queue: deque[ClaimedRow] = deque()
         self.queued = asyncio.Condition()
+        self.waiting: defaultdict[str, deque[ClaimedRow]] = defaultdict(deque)
         self.busy = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -128,129 +166,167 @@ class Worker:
         # free and more rows are known to wait (`more`), not once per event.
         self.more = True
         self.refill_at = config.concurrency + config.prefetch - config.min_claim
-        self.done: list[Done] = []
-        # The recorder sleeps on `has_done` (the first result) and then briefly on
-        # `enough_done` (a batch's worth, or nothing left in flight).
-        self.has_done = asyncio.Event()
-        self.enough_done = asyncio.Event()
-        self.held: set[int] = set()
-        self.view = PauseView()
-        self.failures = 0
-        self.circuit = "closed"
-        self.database_ok = True
-        self.drained = asyncio.Event()
-        self.writing: asyncio.Future[None] | None = None
-        self.claim_failed = False
         self.claiming: asyncio.Future[list[ClaimedRow]] | None = None
-        self._backoff = RetryPolicy(timedelta(milliseconds=100), timedelta(seconds=30))
+        self.claim_failed = False
+        self.claims = 0
+        self.published = 0
+        self.dead = 0
+        self.running = asyncio.Event()  # set once the engine claims (liveness lock held)
 
     # Public state ---------------------------------------------------------------------------
 
     def not_ready_reason(self) -> str | None:
-        """Why this process should not receive traffic, or None when it is ready."""
-        if not self.database_ok:
-            return "database unreachable"
-        if self.circuit == "open":
+        """Why this process cannot deliver now, or None when it can.
+
+        A pause of one route is not a reason: the process delivers every other route.
+        """
+        now = self.clock()
+        if self.calls.problem is not None:
+            return self.calls.problem
+        if not self.liveness.alive.is_set():
+            return self.liveness.problem or "liveness connection lost"
+        if self.gate.circuit.state == "open" and now < self.gate.circuit.until:
             return "circuit open: the EventApi is failing"
-        return self.view.configuration_error()
+        return self.gate.configuration_error(now)
 
     # Running ---------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> DrainReport | None:
         """Work until ``stop`` is set (or, with ``drain``, until nothing is left to send)."""
+        alive = asyncio.ensure_future(self.liveness.alive.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([alive, stopped], return_when=asyncio.FIRST_COMPLETED)
+        alive.cancel()
+        stopped.cancel()
+        if stop.is_set():
+            return None
+        await self.parker.start()
+        await self._refresh_pauses()
+        self.running.set()
         senders = [
             asyncio.create_task(self._sender(), name=f"sender-{n}")
             for n in range(self.config.concurrency)
         ]
-        recorder = asyncio.create_task(self._recorder(), name="recorder")
+        parts = [
+            asyncio.create_task(self.recorder.run(), name="recorder"),
+            asyncio.create_task(self.keeper.run(), name="lease-keeper"),
+            asyncio.create_task(self.parker.run(), name="parker"),
+        ]
         feeder = asyncio.create_task(self._feeder(drain), name="feeder")
-        tasks = [feeder, recorder, *senders]
+        tasks = [feeder, *parts, *senders]
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
-            done, _ = await asyncio.wait(
-                [*tasks, stopper, asyncio.create_task(self.drained.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task in tasks and task.exception() is not None:
+                if task in tasks and not task.cancelled() and task.exception() is not None:
                     raise RuntimeError(f"task {task.get_name()} died") from task.exception()
         finally:
             stopper.cancel()
-            await self._shutdown(feeder, recorder, senders)
+            await self._shutdown(feeder, parts, senders)
+        if not drain or not feeder.done() or feeder.cancelled():
+            return None
+        blocked = await self.calls.run("blocked", self.store.blocked_behind_dead)
+        return DrainReport(self.published, self.dead, blocked)
 
     async def _shutdown(
         self,
         feeder: asyncio.Task[None],
-        recorder: asyncio.Task[None],
+        parts: list[asyncio.Task[None]],
         senders: list[asyncio.Task[None]],
     ) -> None:
         """Stop claiming, give back queued rows, let requests in flight finish within the
-        grace period, write their outcomes, and give back whatever is still held."""
+        grace period, write their outcomes, and give back whatever is still held. Bounded:
+        whatever the database does, this returns within the grace period and EXIT_MARGIN."""
+        started = self.clock()
+        grace = self.config.shutdown_grace.total_seconds()
         feeder.cancel()
         if self.claiming is not None:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.claiming), GIVE_UP_CLAIM_AFTER)
-        unsent = [row.id for row in self.queue]
-        self.queue.clear()
-        await self._db_at_exit("release", lambda: self.store.release(unsent))
-        self.held.difference_update(unsent)
+        self._give_back_queued("shutdown")
         if self.busy:
             log.info("worker.draining", in_flight=self.busy)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.idle.wait(), self.config.shutdown_grace.total_seconds())
+                await asyncio.wait_for(self.idle.wait(), grace)
         for task in senders:
             task.cancel()
-        recorder.cancel()
-        await asyncio.gather(feeder, recorder, *senders, return_exceptions=True)
-        # A write the recorder had started must land before leases are given back, or the
-        # release would beat it and the fence would turn a published row into a resend.
-        if self.writing is not None:
-            await asyncio.gather(self.writing, return_exceptions=True)
-        await asyncio.shield(self._flush_all())
-        if self.held:
-            held = sorted(self.held)
-            await self._db_at_exit("release", lambda: self.store.release(held))
-        log.info("worker.stopped", released=len(self.held) + len(unsent))
+        await asyncio.gather(feeder, *senders, return_exceptions=True)
+        deadline = started + grace + EXIT_MARGIN
+        await self._at_exit(deadline, self._write_and_release)
+        for task in parts:
+            task.cancel()
+        await asyncio.gather(*parts, return_exceptions=True)
+        log.info("worker.stopped", left_held=len(self.holdings))
+
+    async def _write_and_release(self) -> None:
+        # Every result lands before any lease is given back, or a give-back could beat a
+        # publish and have it sent again. Then what is still held (rows a cancelled sender had
+        # in hand) goes back unsent.
+        await self.recorder.flush_all()
+        now = datetime.now(UTC)
+        for held in list(self.holdings.rows.values()):
+            if not held.resulted:
+                self.recorder.add(self._given_back(held.row, "shutdown", now))
+        await self.recorder.flush_all()
+
+    async def _at_exit(self, deadline: float, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` until ``deadline``; past it, leave the rows to liveness and leases."""
+        try:
+            async with asyncio.timeout(max(deadline - self.clock(), 0.1)):
+                await work()
+        except TimeoutError:
+            log.error("worker.exit_timeout", held=len(self.holdings), fallback="other relays")
 
     # Feeder ----------------------------------------------------------------------------------
 
+    def _outstanding(self) -> int:
+        return len(self.queue) + self.busy + sum(len(rows) for rows in self.waiting.values())
+
     def _claim_size(self) -> int:
         """How many rows to claim now: up to ``prefetch`` ahead of the senders."""
-        outstanding = len(self.queue) + self.busy
-        global_pause = self.view.global_pause()
-        if global_pause is not None:
-            if self.view.remaining(global_pause) > 0:
-                return 0
-            # The pause has run out but nobody has succeeded since: probe with one request.
-            return 1 if outstanding == 0 else 0
+        outstanding = self._outstanding()
+        limit = self.gate.claim_limit(self.clock(), outstanding)
+        if limit == 0:
+            return 0
         free = self.config.concurrency + self.config.prefetch - outstanding
         idle_sender = outstanding < self.config.concurrency
         if free <= 0 or (free < self.config.min_claim and not idle_sender):
             return 0
-        return min(free, self.config.claim_batch_size)
+        size = min(free, self.config.claim_batch_size)
+        return size if limit is None else min(size, limit)
 
     async def _feeder(self, drain: bool) -> None:
+        backoff = DRAIN_BACKOFF
+        poll = self.config.poll_interval.total_seconds()
         while True:
-            if time.monotonic() - self.view.read_at >= self.config.poll_interval.total_seconds():
+            await self.liveness.alive.wait()
+            if self.clock() - self.gate.read_at >= poll:
                 await self._refresh_pauses()
             size = self._claim_size() if self.more else 0
             if size:
                 rows = await self._claim(size)
                 self.more = len(rows) == size
                 if rows:
+                    backoff = DRAIN_BACKOFF
                     continue
-            timeout = self.config.poll_interval.total_seconds()
-            if drain and not self.more and not self.queue and not self.busy and not self.done:
-                remaining, next_in = await self._unfinished()
+            timeout = poll
+            if drain and not self._outstanding() and not self.recorder.done:
+                remaining, next_in = await self.calls.run(
+                    "unfinished", lambda: self.store.unfinished(self.config.dead_blocks_key)
+                )
                 if remaining == 0:
-                    self.drained.set()
                     return
-                timeout = min(timeout, max(next_in, 0.01))
+                if next_in > 0:
+                    timeout = min(poll, next_in)
+                else:
+                    # Available yet not claimable (a producer's key lock, a paused route):
+                    # wait, longer each time, instead of asking again at once.
+                    timeout, backoff = backoff, min(backoff * 2, poll)
             await self._wait_for_work(timeout)
 
     async def _wait_for_work(self, wait_seconds: float) -> None:
-        """Wait for a wake-up (a NOTIFY, a written result, free slots) or the poll timeout;
-        after either, new work may exist."""
+        """Wait for a wake-up (a NOTIFY, a written result, free slots, a rescue) or the poll
+        timeout; after either, new work may exist."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_seconds):
                 await self.wake.wait()
@@ -258,213 +334,290 @@ class Worker:
         self.more = True
 
     async def _claim(self, size: int) -> list[ClaimedRow]:
-        # Shielded: a claim the database has committed must reach `held` even when shutdown
-        # cancels the feeder mid-claim, or its rows would wait out their lease.
-        self.claiming = asyncio.ensure_future(self._claim_and_hold(size))
-        return await asyncio.shield(self.claiming)
-
-    async def _claim_and_hold(self, size: int) -> list[ClaimedRow]:
-        rows = await self._db("claim", lambda: self._claim_once(size))
+        # Shielded: a claim the database has committed must reach `holdings` even when
+        # shutdown cancels the feeder mid-claim, or its rows would wait for other relays.
+        self.claiming = asyncio.ensure_future(self.calls.run("claim", lambda: self._once(size)))
+        rows = await asyncio.shield(self.claiming)
         self.metrics.claim_batch_size.observe(len(rows))
-        if rows:
-            self.held.update(row.id for row in rows)
-            self.queue.extend(rows)
-            async with self.queued:
-                self.queued.notify(len(rows))
         return rows
 
-    async def _claim_once(self, size: int) -> list[ClaimedRow]:
+    async def _once(self, size: int) -> list[ClaimedRow]:
+        incarnation = self.liveness.incarnation
         if self.claim_failed:
             # The failed claim may have committed: give back what we hold without knowing it.
-            await self.store.release_orphans(sorted(self.held))
+            await self.store.release_orphans(incarnation, list(self.holdings.rows))
             self.claim_failed = False
         self.claim_failed = True
+        self.claims = (self.claims + 1) % 2**32
+        started = self.clock()
         rows = await self.store.claim(
             size,
+            incarnation << 32 | self.claims,
             lease_seconds=self.config.lease.total_seconds(),
-            default_country=self.config.default_country,
-            default_tenant=self.config.default_tenant,
             dead_blocks_key=self.config.dead_blocks_key,
         )
         self.claim_failed = False
+        fresh = self.holdings.take(rows, started)
+        if fresh:
+            self.queue.extend(fresh)
+            async with self.queued:
+                self.queued.notify(len(fresh))
         return rows
 
-    async def _unfinished(self) -> tuple[int, float]:
-        return await self._db(
-            "unfinished", lambda: self.store.unfinished(self.config.dead_blocks_key)
-        )
-
     async def _refresh_pauses(self) -> None:
-        pauses = await self._db("pauses", self.store.pauses)
-        self.view = PauseView(pauses, time.monotonic())
-        active = {p.kind for p in pauses if p.remaining > 0}
+        pauses = await self.calls.run("pauses", self.store.pauses)
+        refreshed = self.gate.refresh(pauses, self.clock())
+        for route in refreshed.expired:
+            self.parker.route_expired(route)
+        if refreshed.lifted or refreshed.expired:
+            self.wake.set()
+        if refreshed.global_hold_began:
+            self._give_back_queued("paused")
+        self._pause_metrics()
+
+    def _pause_metrics(self) -> None:
+        active = {(route, p.kind) for route, p in self.gate.pauses.items() if p.remaining > 0}
         for kind in ("retry_after", "circuit", "configuration"):
-            self.metrics.paused.labels(kind).set(1 if kind in active else 0)
-        global_pause = self.view.global_pause()
-        if global_pause is None and self.circuit != "closed":
-            self._set_circuit("closed")
-        elif global_pause is not None and global_pause.kind == "circuit":
-            self._set_circuit("open" if global_pause.remaining > 0 else "half_open")
+            self.metrics.paused.labels(kind).set(1 if kind in {k for _, k in active} else 0)
+        self.metrics.route_paused.clear()
+        for route, kind in active:
+            country, _, tenant = route.partition("/")
+            self.metrics.route_paused.labels(country, tenant or "*", kind).set(1)
+        self.metrics.circuit_state.set(CIRCUIT_STATES[self.gate.circuit.state])
 
     # Senders ---------------------------------------------------------------------------------
 
+    async def _next_row(self) -> ClaimedRow:
+        async with self.queued:
+            await self.queued.wait_for(lambda: bool(self.queue))
+            return self.queue.popleft()
+
     async def _sender(self) -> None:
         while True:
-            async with self.queued:
-                await self.queued.wait_for(lambda: bool(self.queue))
-                row = self.queue.popleft()
+            row = await self._next_row()
             self.busy += 1
             self.idle.clear()
             try:
-                self._finish(row, *await self._process(row))
+                done = await self._handle(row)
+            except Exception as error:  # a bug while handling one row becomes its outcome
+                done = self._unexpected(row, error)
             finally:
                 self.busy -= 1
                 if self.busy == 0:
                     self.idle.set()
-                    self.enough_done.set()
-                if self.more and len(self.queue) + self.busy <= self.refill_at:
+                    self.recorder.nudge()
+                if self.more and self._outstanding() <= self.refill_at:
                     self.wake.set()
+            if done is not None:
+                self.recorder.add(done)
 
-    async def _process(self, row: ClaimedRow) -> tuple[Result, Prepared | Unsendable]:
-        cfg = self.config
-        prepared = prepare(row, cfg.default_country, cfg.default_tenant)
+    def _unexpected(self, row: ClaimedRow, error: Exception) -> Done:
+        log.error("publish.unexpected", outbox_id=row.id, error_class=type(error).__name__)
+        outcome = Outcome(
+            OutcomeKind.TRANSIENT, "unexpected", error=f"{type(error).__name__} in the relay"
+        )
         now = datetime.now(UTC)
+        return Done(row, decide(row, outcome, now, self.config.policy, counts=True), None, None)
+
+    def _route_of(self, row: ClaimedRow) -> str:
+        country = row.country or self.config.default_country or ""
+        tenant = row.tenant or self.config.default_tenant or ""
+        return f"{country}/{tenant}"
+
+    async def _handle(self, row: ClaimedRow) -> Done | None:
+        """Send one row (or decide it cannot go); None when it waits for its route's ramp."""
+        now = datetime.now(UTC)
+        if not self.liveness.alive.is_set():
+            return self._given_back(row, "liveness_lost", now)
+        prepared = prepare(
+            row,
+            self.config.default_country,
+            self.config.default_tenant,
+            max_stops=self.config.policy.give_up.max_attempts,
+        )
         if isinstance(prepared, Unsendable):
-            return unsendable_result(row, prepared.reason, now), prepared
-        probing = self.view.global_pause() is not None
+            route = self._route_of(row)[:ROUTE_IN_LOGS]
+            return Done(row, dead_unsent(row, prepared.reason, now), prepared.correlation_id, route)
+        verdict = self.gate.admit(prepared.route, self.clock())
+        if verdict is Verdict.HOLD:
+            return self._given_back(row, "paused", now)
+        if verdict is Verdict.WAIT:
+            self.waiting[prepared.route].append(row)
+            return None
+        if self.holdings.remaining(row.id) < self.config.send_budget:
+            self.gate.returned(prepared.route, verdict)
+            return self._given_back(row, "lease_too_short", now)
+        return await self._send(row, prepared, verdict is Verdict.PROBE)
+
+    async def _send(self, row: ClaimedRow, prepared: Prepared, probe: bool) -> Done:
+        self.holdings.sending(row.id)
+        self.gate.sending(prepared.route)
         outcome = await self.sender.publish(
             row.event_type, prepared.body, prepared.country, prepared.tenant
         )
-        result = decide(
-            row, outcome, now, cfg.policy, counts=not probing and self.circuit == "closed"
-        )
-        await self._react(outcome, prepared, probing)
-        return result, prepared
+        counts = not probe and self.gate.circuit.state == "closed"
+        result = decide(row, outcome, datetime.now(UTC), self.config.policy, counts=counts)
+        try:
+            await self._react(outcome, prepared.route, probe)
+        finally:
+            await self._release_waiting(prepared.route)
+        return Done(row, result, prepared.correlation_id, prepared.route)
 
-    def _finish(self, row: ClaimedRow, result: Result, prepared: Prepared | Unsendable) -> None:
-        tenant = (
-            prepared.tenant
-            if isinstance(prepared, Prepared)
-            else row.tenant or self.config.default_tenant
-        )
-        self.done.append(Done(row, result, prepared.correlation_id, tenant))
-        self.has_done.set()
-        if len(self.done) >= self.config.min_claim:
-            self.enough_done.set()
+    def _given_back(self, row: ClaimedRow, reason: str, now: datetime) -> Done:
+        self.metrics.given_back.labels(reason).inc()
+        return Done(row, give_back(row, reason, now), None, None)
+
+    async def _release_waiting(self, route: str) -> None:
+        """Rows kept aside for a ramping route go back to the front of the queue."""
+        rows = self.waiting.pop(route, None)
+        if rows:
+            self.queue.extendleft(reversed(rows))
+            async with self.queued:
+                self.queued.notify(len(rows))
+
+    def _give_back_queued(self, reason: str) -> None:
+        """Rows waiting to be sent must not go now: back to pending, attempts untouched."""
+        rows = list(self.queue)
+        self.queue.clear()
+        for waiting in self.waiting.values():
+            rows.extend(waiting)
+        self.waiting.clear()
+        now = datetime.now(UTC)
+        for row in rows:
+            self.recorder.add(self._given_back(row, reason, now))
+        if rows:
+            log.info("outbox.given_back", rows=len(rows), reason=reason)
+
+    def _liveness_lost(self) -> None:
+        # Other relays may take our rows from now on: send none of those not yet sent.
+        self._give_back_queued("liveness_lost")
+
+    def _leases_lost(self, ids: list[int]) -> None:
+        lost = set(ids)
+        self.queue = deque(row for row in self.queue if row.id not in lost)
+        for route, rows in list(self.waiting.items()):
+            self.waiting[route] = deque(row for row in rows if row.id not in lost)
+        for row_id in ids:
+            self.holdings.let_go(row_id)
 
     # Outage protection ------------------------------------------------------------------------
 
-    def _set_circuit(self, state: str) -> None:
-        if state != self.circuit:
-            log.warning("circuit.changed", state=state, previous=self.circuit)
-            self.circuit = state
-            self.metrics.circuit_state.set(CIRCUIT_STATES[state])
+    async def _react(self, outcome: Outcome, route: str, probe: bool) -> None:
+        """Update the circuit, the route's ramp and the shared pauses after one outcome.
 
-    async def _react(self, outcome: Outcome, prepared: Prepared, probing: bool) -> None:
-        """Update the circuit and the shared pauses after one outcome."""
-        if outcome.kind is OutcomeKind.PUBLISHED:
-            self.failures = 0
-            stale = {GLOBAL, prepared.route} & self.view.routes()
+        An answer about the event itself (accepted, or refused for its content) shows that the
+        EventApi and the route work: it closes the circuit and ends their pauses.
+        """
+        answered = outcome.kind in (OutcomeKind.PUBLISHED, OutcomeKind.PERMANENT)
+        self.gate.finished(route, succeeded=answered, probe=probe)
+        if answered:
+            self.gate.circuit.succeeded()
+            stale = [name for name in (GLOBAL, route) if name in self.gate.pauses]
             if stale:
-                await self._pause_change(lambda: self.store.clear_pauses(sorted(stale)))
-                log.info("pause.cleared", routes=sorted(stale))
+                await self._clear_pauses(stale)
             return
         if outcome.kind is OutcomeKind.CONFIGURATION:
-            route = GLOBAL if outcome.error_class == "token_rejected" else prepared.route
-            await self._pause(
-                route, self.config.policy.configuration_pause, "configuration", outcome
+            target = GLOBAL if outcome.for_all_routes else route
+            pause = self.config.policy.configuration_pause
+            await self._pause(target, pause, "configuration", outcome)
+        elif is_throttle(outcome):
+            assert outcome.retry_after is not None
+            await self._pause(route, outcome.retry_after, "retry_after", outcome)
+        elif outcome.kind is OutcomeKind.TRANSIENT:
+            await self._circuit(self.gate.circuit.failed(self.clock(), probe=probe), outcome)
+
+    async def _circuit(self, change: Change | None, outcome: Outcome) -> None:
+        if change is None:
+            return
+        seconds = self.gate.circuit.pause
+        reason = _reason(outcome)
+        if change is Change.OPENED:
+            await self.calls.run(
+                "pause", lambda: self.store.set_pause(GLOBAL, seconds, "circuit", reason)
             )
-            return
-        if outcome.kind is not OutcomeKind.TRANSIENT:
-            return
-        self.failures += 1
-        if outcome.retry_after is not None and outcome.http_status in (429, 503):
-            await self._pause(prepared.route, outcome.retry_after, "retry_after", outcome)
-        if probing or self.failures >= self.config.circuit_threshold:
-            await self._open_circuit(outcome)
-
-    async def _open_circuit(self, outcome: Outcome) -> None:
-        previous = self.view.global_pause()
-        duration = self.config.circuit_pause
-        if previous is not None and previous.kind == "circuit":
-            duration = timedelta(seconds=previous.duration) * 2
-        duration = min(duration, self.config.circuit_pause_cap)
-        await self._pause(GLOBAL, duration, "circuit", outcome)
-        self._set_circuit("open")
-
-    async def _pause(self, route: str, duration: timedelta, kind: str, outcome: Outcome) -> None:
-        reason = f"{outcome.error_class}: {outcome.error or ''}".strip(": ")
-        await self._pause_change(
-            lambda: self.store.set_pause(route, duration.total_seconds(), kind, reason)
-        )
-        log.warning(
-            "pause.set", route=route, kind=kind, seconds=duration.total_seconds(), reason=reason
-        )
-
-    async def _pause_change(self, change: Callable[[], Awaitable[None]]) -> None:
-        await self._db("pause", change)
+        else:
+            renewed = await self.calls.run(
+                "pause", lambda: self.store.renew_pause(GLOBAL, seconds, "circuit", reason)
+            )
+            if not renewed:
+                seconds = 0  # another replica's probe renewed it first; its length holds
+        if seconds:
+            log.warning("circuit.opened", seconds=seconds, **_classified(outcome))
+        self._give_back_queued("paused")
         await self._refresh_pauses()
 
-    # Recorder --------------------------------------------------------------------------------
+    async def _pause(self, route: str, duration: timedelta, kind: str, outcome: Outcome) -> None:
+        seconds = duration.total_seconds()
+        await self.calls.run(
+            "pause", lambda: self.store.set_pause(route, seconds, kind, _reason(outcome))
+        )
+        log.warning("pause.set", route=route, kind=kind, seconds=seconds, **_classified(outcome))
+        self.gate.paused_again(route)
+        if route != GLOBAL:
+            self.parker.route_paused(route)
+        await self._refresh_pauses()
 
-    async def _recorder(self) -> None:
-        while True:
-            await self.has_done.wait()
-            if self.busy and len(self.done) < self.config.min_claim:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FLUSH_DELAY):
-                        await self.enough_done.wait()
-            self.writing = asyncio.ensure_future(self._flush())
-            await asyncio.shield(self.writing)
+    async def _clear_pauses(self, routes: list[str]) -> None:
+        cleared = await self.calls.run("pause", lambda: self.store.clear_pauses(routes))
+        if cleared:
+            log.info("pause.cleared", routes=sorted(cleared))
+        await self._refresh_pauses()
 
-    async def _flush_all(self) -> None:
-        while self.done:
-            await self._flush()
+    # Recording ---------------------------------------------------------------------------------
 
-    async def _flush(self) -> None:
-        batch, self.done = self.done, []
-        self.has_done.clear()
-        self.enough_done.clear()
-        if not batch:
-            return
-        results = [d.result for d in batch]
-        written = await self._db("record", lambda: self.store.record(results))
+    def _written(self, batch: list[Done], written: set[int]) -> None:
+        dead_keyed = []
         for item in batch:
-            self.held.discard(item.row.id)
-            self._report(item, fenced=item.row.id not in written)
+            fenced = item.row.id not in written
+            self._report(item, fenced=fenced)
+            if not fenced and item.result.status == "dead" and item.row.ordering_key:
+                dead_keyed.append(item.row.id)
+        self.parker.behind_dead(dead_keyed)
         # A row written may unblock the next row of its key, or a retry due at once.
         self.wake.set()
         # A retry due before the next poll is woken for, so short backoffs stay short.
-        due = [d.result.delay for d in batch if d.result.status == "pending" and d.result.delay]
+        due = [
+            d.result.delay
+            for d in batch
+            if d.result.status == "pending" and d.result.delay and d.result.logged
+        ]
         if due and min(due) < self.config.poll_interval.total_seconds():
             asyncio.get_running_loop().call_later(min(due), self.wake.set)
 
     def _report(self, item: Done, *, fenced: bool) -> None:
         row, result = item.row, item.result
-        if result.status == "published" and not fenced:
-            # The common case logs nothing: the delivery log holds the row's history, and a
-            # line per event would cost more CPU than the rest of its bookkeeping.
+        if not result.logged:
+            return  # given back unsent: counted when it happened
+        if result.status == "published":
+            self.published += 1
             self.metrics.published.labels(row.event_type).inc()
-            return
+            if not fenced:
+                # The common case logs nothing: the delivery log holds the row's history, and
+                # a line per event would cost more CPU than the rest of its bookkeeping.
+                return
         bound = log.bind(
             outbox_id=row.id,
             event_type=row.event_type,
             correlation_id=item.correlation_id,
-            tenant=item.tenant,
+            route=item.route,
             attempt=result.attempts,
         )
         if fenced:
             self.metrics.fence_lost.inc()
             bound.warning("outbox.fence_lost", outcome=result.outcome)
         elif result.status == "dead":
+            self.dead += 1
             self.metrics.dead.labels(row.event_type, result.outcome).inc()
+            # The relay's own reasons are logged; the partner's words are not (an error body
+            # may echo the payload): they are in the row and its delivery log.
+            reason = result.error if result.outcome == "invalid_event" else None
             bound.warning(
                 "publish.dead_lettered",
                 outcome=result.outcome,
                 http_status=result.http_status,
-                error=result.error,
+                reason=reason,
             )
-        elif result.attempts > row.attempts:
+        elif result.attempts >= row.attempts:
             self.metrics.retried.labels(row.event_type, result.outcome).inc()
             bound.info(
                 "publish.retry_scheduled",
@@ -475,38 +628,19 @@ class Worker:
         else:
             bound.info("publish.deferred", outcome=result.outcome, delay=result.delay)
 
-    # Database calls ----------------------------------------------------------------------------
 
-    async def _db(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one database operation, retrying with backoff while the database is away."""
-        attempt = 0
-        while True:
-            try:
-                value = await make()
-            except DATABASE_ERRORS as error:
-                attempt += 1
-                self._database_failed(operation, error)
-                await asyncio.sleep(self._backoff.delay(attempt).total_seconds())
-                continue
-            if not self.database_ok:
-                log.info("database.recovered", operation=operation)
-                self.database_ok = True
-            return value
+def _reason(outcome: Outcome) -> str:
+    """What a pause row says: the class and status, and the partner's words (stored only)."""
+    text = outcome.error_class
+    if outcome.error:
+        text += f": {outcome.error}"
+    return text[:500]
 
-    async def _db_at_exit(self, operation: str, make: Callable[[], Awaitable[None]]) -> None:
-        """At shutdown, try a few times and then leave it to the leases."""
-        for attempt in range(1, 4):
-            try:
-                await make()
-            except DATABASE_ERRORS as error:
-                self._database_failed(operation, error)
-                await asyncio.sleep(self._backoff.delay(attempt).total_seconds())
-            else:
-                return
-        log.error("database.gave_up", operation=operation, fallback="leases expire")
 
-    def _database_failed(self, operation: str, error: BaseException) -> None:
-        self.metrics.db_errors.labels(operation).inc()
-        if self.database_ok:
-            log.error("database.unavailable", operation=operation, error=str(error))
-        self.database_ok = False
+def _classified(outcome: Outcome) -> dict[str, object]:
+    """What a log line may say of an answer: its class and status, never its text (an error
+    body may echo the payload)."""
+    return {"outcome": outcome.error_class, "http_status": outcome.http_status}
+
+
+__all__ = ["DrainReport", "EngineConfig", "Result", "Worker"]

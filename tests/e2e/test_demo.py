@@ -33,7 +33,7 @@ RESULT = re.compile(
 )
 EXPORTED_URL = re.compile(r"export RELAY_DATABASE_URL='([^']+)'")
 REASONS = (
-    "payload must be a JSON object, not a JSON list",
+    "payload must be a JSON object, not a JSON array",
     "payload is missing correlationId",
     "payload eventType 'case_created' disagrees with event_type 'claim_updated'",
     "payload correlationId is not a UUID",

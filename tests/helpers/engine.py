@@ -79,6 +79,12 @@ async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
     if task.done():
         started.cancel()
         task.result()
+    assert daemon.worker is not None
+    running = asyncio.create_task(daemon.worker.running.wait())
+    await asyncio.wait([task, running], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        running.cancel()
+        task.result()
     try:
         yield daemon
     finally:

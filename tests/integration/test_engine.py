@@ -76,7 +76,7 @@ async def test_bad_rows_are_dead_lettered_before_any_request(
     assert emulator.stats()["events"] == len(good)
     dead = await db.fetch("SELECT last_error FROM outbox WHERE status = 'dead' ORDER BY id")
     reasons = [row["last_error"] for row in dead]
-    assert reasons[0] == "payload must be a JSON object, not a JSON list"
+    assert reasons[0] == "payload must be a JSON object, not a JSON array"
     assert reasons[1] == "payload is missing correlationId, timestamp"
     assert "disagrees with event_type" in reasons[2]
 
@@ -110,7 +110,9 @@ async def test_outage_longer_than_the_backoff_cap_kills_nothing(
             max_age=0,
         )
         async with running_daemon(settings) as daemon:
-            await wait_for(lambda: daemon.worker is not None and daemon.worker.circuit != "closed")
+            await wait_for(
+                lambda: daemon.worker is not None and daemon.worker.gate.circuit.state != "closed"
+            )
             # Stay down through five probes: pauses of 0.05, 0.1, 0.2, 0.2 and 0.2 s, far past
             # the 0.05 s backoff cap, so every row could have used all its attempts.
             opened_at = emulator.status_counts[503]

@@ -178,7 +178,7 @@ async def test_a_custom_schema_lives_beside_public(
     await db.execute(
         "INSERT INTO events_out.outbox (event_type, payload) VALUES ('claim_updated', '{}')"
     )
-    claimed = await db.fetch(Queries("events_out").claim, 10, "w", "dk", "abc", True, 60.0)
+    claimed = await db.fetch(Queries("events_out").claim, 10, "w", "dk", "abc", True, 60.0, 1 << 32)
     assert sorted(row["event_type"] for row in claimed) == ["case_created", "claim_updated"]
     assert row_id in {row["id"] for row in claimed}
     assert await db.fetchval("SELECT count(*) FROM public.outbox") == 0
@@ -339,7 +339,14 @@ async def test_the_claim_query_reads_only_the_partial_index(db: asyncpg.Connecti
     )
     await db.execute("ANALYZE outbox")
     explained = await db.fetchval(
-        "EXPLAIN (FORMAT JSON) " + Queries("public").claim, 10, "w", "dk", "abc", True, 60.0
+        "EXPLAIN (FORMAT JSON) " + Queries("public").claim,
+        10,
+        "w",
+        "dk",
+        "abc",
+        True,
+        60.0,
+        1 << 32,
     )
     nodes = list(plan_nodes(json.loads(explained)[0]["Plan"]))
     scans = [

@@ -29,7 +29,7 @@ from tests.helpers.partner import CLIENT_SECRET, running, secret_config
 from tests.integration.test_admin import eventually
 
 RELAY = str(Path(sys.executable).with_name("relay"))
-EVENT_FIELDS = ("outbox_id", "event_type", "correlation_id", "tenant", "attempt")
+EVENT_FIELDS = ("outbox_id", "event_type", "correlation_id", "route", "attempt")
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -88,7 +88,7 @@ async def test_metrics_counters_move_during_a_run(
     assert await status_counts(db) == {"published": 50}
 
 
-async def test_readyz_turns_503_during_a_403_and_200_after(
+async def test_a_route_refused_with_403_is_paused_per_route_and_the_process_stays_ready(
     db: asyncpg.Connection, database_url: str
 ) -> None:
     async with running() as emulator:
@@ -97,26 +97,38 @@ async def test_readyz_turns_503_during_a_403_and_200_after(
             readyz = f"http://127.0.0.1:{daemon.http_port}/readyz"
             assert (await get(readyz))[0] == 200
             emulator.set_faults(status=403)
-            await insert_rows(db, 3)
+            await insert_rows(db, 1)
 
-            async def not_ready() -> bool:
-                return (await get(readyz))[0] == 503
+            async def route_paused() -> bool:
+                value = await sample(
+                    daemon.http_port,
+                    "relay_route_paused",
+                    country="dk",
+                    tenant="abcinsurance",
+                    kind="configuration",
+                )
+                return value == 1
 
-            await eventually(not_ready)
-            _, body = await get(readyz)
-            paused = await sample(daemon.http_port, "relay_paused", kind="configuration")
+            await eventually(route_paused)
+            # Written while the route is paused: held back, not sent.
+            await insert_rows(db, 2)
+            # One route's trouble is not the process's: it can still deliver every other route.
+            status, body = await get(readyz)
+            sent_while_paused = emulator.status_counts[403]
             emulator.clear_faults()
 
-            async def ready_and_sent() -> bool:
-                return (await get(readyz))[0] == 200 and await status_counts(db) == {"published": 3}
+            async def sent() -> bool:
+                return await status_counts(db) == {"published": 3}
 
-            await eventually(ready_and_sent)
-    reason = orjson.loads(body)["reason"]
-    assert "dk/abcinsurance" in reason
-    assert "http_403" in reason
-    assert paused == 1
-    # A configuration error costs no attempt: each row was published at its first count.
-    assert await db.fetchval("SELECT max(attempts) FROM outbox") == 1
+            await eventually(sent)
+    assert (status, orjson.loads(body)) == (200, {"status": "ready"})
+    assert sent_while_paused == 1
+    # The refused attempt counted (so a route that answers 404 for ever ends its rows dead,
+    # like any failure); the rows held back by the pause used none.
+    attempts = [
+        row["attempts"] for row in await db.fetch("SELECT attempts FROM outbox ORDER BY id")
+    ]
+    assert attempts == [2, 1, 1]
 
 
 async def test_failed_twice_then_published_leaves_three_delivery_rows(
@@ -124,8 +136,9 @@ async def test_failed_twice_then_published_leaves_three_delivery_rows(
 ) -> None:
     async with running() as emulator:
         # Retry-After: 1 spaces the attempts a second apart, so the fault can be lifted
-        # between the second and third attempt without a race.
-        emulator.set_faults(status=503, retry_after="1")
+        # between the second and third attempt without a race. (A 500: a 503 or 429 with
+        # Retry-After is a throttle, which defers the row without using an attempt.)
+        emulator.set_faults(status=500, retry_after="1")
         async with running_daemon(engine_settings(database_url, emulator)):
             [row_id] = await insert_rows(db, 1)
 
@@ -146,12 +159,12 @@ async def test_failed_twice_then_published_leaves_three_delivery_rows(
         row_id,
     )
     assert [(r["attempt"], r["http_status"], r["outcome"]) for r in log] == [
-        (1, 503, "http_503"),
-        (2, 503, "http_503"),
+        (1, 500, "http_500"),
+        (2, 500, "http_500"),
         (3, 201, "created"),
     ]
     assert log[2]["event_api_id"] == "1"
-    assert "HTTP 503" in log[0]["error"]
+    assert "HTTP 500" in log[0]["error"]
     gaps = [
         (b["attempted_at"] - a["attempted_at"]).total_seconds() for a, b in itertools.pairwise(log)
     ]

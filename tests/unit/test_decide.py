@@ -1,14 +1,17 @@
-"""The row's next state, as a table: prepare() and decide() are pure."""
+"""The row's next state, as a table: prepare(), decide() and give_back() are pure."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from relay.decide import Policy, Prepared, Unsendable, decide, prepare
+from relay.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
 from relay.outbox import ClaimedRow
 from relay.publisher import Outcome, OutcomeKind
+from relay.queries import ENVELOPE_FIELDS
 from relay.retry import GiveUpPolicy, RetryPolicy
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -18,31 +21,54 @@ POLICY = Policy(
     configuration_pause=timedelta(seconds=60),
 )
 GOOD = (
-    '{"eventType": "case_created", "payloadVersion": "1.0.0", "timestamp": "2017-07-25T10:31:28Z",'
-    ' "correlationId": "70C6D351-016F-4C9E-B1A9-D581FC3A596B", "case": {"number": "1"}}'
+    '{"case": {"number": "1", "amount": 12345678901234567.89}, "eventType": "case_created", '
+    '"timestamp": "2017-07-25T10:31:28Z", "payloadVersion": "1.0.0", '
+    '"correlationId": "70C6D351-016F-4C9E-B1A9-D581FC3A596B"}'
 )
+JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+
+
+def _kind(value: object) -> str:
+    return JSON_KINDS.get(type(value), "number")
 
 
 def row(
-    payload: str = GOOD, attempts: int = 0, age: timedelta = timedelta(0), **kw: str
+    payload: str = GOOD,
+    attempts: int = 1,
+    age: timedelta = timedelta(0),
+    stops: int = 0,
+    **kw: str,
 ) -> ClaimedRow:
+    """A claimed row as the claim returns it; the envelope read out as PostgreSQL would."""
+    document: Any = json.loads(payload)
+    fields = document if isinstance(document, dict) else {}
     return ClaimedRow(
         id=7,
+        token=1 << 32 | 1,
         event_type="case_created",
         payload=payload,
         tenant=kw.get("tenant"),
         country=kw.get("country"),
         ordering_key=None,
         attempts=attempts,
+        stops=stops,
         created_at=NOW - age,
+        payload_type=_kind(document),
+        envelope={
+            name: fields[name] if isinstance(fields.get(name), str) else None
+            for name in ENVELOPE_FIELDS
+        },
+        envelope_kinds={
+            name: _kind(fields[name]) if name in fields else None for name in ENVELOPE_FIELDS
+        },
     )
 
 
-def test_prepare_encodes_compactly_and_routes_by_row_then_default() -> None:
-    prepared = prepare(row(tenant="budget"), "dk", "abc")
+def test_prepare_sends_the_stored_text_unchanged_and_routes_by_row_then_default() -> None:
+    prepared = prepare(row(tenant="budget"), "dk", "abc", max_stops=5)
     assert isinstance(prepared, Prepared)
-    assert prepared.body.startswith(b'{"eventType":"case_created","payloadVersion":"1.0.0"')
-    assert b": " not in prepared.body
+    assert prepared.body == GOOD.encode()
+    assert b"12345678901234567.89" in prepared.body
     assert prepared.route == "dk/budget"
     assert prepared.correlation_id == "70C6D351-016F-4C9E-B1A9-D581FC3A596B"
 
@@ -50,26 +76,64 @@ def test_prepare_encodes_compactly_and_routes_by_row_then_default() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        ("[1]", "payload must be a JSON object, not a JSON list"),
-        ('"text"', "payload must be a JSON object, not a JSON str"),
+        ("[1]", "payload must be a JSON object, not a JSON array"),
+        ('"text"', "payload must be a JSON object, not a JSON string"),
+        ("1e400", "payload must be a JSON object, not a JSON number"),
         (
             '{"eventType": "case_created"}',
             "payload is missing payloadVersion, correlationId, timestamp",
         ),
+        (
+            GOOD.replace('"1.0.0"', "[1, 0, 0]"),
+            "payload fields must be JSON strings: payloadVersion is a JSON array",
+        ),
+        (GOOD.replace('"1.0.0"', "null"), "payload is missing payloadVersion"),
         (GOOD.replace('"case_created"', '"claim_updated"', 1), "disagrees with event_type"),
         (GOOD.replace("70C6D351", "nope"), "payload correlationId is not a UUID"),
     ],
 )
 def test_prepare_refuses_unsendable_rows(payload: str, reason: str) -> None:
-    prepared = prepare(row(payload), "dk", "abc")
+    prepared = prepare(row(payload), "dk", "abc", max_stops=5)
     assert isinstance(prepared, Unsendable)
     assert reason in prepared.reason
 
 
 def test_prepare_needs_a_route() -> None:
-    prepared = prepare(row(), None, None)
+    prepared = prepare(row(), None, None, max_stops=5)
     assert isinstance(prepared, Unsendable)
     assert "RELAY_TENANT" in prepared.reason
+
+
+@pytest.mark.parametrize(("country", "tenant"), [("..", "abc"), ("dk", ".."), ("dk", "a/b")])
+def test_prepare_refuses_a_route_that_could_steer_the_request(country: str, tenant: str) -> None:
+    prepared = prepare(row(country=country, tenant=tenant), "dk", "abc", max_stops=5)
+    assert isinstance(prepared, Unsendable)
+    assert "is not" in prepared.reason
+
+
+@pytest.mark.parametrize(
+    ("stops", "reason"),
+    [
+        (3, "the relay stopped while sending it 3 times"),
+        (1, "the relay stopped while sending it once"),
+    ],
+)
+def test_a_row_that_keeps_stopping_relays_is_not_sent_again(stops: int, reason: str) -> None:
+    prepared = prepare(row(stops=stops), "dk", "abc", max_stops=stops)
+    assert isinstance(prepared, Unsendable)
+    assert prepared.reason == reason
+    assert isinstance(prepare(row(stops=stops - 1), "dk", "abc", max_stops=stops), Prepared)
+
+
+def test_give_back_returns_the_claimed_attempt_and_logs_nothing() -> None:
+    result = give_back(row(attempts=3), "paused", NOW)
+    assert (result.status, result.attempts, result.delay, result.logged) == (
+        "pending",
+        2,
+        0.0,
+        False,
+    )
+    assert result.token == row().token
 
 
 def outcome(kind: OutcomeKind, status: int | None = None, **kw: object) -> Outcome:
@@ -79,23 +143,33 @@ def outcome(kind: OutcomeKind, status: int | None = None, **kw: object) -> Outco
 @pytest.mark.parametrize(
     ("the_row", "the_outcome", "counts", "status", "attempts", "delay"),
     [
+        # The claim counted the attempt: `attempts` below is what the row keeps.
         (row(), outcome(OutcomeKind.PUBLISHED, 201, event_api_id="9"), True, "published", 1, None),
         (row(), outcome(OutcomeKind.PERMANENT, 400), True, "dead", 1, None),
-        (row(attempts=2), outcome(OutcomeKind.TRANSIENT, 503), True, "pending", 3, 2.0),
-        # Retry-After is a floor under the jittered backoff.
+        (row(attempts=3), outcome(OutcomeKind.TRANSIENT, 503), True, "pending", 3, 2.0),
+        # A throttle (429/503 with Retry-After) defers the row without using an attempt.
         (
-            row(),
+            row(attempts=2),
             outcome(OutcomeKind.TRANSIENT, 429, retry_after=timedelta(seconds=30)),
             True,
             "pending",
             1,
             30.0,
         ),
+        # Retry-After on another transient answer is a floor under the jittered backoff.
+        (
+            row(),
+            outcome(OutcomeKind.TRANSIENT, 500, retry_after=timedelta(seconds=30)),
+            True,
+            "pending",
+            1,
+            30.0,
+        ),
         # Out of attempts but young: retried still.
-        (row(attempts=9), outcome(OutcomeKind.TRANSIENT, 503), True, "pending", 10, 256.0),
+        (row(attempts=10), outcome(OutcomeKind.TRANSIENT, 503), True, "pending", 10, 256.0),
         # Out of attempts and old: dead.
         (
-            row(attempts=4, age=timedelta(hours=2)),
+            row(attempts=5, age=timedelta(hours=2)),
             outcome(OutcomeKind.TRANSIENT, 503),
             True,
             "dead",
@@ -103,9 +177,26 @@ def outcome(kind: OutcomeKind, status: int | None = None, **kw: object) -> Outco
             None,
         ),
         # While the circuit is open an outage costs no attempt.
-        (row(attempts=2), outcome(OutcomeKind.TRANSIENT, 503), False, "pending", 2, 1.0),
-        # A configuration error waits for the route's pause, using no attempt.
-        (row(attempts=1), outcome(OutcomeKind.CONFIGURATION, 403), True, "pending", 1, 60.0),
+        (row(attempts=3), outcome(OutcomeKind.TRANSIENT, 503), False, "pending", 2, 1.0),
+        # A route refused (403, 404) costs the attempt, and waits at least for the route's pause.
+        (row(attempts=2), outcome(OutcomeKind.CONFIGURATION, 404), True, "pending", 2, 60.0),
+        (
+            row(attempts=5, age=timedelta(hours=2)),
+            outcome(OutcomeKind.CONFIGURATION, 404),
+            True,
+            "dead",
+            5,
+            None,
+        ),
+        # Our client refused everywhere: the row waits, using no attempt.
+        (
+            row(attempts=2),
+            outcome(OutcomeKind.CONFIGURATION, 401, for_all_routes=True),
+            True,
+            "pending",
+            1,
+            60.0,
+        ),
     ],
 )
 def test_decide(
