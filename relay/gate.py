@@ -37,11 +37,12 @@ class Ramp:
 class Refreshed:
     """What a refresh found: routes whose pause was lifted (their parked rows go back to
     pending), routes whose pause has run out and wait for a probe (one parked row goes back
-    each refresh until a probe succeeds or fails), and whether a global pause began (rows
-    queued locally must go back)."""
+    each refresh until a probe succeeds or fails), routes newly paused (their rows can be
+    parked), and whether a global pause began (rows queued locally must go back)."""
 
     lifted: frozenset[str] = frozenset()
     expired: frozenset[str] = frozenset()
+    paused: frozenset[str] = frozenset()  # routes whose pause this view sees begin
     global_hold_began: bool = False
 
 
@@ -75,9 +76,18 @@ class Gate:
         routes = {route for route in self.pauses if route != GLOBAL}
         lifted = frozenset(before - routes)
         expired = frozenset(route for route in routes if self.pauses[route].remaining <= 0)
+        paused = frozenset(route for route in routes - expired if route not in was_active)
         for route in (lifted | expired) & was_active:
             self.ramps[route] = Ramp()
-        return Refreshed(lifted, expired, self.global_held(now) and not was_held)
+        return Refreshed(lifted, expired, paused, self.global_held(now) and not was_held)
+
+    def next_expiry(self, now: float) -> float | None:
+        """Seconds until the first pause in force (or the open circuit) runs out, if any."""
+        left = [self.remaining(route, now) for route in self.pauses]
+        if self.circuit.state == "open":
+            left.append(self.circuit.until - now)
+        active = [seconds for seconds in left if seconds > 0]
+        return min(active) if active else None
 
     def remaining(self, route: str, now: float) -> float:
         pause = self.pauses.get(route)

@@ -300,7 +300,7 @@ class Worker:
         poll = self.config.poll_interval.total_seconds()
         while True:
             await self.liveness.alive.wait()
-            if self.clock() - self.gate.read_at >= poll:
+            if self.clock() >= self._next_refresh:
                 await self._refresh_pauses()
             size = self._claim_size() if self.more else 0
             if size:
@@ -309,7 +309,7 @@ class Worker:
                 if rows:
                     backoff = DRAIN_BACKOFF
                     continue
-            timeout = poll
+            timeout = max(min(poll, self._next_refresh - self.clock()), 0.001)
             if drain and not self._outstanding() and not self.recorder.done:
                 remaining, next_in = await self.calls.run(
                     "unfinished", lambda: self.store.unfinished(self.config.dead_blocks_key)
@@ -317,11 +317,11 @@ class Worker:
                 if remaining == 0:
                     return
                 if next_in > 0:
-                    timeout = min(poll, next_in)
+                    timeout = min(timeout, next_in)
                 else:
                     # Available yet not claimable (a producer's key lock, a paused route):
                     # wait, longer each time, instead of asking again at once.
-                    timeout, backoff = backoff, min(backoff * 2, poll)
+                    timeout, backoff = min(timeout, backoff), min(backoff * 2, poll)
             await self._wait_for_work(timeout)
 
     async def _wait_for_work(self, wait_seconds: float) -> None:
@@ -364,11 +364,22 @@ class Worker:
                 self.queued.notify(len(fresh))
         return rows
 
+    @property
+    def _next_refresh(self) -> float:
+        """When to read the pauses again: every poll, and as soon as one runs out (its route
+        then needs a probe, or the circuit half-opens)."""
+        now = self.clock()
+        due = self.gate.read_at + self.config.poll_interval.total_seconds()
+        expiry = self.gate.next_expiry(now)
+        return due if expiry is None else min(due, now + expiry)
+
     async def _refresh_pauses(self) -> None:
         pauses = await self.calls.run("pauses", self.store.pauses)
         refreshed = self.gate.refresh(pauses, self.clock())
         for route in refreshed.expired:
             self.parker.route_expired(route)
+        for route in refreshed.paused:
+            self.parker.route_paused(route)
         if refreshed.lifted or refreshed.expired:
             self.wake.set()
         if refreshed.global_hold_began:
@@ -377,8 +388,10 @@ class Worker:
 
     def _pause_metrics(self) -> None:
         active = {(route, p.kind) for route, p in self.gate.pauses.items() if p.remaining > 0}
+        # relay_paused is what holds the whole relay; a route's pause shows per route.
+        held = {kind for route, kind in active if route == GLOBAL}
         for kind in ("retry_after", "circuit", "configuration"):
-            self.metrics.paused.labels(kind).set(1 if kind in {k for _, k in active} else 0)
+            self.metrics.paused.labels(kind).set(1 if kind in held else 0)
         self.metrics.route_paused.clear()
         for route, kind in active:
             country, _, tenant = route.partition("/")
@@ -553,9 +566,7 @@ class Worker:
         )
         log.warning("pause.set", route=route, kind=kind, seconds=seconds, **_classified(outcome))
         self.gate.paused_again(route)
-        if route != GLOBAL:
-            self.parker.route_paused(route)
-        await self._refresh_pauses()
+        await self._refresh_pauses()  # sees the route newly paused, and has its rows parked
 
     async def _clear_pauses(self, routes: list[str]) -> None:
         cleared = await self.calls.run("pause", lambda: self.store.clear_pauses(routes))
