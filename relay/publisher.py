@@ -8,6 +8,8 @@ docs/classification.md is the same table in prose; a test holds the two together
 
 from __future__ import annotations
 
+import codecs
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -15,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import aiohttp
@@ -24,12 +27,23 @@ import structlog
 from relay.config import Settings, env_name
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.metrics import Metrics
-from relay.token import AccessToken, TokenProvider
+
+if TYPE_CHECKING:
+    # Only for annotations: relay.token uses this module's helpers for partner text.
+    from relay.token import AccessToken, TokenProvider
 
 log = structlog.get_logger("relay.publisher")
 
 CONTENT_TYPE = "application/json;charset=utf-8"
 MAX_ERROR_LENGTH = 1000
+MAX_BODY_TEXT = 200  # characters of a non-JSON body quoted in an error: a page's first words
+ELLIPSIS = "\u2026"
+# C0 controls but tab and newline (and DEL): PostgreSQL refuses NUL in a text column, and the
+# others garble the terminals and log viewers that show last_error.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+# Lone surrogates (undecodable bytes kept by surrogateescape) cannot be encoded as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 MAX_RETRY_AFTER = timedelta(days=1)  # a absurd Retry-After must not park a row for ever
 
 
@@ -50,9 +64,24 @@ class Outcome:
     error_class: str  # short stable label for metrics and status, e.g. "http_503"
     http_status: int | None = None
     event_api_id: str | None = None  # Scalepoint's _id, as text
-    error: str | None = None  # human-readable, <= 1000 chars, for outbox.last_error
+    error: str | None = None  # human-readable, storable(), for outbox.last_error
     retry_after: timedelta | None = None
     latency: float = 0.0  # seconds spent on the request, set by Publisher
+
+    def __post_init__(self) -> None:
+        # error often quotes the partner; whoever builds an Outcome, what is stored is safe.
+        if self.error is not None:
+            object.__setattr__(self, "error", storable(self.error))
+
+
+def storable(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """``text`` made safe for a PostgreSQL ``text`` column and a terminal: no control characters
+    but tab and newline, nothing UTF-8 cannot encode, at most ``limit`` characters (a cut ends
+    in an ellipsis). Applying it twice changes nothing more."""
+    clean = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text))
+    if len(clean) <= limit:
+        return clean
+    return clean[: limit - 1] + ELLIPSIS if limit > 0 else ""
 
 
 P = OutcomeKind.PERMANENT
@@ -97,12 +126,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     elif 300 <= status < 400:
         error_class = "redirect"
     retry_after = parse_retry_after(headers) if kind is T else None
-    message = f"HTTP {status}: {_describe(document, body, headers)}"
     return Outcome(
         kind=kind,
         error_class=error_class,
         http_status=status,
-        error=message[:MAX_ERROR_LENGTH],
+        error=f"HTTP {status}: {_describe(document, body, headers)}",
         retry_after=retry_after,
     )
 
@@ -145,8 +173,22 @@ def _describe(document: object, body: bytes, headers: Mapping[str, str]) -> str:
     location = headers.get("Location")
     if location:
         return f"redirected to {location} (check RELAY_API_BASE_URL)"
-    text = body[:200].decode("utf-8", errors="replace").strip()
+    text = storable(body_text(body, headers), MAX_BODY_TEXT).strip()
     return text or "(empty body)"
+
+
+def body_text(body: bytes, headers: Mapping[str, str]) -> str:
+    """An answer's body as text, in the charset its Content-Type or byte order mark names,
+    else UTF-8; undecodable bytes become U+FFFD. Not yet storable()."""
+    named = _CHARSET.search(headers.get("Content-Type", ""))
+    charset = named.group(1) if named else None
+    if charset is None and body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        charset = "utf-16"
+    prefix = body[: MAX_BODY_TEXT * 4]  # enough bytes for the characters quoted
+    try:
+        return prefix.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return prefix.decode("utf-8", errors="replace")
 
 
 def _json(body: bytes) -> object:
@@ -269,9 +311,9 @@ class Publisher:
         try:
             token = await self._tokens.get()
         except TokenUnavailable as error:
-            return Outcome(T, "token_unavailable", error=str(error)[:MAX_ERROR_LENGTH])
+            return Outcome(T, "token_unavailable", error=str(error))
         except TokenRejected as error:
-            return Outcome(C, "token_rejected", error=str(error)[:MAX_ERROR_LENGTH])
+            return Outcome(C, "token_rejected", error=str(error))
         headers = {
             "Authorization": f"Bearer {token.value}",
             "Content-Type": CONTENT_TYPE,

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 from structlog.testing import capture_logs
@@ -362,3 +363,86 @@ async def test_no_secret_assertion_or_token_in_logs(
     assert len(candidates) >= 8
     for secret in candidates:
         assert secret not in everything
+
+
+# Partner text: stored safely, never logged ---------------------------------------------------
+
+PERSONAL = "Jens Hansen"  # what an echoed payload carries: a person's name
+
+
+@pytest.mark.parametrize(
+    ("error_body", "content_type"),
+    [
+        ('{"message": "Incorrect payload", "valid": false}', "application/json; charset=utf-16"),
+        ("<html><body>Bad Request</body></html>", "text/html; charset=utf-16-le"),
+        ('{"message": "bad\\u0000value", "valid": false}', "application/json"),
+        ("<html>\x00\x01\x1b[31m broken \x00</html>", "text/html"),
+    ],
+)
+async def test_partner_error_text_is_accepted_by_a_postgresql_text_column(
+    db: asyncpg.Connection, error_body: str, content_type: str
+) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=400, error_body=error_body, error_content_type=content_type)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.http_status) == (OutcomeKind.PERMANENT, 400)
+    assert outcome.error is not None
+    assert "\x00" not in outcome.error
+    await db.execute("CREATE TEMPORARY TABLE stored (error text)")
+    await db.execute("INSERT INTO stored (error) VALUES ($1)", outcome.error)
+    assert await db.fetchval("SELECT error FROM stored") == outcome.error
+
+
+async def test_a_huge_echoing_error_body_is_stored_bounded() -> None:
+    body = event_body(note="x" * 100_000, changedBy={"name": PERSONAL})
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=500, echo_body=True)
+        outcome = await publish_one(relay.publisher, body)
+    assert outcome.error_class == "http_500"
+    assert outcome.error is not None
+    assert len(outcome.error) <= 1000
+
+
+async def test_an_echoing_error_body_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = event_body(changedBy={"name": PERSONAL, "userName": "jens.hansen"})
+    with capture_logs() as structured:
+        async with running() as emulator, client(partner_settings(emulator)) as relay:
+            for status in (400, 500, 404, 401):
+                emulator.set_faults(status=status, echo_body=True, error_body="Echo: ")
+                outcome = await publish_one(relay.publisher, body)
+                assert outcome.http_status == status
+            emulator.set_faults(status=None, route_status={"dk/abcinsurance": 403})
+            assert (await publish_one(relay.publisher, body)).http_status == 403
+    logged = "\n".join(repr(entry) for entry in structured)
+    logged += "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
+    assert structured  # the 401 retry logs, without the body
+    assert PERSONAL not in logged
+    assert "jens.hansen" not in logged
+    assert "Echo" not in logged
+
+
+async def test_a_token_endpoints_refusal_text_is_never_logged() -> None:
+    refusal = orjson.dumps({"error": "invalid_client", "error_description": f"no {PERSONAL}"})
+    clock = FakeClock()
+    with capture_logs() as structured:
+        async with (
+            running() as emulator,
+            client(partner_settings(emulator), clock=clock) as relay,
+        ):
+            emulator.set_faults(
+                token_status=400,
+                error_body=refusal.decode(),
+                error_content_type="application/json",
+            )
+            outcome = await publish_one(relay.publisher)
+            emulator.set_faults(token_status=503, echo_body=True, error_body=None)
+            clock.advance(61)  # past the configuration pause
+            second = await publish_one(relay.publisher)
+    assert (outcome.error_class, second.error_class) == ("token_rejected", "token_unavailable")
+    assert PERSONAL in (outcome.error or "")  # stored for the operator, ...
+    failures = [entry for entry in structured if entry["event"] == "token.request_failed"]
+    assert len(failures) == 2
+    assert PERSONAL not in repr(structured)  # ... never logged
+    assert CLIENT_SECRET not in repr(structured)
+    assert [entry.get("status") for entry in failures] == [400, 503]

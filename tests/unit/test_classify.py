@@ -16,6 +16,7 @@ from relay.publisher import (
     OutcomeKind,
     classify,
     parse_retry_after,
+    storable,
 )
 
 PUBLISHED = OutcomeKind.PUBLISHED
@@ -189,3 +190,50 @@ def test_outcome_shape() -> None:
     assert OutcomeKind("configuration") is CONFIGURATION
     with pytest.raises(AttributeError):
         outcome.kind = PUBLISHED  # type: ignore[misc]
+
+
+# Partner text as it is stored --------------------------------------------------------------
+
+
+def test_storable_removes_control_characters_but_tab_and_newline() -> None:
+    assert storable("a\x00b\x01c\td\ne\rf\x1bg\x7fh") == "abc\td\nefgh"
+
+
+def test_storable_replaces_what_cannot_be_encoded() -> None:
+    undecodable = b"bad \xff\xfe bytes".decode("utf-8", errors="surrogateescape")
+    assert storable(undecodable) == "bad \ufffd\ufffd bytes"
+    assert storable("lone \ud800 surrogate") == "lone \ufffd surrogate"
+    storable(undecodable).encode("utf-8")  # nothing left that UTF-8 (or PostgreSQL) refuses
+
+
+def test_storable_bounds_the_length_with_a_marker() -> None:
+    assert storable("x" * 5000) == "x" * 999 + "\u2026"
+    assert storable("abcdef", limit=4) == "abc\u2026"
+    assert storable("abcd", limit=4) == "abcd"
+    assert storable("\x00" * 5000) == ""
+
+
+def test_storable_is_idempotent() -> None:
+    text = "\x00\u2026" + "y" * 2000 + "\udc80"
+    assert storable(storable(text)) == storable(text)
+
+
+def test_every_outcome_error_is_storable() -> None:
+    outcome = Outcome(OutcomeKind.PERMANENT, "http_400", error="a\x00b" + "c" * 2000)
+    assert outcome.error == storable("a\x00b" + "c" * 2000)
+    assert Outcome(OutcomeKind.TRANSIENT, "timeout").error is None
+
+
+def test_a_utf16_body_is_read_in_its_charset() -> None:
+    body = "<html>Service Unavailable</html>".encode("utf-16")
+    outcome = classify(503, {"Content-Type": "text/html; charset=utf-16"}, body)
+    assert outcome.error == "HTTP 503: <html>Service Unavailable</html>"
+    without_charset = classify(503, {"Content-Type": "text/html"}, body).error
+    assert without_charset is not None
+    assert "\x00" not in without_charset
+    assert "Service Unavailable" in without_charset
+
+
+def test_a_nul_escaped_in_json_does_not_survive() -> None:
+    outcome = classify(400, {}, b'{"message": "bad\\u0000value", "valid": false}')
+    assert (outcome.error_class, outcome.error) == ("invalid_payload", "HTTP 400: badvalue")
