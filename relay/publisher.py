@@ -44,7 +44,13 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 # Lone surrogates (undecodable bytes kept by surrogateescape) cannot be encoded as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
-MAX_RETRY_AFTER = timedelta(days=1)  # a absurd Retry-After must not park a row for ever
+# The longest Retry-After honoured unless the caller says otherwise: RELAY_RETRY_AFTER_CAP's
+# default, so code built without settings behaves as the daemon does.
+DEFAULT_RETRY_AFTER_CAP: timedelta = Settings.model_fields["retry_after_cap"].default
+# RFC 9110 delta-seconds are ASCII digits; str.isdigit() also says yes to '²', which int() refuses.
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+# More digits than this exceed any cap, and int() refuses strings of over 4300 digits.
+_MAX_DELTA_DIGITS = 18
 
 
 class OutcomeKind(StrEnum):
@@ -114,8 +120,16 @@ CLASS_DEFAULTS: dict[int, OutcomeKind] = {1: T, 2: T, 3: C, 4: P, 5: T}
 PUBLISHED_STATUSES = frozenset({200, 201, 202})
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-    """Turn an EventApi answer into an Outcome. Pure: the same input gives the same value."""
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    retry_after_cap: timedelta = DEFAULT_RETRY_AFTER_CAP,
+) -> Outcome:
+    """Turn an EventApi answer into an Outcome. Pure: the same input gives the same value.
+
+    A transient answer's Retry-After is honoured up to ``retry_after_cap``."""
     document = _json(body)
     if status in PUBLISHED_STATUSES:
         return _success(status, document)
@@ -125,7 +139,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         error_class = _bad_request_class(document)
     elif 300 <= status < 400:
         error_class = "redirect"
-    retry_after = parse_retry_after(headers) if kind is T else None
+    retry_after = parse_retry_after(headers, retry_after_cap) if kind is T else None
     return Outcome(
         kind=kind,
         error_class=error_class,
@@ -198,28 +212,39 @@ def _json(body: bytes) -> object:
         return None
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> timedelta | None:
-    """Retry-After as delta-seconds or HTTP-date (RFC 9110 10.2.3), never negative.
+def parse_retry_after(
+    headers: Mapping[str, str], cap: timedelta = DEFAULT_RETRY_AFTER_CAP
+) -> timedelta | None:
+    """Retry-After as delta-seconds or HTTP-date (RFC 9110 10.2.3), between 0 and ``cap``.
 
-    A date is measured against the response's own Date header when there is one, so the
+    Any value the partner sends, however large or malformed, gives a bounded wait or None. A
+    date is measured against the response's own Date header when there is one, so the
     partner's clock and ours need not agree; otherwise against our clock.
     """
     value = headers.get("Retry-After", "").strip()
     if not value:
         return None
-    if value.isdigit():
-        return min(timedelta(seconds=int(value)), MAX_RETRY_AFTER)
+    if _DELTA_SECONDS.fullmatch(value):
+        return _capped_seconds(value, cap)
     when = _http_date(value)
     if when is None:
         return None
     now = _http_date(headers.get("Date", "")) or datetime.now(UTC)
-    return min(max(when - now, timedelta(0)), MAX_RETRY_AFTER)
+    return min(max(when - now, timedelta(0)), cap)
+
+
+def _capped_seconds(digits: str, cap: timedelta) -> timedelta:
+    significant = digits.lstrip("0") or "0"
+    # Compared as a number before any timedelta exists: timedelta overflows at 10**14 s.
+    if len(significant) > _MAX_DELTA_DIGITS or int(significant) >= cap.total_seconds():
+        return cap
+    return timedelta(seconds=int(significant))
 
 
 def _http_date(value: str) -> datetime | None:
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
@@ -259,12 +284,15 @@ class Publisher:
         api_base_url: str,
         timeout: timedelta,
         metrics: Metrics | None = None,
+        *,
+        retry_after_cap: timedelta = DEFAULT_RETRY_AFTER_CAP,
     ) -> None:
         self._session = session
         self._tokens = tokens
         self._base = api_base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout.total_seconds())
         self._metrics = metrics
+        self._retry_after_cap = retry_after_cap
 
     def url(self, country: str, tenant: str) -> str:
         """The send endpoint for one country and tenant."""
@@ -303,7 +331,7 @@ class Publisher:
             if not isinstance(second, tuple):
                 return second
             _, status, headers, answer = second
-        return classify(status, headers, answer)
+        return classify(status, headers, answer, retry_after_cap=self._retry_after_cap)
 
     async def _attempt(
         self, event_type: str, body: bytes, url: str

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -41,13 +44,16 @@ from relay.errors import (
 )
 from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
 from relay.metrics import Metrics
-from relay.publisher import storable
+from relay.publisher import parse_retry_after, storable
 
 log = structlog.get_logger("relay.token")
 
 REFRESH_AT = 0.8  # fraction of the lifetime after which a background refresh starts
 MAX_SKEW_MARGIN = 30.0  # seconds; the margin is 10% of the lifetime, at most this
 DEFAULT_LIFETIME = 60.0  # seconds, when the server omits expires_in (RFC 6749 5.1 allows it)
+# The longest lifetime believed: a token claimed to live for ever is refreshed daily all the
+# same, so a revoked or rotated client shows within a day.
+MAX_LIFETIME = 86400.0
 MAX_ERROR_TEXT = 300
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -295,11 +301,12 @@ class TokenProvider:
     ) -> AccessToken:
         if status == 200:
             return _token_from(body, started)
+        cap = self._settings.retry_after_cap
         label = f"http_{status}"
         if status in _TRANSIENT_STATUSES or status >= 500:
             message = f"token endpoint answered HTTP {status}"
             raise _Unavailable(
-                message, label, status=status, retry_after=_retry_after_seconds(headers)
+                message, label, status=status, retry_after=_retry_after_seconds(headers, cap)
             )
         if 200 <= status < 300:
             message = f"token endpoint answered HTTP {status} instead of 200"
@@ -356,11 +363,40 @@ def _bad_answer(message: str) -> _Unavailable:
     return _Unavailable(f"token endpoint answered {message}", "bad_response", status=200)
 
 
-def _token_from(body: bytes, started: float) -> AccessToken:
+def _lenient_json(body: bytes) -> object:
+    """The token answer as JSON; Python's own parser as a fallback, as it takes the NaN,
+    Infinity and out-of-range numbers some servers write for expires_in."""
     try:
-        document = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
         raise _bad_answer("200 with a body that is not JSON") from None
+
+
+def _lifetime(expires_in: object) -> float:
+    """expires_in in seconds, at most MAX_LIFETIME. A value that is no number at all counts as
+    absent (the token is still good; only its lifetime is unknown); one not above zero says
+    the token is already dead."""
+    if isinstance(expires_in, str):
+        try:
+            expires_in = float(expires_in)  # some servers send it as a string
+        except ValueError:
+            return DEFAULT_LIFETIME
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return DEFAULT_LIFETIME
+    if isinstance(expires_in, float) and math.isnan(expires_in):
+        return DEFAULT_LIFETIME
+    if expires_in <= 0:
+        raise _bad_answer("with an unusable expires_in")
+    # Compared before float(): a JSON integer may be too large for a float.
+    return MAX_LIFETIME if expires_in >= MAX_LIFETIME else float(expires_in)
+
+
+def _token_from(body: bytes, started: float) -> AccessToken:
+    document = _lenient_json(body)
     if not isinstance(document, dict):
         raise _bad_answer("200 without a JSON object")
     value = document.get("access_token")
@@ -369,20 +405,15 @@ def _token_from(body: bytes, started: float) -> AccessToken:
         raise _bad_answer("200 without an access_token")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise _bad_answer("with a token_type other than Bearer")
-    expires_in = document.get("expires_in", DEFAULT_LIFETIME)
-    if isinstance(expires_in, str) and expires_in.isdigit():
-        expires_in = int(expires_in)  # some servers send it as a string
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
-        raise _bad_answer("with an unusable expires_in")
+    lifetime = _lifetime(document.get("expires_in"))
     scope = document.get("scope")
     # Lifetime counts from when we sent the request: the server's clock started before ours.
-    return AccessToken(value, started, float(expires_in), scope if isinstance(scope, str) else None)
+    return AccessToken(value, started, lifetime, scope if isinstance(scope, str) else None)
 
 
-def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    # Token endpoints send delta-seconds in practice; an HTTP-date falls back to our backoff.
-    value = headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
+def _retry_after_seconds(headers: Mapping[str, str], cap: timedelta) -> float | None:
+    wait = parse_retry_after(headers, cap)
+    return None if wait is None else wait.total_seconds()
 
 
 def _consume_exception(task: asyncio.Task[AccessToken]) -> None:

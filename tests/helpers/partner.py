@@ -99,7 +99,12 @@ async def client(
         )
         assert settings.api_base_url is not None
         publisher = Publisher(
-            session, tokens, settings.api_base_url, settings.request_timeout, metrics
+            session,
+            tokens,
+            settings.api_base_url,
+            settings.request_timeout,
+            metrics,
+            retry_after_cap=settings.retry_after_cap,
         )
         try:
             yield Client(session, tokens, publisher, metrics)

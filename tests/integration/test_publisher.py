@@ -164,6 +164,39 @@ async def test_503_with_retry_after_for_a_time_window() -> None:
         assert (await publish_one(relay.publisher)).kind is OutcomeKind.PUBLISHED
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("99999999999999999999", timedelta(minutes=5)),
+        ("9" * 4000, timedelta(minutes=5)),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", timedelta(minutes=5)),
+        ("Mon, 01 Jan 1900 00:00:00 GMT", timedelta(0)),
+        ("180", timedelta(minutes=3)),
+    ],
+)
+async def test_an_absurd_retry_after_is_capped(retry_after: str, expected: timedelta) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=429, retry_after=retry_after)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "http_429")
+    assert outcome.retry_after == expected
+
+
+async def test_the_retry_after_cap_is_a_setting() -> None:
+    settings = partner_settings("http://unused.invalid", retry_after_cap="30s")
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        capped = Publisher(
+            relay.session,
+            relay.tokens,
+            emulator.base_url,
+            settings.request_timeout,
+            retry_after_cap=settings.retry_after_cap,
+        )
+        emulator.set_faults(status=503, retry_after="99999999999999999999")
+        outcome = await capped.publish(EVENT, event_body(), "dk", "abcinsurance")
+    assert outcome.retry_after == timedelta(seconds=30)
+
+
 async def test_insufficient_scope_is_configuration() -> None:
     config = secret_config(scopes={CLIENT_ID: frozenset({"events", "claims"})})
     async with (

@@ -9,8 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from relay.config import Settings
 from relay.publisher import (
     CLASS_DEFAULTS,
+    DEFAULT_RETRY_AFTER_CAP,
     STATUS_TABLE,
     Outcome,
     OutcomeKind,
@@ -168,7 +170,25 @@ def test_retry_after_http_date_is_measured_against_the_date_header() -> None:
         ({"Retry-After": "soon"}, None),
         ({"Retry-After": "-5"}, None),
         ({"Retry-After": "0"}, timedelta(0)),
-        ({"Retry-After": "99999999"}, timedelta(days=1)),
+        ({"Retry-After": "299"}, timedelta(seconds=299)),
+        ({"Retry-After": "99999999"}, timedelta(minutes=5)),
+        ({"Retry-After": "99999999999999999999"}, timedelta(minutes=5)),
+        ({"Retry-After": "9" * 5000}, timedelta(minutes=5)),  # more digits than int() takes
+        ({"Retry-After": "0" * 30 + "7"}, timedelta(seconds=7)),
+        ({"Retry-After": "\u00b2"}, None),  # str.isdigit() says yes, int() says no
+        ({"Retry-After": "\uff11\uff12"}, None),  # full-width digits are not delta-seconds
+        ({"Retry-After": "1.5"}, None),
+        ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, timedelta(minutes=5)),
+        (
+            {
+                "Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT",
+                "Date": "Mon, 01 Jan 0001 00:00:00 GMT",
+            },
+            timedelta(minutes=5),
+        ),
+        ({"Retry-After": "Mon, 01 Jan 1900 00:00:00 GMT"}, timedelta(0)),
+        ({"Retry-After": "Mon, 01 Jan 99999 00:00:00 GMT"}, None),
+        ({"Retry-After": "Mon, 01 Jan 2024 00:00:00 +9999"}, None),
         ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, timedelta(0)),  # in the past
         (
             {
@@ -181,6 +201,20 @@ def test_retry_after_http_date_is_measured_against_the_date_header() -> None:
 )
 def test_parse_retry_after(headers: dict[str, str], expected: timedelta | None) -> None:
     assert parse_retry_after(headers) == expected
+
+
+def test_the_default_retry_after_cap_is_the_settings_default() -> None:
+    assert DEFAULT_RETRY_AFTER_CAP == Settings().retry_after_cap == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT", "31", "9" * 5000]
+)
+def test_retry_after_is_honoured_up_to_the_cap(value: str) -> None:
+    cap = timedelta(seconds=30)
+    outcome = classify(503, {"Retry-After": value}, b"", retry_after_cap=cap)
+    assert outcome.retry_after == cap
+    assert parse_retry_after({"Retry-After": value}, cap) == cap
 
 
 def test_outcome_shape() -> None:
