@@ -12,11 +12,13 @@ import codecs
 import re
 import ssl
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -274,6 +276,24 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+def exception_origin(error: BaseException) -> str:
+    """Where ``error`` was raised, as ``file.py:123 in function``: enough to find a bug from a
+    log line that must not carry the exception's message (it may quote the partner)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "unknown"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def _unexpected(error: Exception) -> Outcome:
+    # A bug or a surprise from a library. Retrying is safe (delivery is at least once);
+    # letting it end the process would stop every route for the sake of one row.
+    name = type(error).__name__
+    log.error("publish.unexpected_error", error_class=name, where=exception_origin(error))
+    return Outcome(T, "unexpected", error=name)
+
+
 class Publisher:
     """Sends one event at a time to the EventApi and returns an Outcome; never raises."""
 
@@ -302,12 +322,16 @@ class Publisher:
         )
 
     async def publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:
-        """POST one event. ``body`` is the compact UTF-8 JSON, sent unchanged."""
+        """POST one event. ``body`` is the compact UTF-8 JSON, sent unchanged.
+
+        Never raises but ``asyncio.CancelledError``: whatever happens is an Outcome."""
         started = time.perf_counter()
         if self._metrics is not None:
             self._metrics.in_flight.inc()
         try:
             outcome = await self._publish(event_type, body, self.url(country, tenant))
+        except Exception as error:  # CancelledError is a BaseException and goes through
+            outcome = _unexpected(error)
         finally:
             latency = time.perf_counter() - started
             if self._metrics is not None:

@@ -44,7 +44,7 @@ from relay.errors import (
 )
 from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
 from relay.metrics import Metrics
-from relay.publisher import parse_retry_after, storable
+from relay.publisher import exception_origin, parse_retry_after, storable
 
 log = structlog.get_logger("relay.token")
 
@@ -215,6 +215,10 @@ class TokenProvider:
         except TokenUnavailable as error:
             self._record_failure(error, self._backoff(error))
             raise
+        except Exception as error:  # a surprise must not end the process: back off, try again
+            unavailable = self._unexpected(error)
+            self._record_failure(unavailable, self._backoff(unavailable))
+            raise unavailable from None
         self._token = token
         self._failures = 0
         self._not_before = float("-inf")
@@ -223,6 +227,12 @@ class TokenProvider:
             self._metrics.token_refreshes.inc()
         log.info("token.refreshed", lifetime=token.lifetime, auth_method=self.auth_method)
         return token
+
+    def _unexpected(self, error: Exception) -> _Unavailable:
+        name = type(error).__name__
+        log.error("token.unexpected_error", error_class=name, where=exception_origin(error))
+        message = f"unexpected {name} while fetching a token from {self.token_url}"
+        return _Unavailable(message, "unexpected")
 
     def _backoff(self, error: TokenUnavailable) -> float:
         base = self._settings.token_backoff_base.total_seconds()

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from structlog.testing import capture_logs
 
 from relay.config import load_settings
 from relay.emulator import Emulator, EmulatorConfig
-from relay.errors import ConfigurationError
+from relay.errors import ConfigurationError, TokenUnavailable
 from relay.keys import load_pem
 from relay.publisher import Outcome, OutcomeKind, Publisher, create_session
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
@@ -31,6 +32,7 @@ from tests.helpers.partner import (
     partner_settings,
     running,
     secret_config,
+    wait_for,
 )
 
 EVENT = "payment_status_updated"
@@ -300,6 +302,48 @@ async def test_rejected_client_is_configuration() -> None:
         outcome = await publish_one(relay.publisher)
     assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_rejected")
     assert "invalid_client" in (outcome.error or "")
+
+
+# Nothing ends the process -------------------------------------------------------------------
+
+
+async def test_an_unexpected_exception_becomes_a_transient_outcome() -> None:
+    async with aiohttp.ClientSession() as closed:
+        pass  # a closed session raises RuntimeError, which no except clause expects
+    with capture_logs() as logged:
+        async with running() as emulator, client(partner_settings(emulator)) as relay:
+            broken = Publisher(closed, relay.tokens, emulator.base_url, timedelta(seconds=2))
+            outcome = await broken.publish(EVENT, event_body(), "dk", "abcinsurance")
+            assert (await publish_one(relay.publisher)).kind is OutcomeKind.PUBLISHED
+    assert outcome == Outcome(
+        OutcomeKind.TRANSIENT, "unexpected", error="RuntimeError", latency=outcome.latency
+    )
+    assert outcome.latency > 0
+    unexpected = [entry for entry in logged if entry["event"] == "publish.unexpected_error"]
+    assert [entry["error_class"] for entry in unexpected] == ["RuntimeError"]
+    assert emulator.events != []
+
+
+async def test_an_unexpected_exception_fetching_a_token_is_token_unavailable() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        await relay.session.close()  # the session the token provider uses
+        outcome = await publish_one(relay.publisher)
+        with pytest.raises(TokenUnavailable, match="RuntimeError"):
+            await relay.tokens.get()
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "token_unavailable")
+    assert "RuntimeError" in (outcome.error or "")
+    assert emulator.token_requests == []
+
+
+async def test_cancelling_a_publish_still_cancels_it() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(latency_ms=5000)
+        task = asyncio.create_task(publish_one(relay.publisher))
+        await wait_for(lambda: emulator.stats()["in_flight"] == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert relay.metrics.in_flight._value.get() == 0
 
 
 # TLS -----------------------------------------------------------------------------------------
