@@ -75,6 +75,9 @@ class Outcome:
     error: str | None = None  # human-readable, storable(), for outbox.last_error
     retry_after: timedelta | None = None
     latency: float = 0.0  # seconds spent on the request, set by Publisher
+    # A CONFIGURATION outcome that no route can escape (our client, its token, TLS trust):
+    # pause publishing everywhere, not only on this row's route.
+    for_all_routes: bool = False
 
     def __post_init__(self) -> None:
         # error often quotes the partner; whoever builds an Outcome, what is stored is safe.
@@ -101,7 +104,7 @@ C = OutcomeKind.CONFIGURATION
 # body for its error_class. Every TRANSIENT answer honours Retry-After.
 STATUS_TABLE: dict[int, OutcomeKind] = {
     400: P,  # invalid_payload / missing_header / http_400 by body
-    401: C,  # after one retry with a fresh token: the API does not accept our tokens
+    401: C,  # token_not_accepted: seen only after one retry with a fresh token
     403: C,  # insufficient_scope: the client lacks the events scope
     404: C,  # wrong API base URL, country or tenant
     405: P,
@@ -136,19 +139,27 @@ def classify(
     if status in PUBLISHED_STATUSES:
         return _success(status, document)
     kind = STATUS_TABLE.get(status, CLASS_DEFAULTS.get(status // 100, T))
-    error_class = f"http_{status}"
-    if status == 400:
-        error_class = _bad_request_class(document)
-    elif 300 <= status < 400:
-        error_class = "redirect"
     retry_after = parse_retry_after(headers, retry_after_cap) if kind is T else None
     return Outcome(
         kind=kind,
-        error_class=error_class,
+        error_class=_error_class(status, document),
         http_status=status,
         error=f"HTTP {status}: {_describe(document, body, headers)}",
         retry_after=retry_after,
+        # Publisher classifies a 401 only after retrying with a fresh token: the API refuses
+        # what the token endpoint issues, whatever the route.
+        for_all_routes=status == 401,
     )
+
+
+def _error_class(status: int, document: object) -> str:
+    if status == 400:
+        return _bad_request_class(document)
+    if status == 401:
+        return "token_not_accepted"
+    if 300 <= status < 400:
+        return "redirect"
+    return f"http_{status}"
 
 
 def _success(status: int, document: object) -> Outcome:
@@ -365,7 +376,7 @@ class Publisher:
         except TokenUnavailable as error:
             return Outcome(T, "token_unavailable", error=str(error))
         except TokenRejected as error:
-            return Outcome(C, "token_rejected", error=str(error))
+            return Outcome(C, "token_rejected", error=str(error), for_all_routes=True)
         headers = {
             "Authorization": f"Bearer {token.value}",
             "Content-Type": CONTENT_TYPE,

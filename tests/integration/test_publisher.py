@@ -143,10 +143,40 @@ async def test_a_401_after_the_retry_is_a_configuration_problem() -> None:
     async with running() as emulator, client(partner_settings(emulator)) as relay:
         emulator.set_faults(status=401)
         outcome = await publish_one(relay.publisher)
-    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "http_401")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_not_accepted")
     assert "Full authentication is required" in (outcome.error or "")
     assert len(emulator.token_requests) == 2
     assert emulator.status_counts == {401: 2}
+
+
+async def test_a_fresh_token_refused_is_the_clients_problem_on_every_route() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(reject_tokens=True)
+        outcome = await publish_one(relay.publisher)
+        other = await relay.publisher.publish(EVENT, event_body(), "se", "budget")
+    for refused in (outcome, other):
+        assert (refused.kind, refused.error_class, refused.http_status) == (
+            OutcomeKind.CONFIGURATION,
+            "token_not_accepted",
+            401,
+        )
+        assert refused.for_all_routes
+    assert emulator.stats()["tokens_issued"] == 3  # each refusal was retried with a new token
+    assert emulator.status_counts == {401: 4}
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class"), [(404, "http_404"), (403, "http_403"), (301, "redirect")]
+)
+async def test_a_route_refused_is_that_routes_problem(status: int, error_class: str) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(route_status={"dk/misrouted": status})
+        refused = await relay.publisher.publish(EVENT, event_body(), "dk", "misrouted")
+        published = await publish_one(relay.publisher)
+    assert (refused.kind, refused.error_class) == (OutcomeKind.CONFIGURATION, error_class)
+    assert not refused.for_all_routes
+    assert published.kind is OutcomeKind.PUBLISHED
+    assert emulator.stats()["sends_by_route"] == {"dk/misrouted": 1, "dk/abcinsurance": 1}
 
 
 # Each outcome row, produced over the wire --------------------------------------------------
@@ -301,6 +331,7 @@ async def test_rejected_client_is_configuration() -> None:
     ):
         outcome = await publish_one(relay.publisher)
     assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_rejected")
+    assert outcome.for_all_routes
     assert "invalid_client" in (outcome.error or "")
 
 

@@ -64,7 +64,7 @@ ROWS: list[tuple[int, bytes, OutcomeKind, str]] = [
     (400, SPRING_MISSING_HEADER, PERMANENT, "missing_header"),
     (400, b'{"message": "nope"}', PERMANENT, "http_400"),
     (400, b"not json", PERMANENT, "http_400"),
-    (401, UNAUTHORIZED, CONFIGURATION, "http_401"),
+    (401, UNAUTHORIZED, CONFIGURATION, "token_not_accepted"),
     (403, INSUFFICIENT_SCOPE, CONFIGURATION, "http_403"),
     (404, b"", CONFIGURATION, "http_404"),
     (405, b"", PERMANENT, "http_405"),
@@ -101,6 +101,14 @@ def test_row(status: int, body: bytes, kind: OutcomeKind, error_class: str) -> N
         assert outcome.event_api_id is None
         assert outcome.error is not None
         assert outcome.error.startswith(f"HTTP {status}")
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "error_class"), ROWS)
+def test_only_a_refused_token_concerns_all_routes(
+    status: int, body: bytes, kind: OutcomeKind, error_class: str
+) -> None:
+    # 403, 404 and redirects name one route's problem; a 401 after a fresh token is the client's.
+    assert classify(status, {}, body).for_all_routes is (status == 401)
 
 
 def test_every_status_in_the_code_has_a_row() -> None:
@@ -221,6 +229,7 @@ def test_outcome_shape() -> None:
     outcome = Outcome(OutcomeKind.TRANSIENT, "timeout")
     assert (outcome.http_status, outcome.event_api_id, outcome.retry_after) == (None, None, None)
     assert outcome.latency == 0.0
+    assert outcome.for_all_routes is False
     assert OutcomeKind("configuration") is CONFIGURATION
     with pytest.raises(AttributeError):
         outcome.kind = PUBLISHED  # type: ignore[misc]
