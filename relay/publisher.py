@@ -262,8 +262,37 @@ def _http_date(value: str) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+# Token requests are single-flight: one in flight, and a spare while a closed one lingers.
+TOKEN_POOL_SIZE = 2
+USER_AGENT = "relay (outbox relay for Scalepoint EventApi)"
+
+
 def create_session(settings: Settings) -> aiohttp.ClientSession:
-    """The process's one HTTP session: pooled keep-alive connections, TLS always verified."""
+    """The session for publishes: ``RELAY_CONCURRENCY`` pooled keep-alive connections, TLS
+    always verified."""
+    return _session(settings, settings.concurrency)
+
+
+def create_token_session(settings: Settings) -> aiohttp.ClientSession:
+    """The session for token requests: its own small pool, the same TLS trust and timeouts.
+
+    With one pool for both, a token request waited for a connection behind a full round of
+    publishes, which all wait for that token when it has expired, and timed out.
+    """
+    return _session(settings, TOKEN_POOL_SIZE)
+
+
+def _session(settings: Settings, limit: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=limit, ssl=_tls_context(settings), keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    timeout = aiohttp.ClientTimeout(total=settings.request_timeout.total_seconds())
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
+    )
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if settings.ca_bundle is not None:
         try:
@@ -275,15 +304,14 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
                 f"{env_name('ca_bundle')}: cannot load {settings.ca_bundle} as PEM CA "
                 f"certificates ({type(error).__name__})"
             ) from None
-    connector = aiohttp.TCPConnector(
-        limit=settings.concurrency, ssl=context, keepalive_timeout=30, enable_cleanup_closed=True
-    )
-    timeout = aiohttp.ClientTimeout(total=settings.request_timeout.total_seconds())
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        headers={"User-Agent": "relay (outbox relay for Scalepoint EventApi)"},
-        trust_env=False,
+    return context
+
+
+def publish_url(api_base_url: str, country: str, tenant: str) -> str:
+    """The EventApi send endpoint for one country and tenant."""
+    return (
+        f"{api_base_url.rstrip('/')}/api/events/v1/{quote(country, safe='')}"
+        f"/external/{quote(tenant, safe='')}/send"
     )
 
 
@@ -327,10 +355,7 @@ class Publisher:
 
     def url(self, country: str, tenant: str) -> str:
         """The send endpoint for one country and tenant."""
-        return (
-            f"{self._base}/api/events/v1/{quote(country, safe='')}"
-            f"/external/{quote(tenant, safe='')}/send"
-        )
+        return publish_url(self._base, country, tenant)
 
     async def publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:
         """POST one event. ``body`` is the compact UTF-8 JSON, sent unchanged.

@@ -20,7 +20,13 @@ from relay.config import load_settings
 from relay.emulator import Emulator, EmulatorConfig
 from relay.errors import ConfigurationError, TokenUnavailable
 from relay.keys import load_pem
-from relay.publisher import Outcome, OutcomeKind, Publisher, create_session
+from relay.publisher import (
+    Outcome,
+    OutcomeKind,
+    Publisher,
+    create_session,
+    create_token_session,
+)
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
 from tests.helpers.partner import (
     CLIENT_ID,
@@ -357,7 +363,7 @@ async def test_an_unexpected_exception_becomes_a_transient_outcome() -> None:
 
 async def test_an_unexpected_exception_fetching_a_token_is_token_unavailable() -> None:
     async with running() as emulator, client(partner_settings(emulator)) as relay:
-        await relay.session.close()  # the session the token provider uses
+        await relay.token_session.close()
         outcome = await publish_one(relay.publisher)
         with pytest.raises(TokenUnavailable, match="RuntimeError"):
             await relay.tokens.get()
@@ -406,6 +412,38 @@ async def test_session_pool_is_limited_to_the_concurrency() -> None:
     async with create_session(load_settings(concurrency=7)) as session:
         assert session.connector is not None
         assert session.connector.limit == 7
+
+
+async def test_the_token_session_has_a_small_pool_of_its_own() -> None:
+    settings = load_settings(concurrency=200, request_timeout="7s")
+    async with create_session(settings) as publishing, create_token_session(settings) as tokens:
+        assert tokens.connector is not None
+        assert publishing.connector is not None
+        assert tokens.connector is not publishing.connector
+        assert 1 <= tokens.connector.limit <= 4
+        assert tokens.timeout.total == publishing.timeout.total == 7
+
+
+async def test_the_token_session_refuses_an_unreadable_ca_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    with pytest.raises(ConfigurationError, match="RELAY_CA_BUNDLE: cannot load"):
+        create_token_session(load_settings(ca_bundle=bundle))
+
+
+async def test_a_token_request_does_not_wait_behind_publishes() -> None:
+    async with running() as emulator:
+        emulator.set_faults(latency_ms=1000)
+        async with client(partner_settings(emulator, concurrency=2)) as relay:
+            first = await relay.tokens.get()
+            sends = [asyncio.create_task(publish_one(relay.publisher)) for _ in range(2)]
+            await wait_for(lambda: emulator.stats()["in_flight"] == 2)  # the pool is in use
+            relay.tokens.invalidate(first)
+            assert await relay.tokens.get() is not first
+            assert not any(task.done() for task in sends)  # the token did not wait for them
+            outcomes = await asyncio.gather(*sends)
+    assert {outcome.kind for outcome in outcomes} == {OutcomeKind.PUBLISHED}
+    assert len(emulator.token_requests) == 2
 
 
 # Nothing secret in any log line --------------------------------------------------------------

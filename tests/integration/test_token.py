@@ -19,7 +19,7 @@ from relay.emulator import EmulatorConfig
 from relay.errors import TokenRejected, TokenUnavailable
 from relay.keys import KeyMaterial, load_pem
 from relay.metrics import Metrics
-from relay.publisher import OutcomeKind, create_session
+from relay.publisher import OutcomeKind, create_token_session
 from relay.token import AccessToken, TokenProvider, basic_authorization
 from tests.helpers.keys import certificate, rsa_key, write_pem
 from tests.helpers.partner import (
@@ -44,7 +44,7 @@ async def provider(
     jitter: float = 1.0,
 ) -> AsyncIterator[TokenProvider]:
     """A TokenProvider with deterministic jitter (the top of the backoff range)."""
-    async with create_session(settings) as session:
+    async with create_token_session(settings) as session:
         tokens = TokenProvider(
             session,
             settings,
