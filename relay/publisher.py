@@ -20,7 +20,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -307,6 +307,28 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+def certificate_problem(error: BaseException) -> str | None:
+    """How TLS verification failed (``self-signed certificate``, ``Hostname mismatch ...``)
+    when that is what ``error`` is, else None."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+            cause = cause.certificate_error
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return getattr(cause, "verify_message", None) or "certificate verification failed"
+        cause = cause.__cause__
+    return None
+
+
+def untrusted_message(url: str, problem: str) -> str:
+    """What to do about a certificate that failed verification: a setting, not an outage."""
+    return (
+        f"TLS certificate of {urlsplit(url).hostname} not accepted ({problem}); if the "
+        f"endpoint is right, set {env_name('ca_bundle')} to a PEM file with the CA that "
+        "issued its certificate"
+    )
+
+
 def publish_url(api_base_url: str, country: str, tenant: str) -> str:
     """The EventApi send endpoint for one country and tenant."""
     return (
@@ -413,12 +435,19 @@ class Publisher:
             ) as response:
                 answer = await response.read()
                 return token, response.status, response.headers, answer
-        except TimeoutError:
+        except (TimeoutError, aiohttp.ClientError) as error:
+            return self._failure(error, url)
+
+    def _failure(self, error: TimeoutError | aiohttp.ClientError, url: str) -> Outcome:
+        """The outcome of a request that got no usable answer."""
+        if isinstance(error, TimeoutError):  # aiohttp's own timeouts are TimeoutErrors too
             seconds = self._timeout.total
             return Outcome(T, "timeout", error=f"no answer within {seconds:g}s from {url}")
-        except aiohttp.ClientResponseError as error:
+        problem = certificate_problem(error)
+        if problem is not None:
+            # Retrying cannot help and every route shares the host: ask for the setting.
+            message = untrusted_message(url, problem)
+            return Outcome(C, "tls_certificate", error=message, for_all_routes=True)
+        if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
             return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
-        except aiohttp.ClientPayloadError as error:
-            return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
-        except aiohttp.ClientError as error:
-            return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")
+        return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")

@@ -44,7 +44,13 @@ from relay.errors import (
 )
 from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
 from relay.metrics import Metrics
-from relay.publisher import exception_origin, parse_retry_after, storable
+from relay.publisher import (
+    certificate_problem,
+    exception_origin,
+    parse_retry_after,
+    storable,
+    untrusted_message,
+)
 
 log = structlog.get_logger("relay.token")
 
@@ -276,10 +282,17 @@ class TokenProvider:
                 f"token endpoint did not answer within {seconds:g}s", "timeout"
             ) from None
         except aiohttp.ClientError as error:
-            raise _Unavailable(
-                f"cannot reach the token endpoint {self.token_url}: {type(error).__name__}",
-                "connection",
-            ) from None
+            raise self._unreachable(error) from None
+
+    def _unreachable(self, error: aiohttp.ClientError) -> TokenError:
+        problem = certificate_problem(error)
+        if problem is not None:
+            # Not an outage: no retry helps until someone sets the CA bundle.
+            return _Rejected(untrusted_message(self.token_url, problem), "tls_certificate")
+        return _Unavailable(
+            f"cannot reach the token endpoint {self.token_url}: {type(error).__name__}",
+            "connection",
+        )
 
     def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
         form = {"grant_type": "client_credentials"}

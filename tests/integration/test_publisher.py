@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from relay.config import load_settings
 from relay.emulator import Emulator, EmulatorConfig
-from relay.errors import ConfigurationError, TokenUnavailable
+from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.keys import load_pem
 from relay.publisher import (
     Outcome,
@@ -395,10 +395,54 @@ async def test_tls_is_verified_and_the_ca_bundle_extends_the_trust_store(tmp_pat
         untrusted = partner_settings(plain)
         async with client(untrusted) as relay:
             outcome = await publish_one(relay.publisher)
-        assert outcome.error_class == "token_unavailable"  # certificate not trusted
+            with pytest.raises(TokenRejected, match="RELAY_CA_BUNDLE"):
+                await relay.tokens.get()
+        # The token endpoint's certificate is not trusted: a configuration error, everywhere.
+        assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_rejected")
+        assert outcome.for_all_routes
+        assert "RELAY_CA_BUNDLE" in (outcome.error or "")
+        assert plain.token_requests == []
         async with client(partner_settings(plain, ca_bundle=ca_file)) as relay:
             outcome = await publish_one(relay.publisher)
         assert outcome.kind is OutcomeKind.PUBLISHED
+
+
+@asynccontextmanager
+async def tls_api(tmp_path: Path) -> AsyncIterator[tuple[Emulator, Emulator, Path]]:
+    """A token endpoint over plain HTTP and an EventApi over TLS with a self-signed
+    certificate, and that certificate's PEM file."""
+    server_context, ca_file = server_tls(tmp_path)
+    async with running() as tokens_only:
+        api = Emulator(secret_config())
+        await api.start(ssl_context=server_context)
+        try:
+            yield tokens_only, api, ca_file
+        finally:
+            await api.stop()
+
+
+async def test_an_untrusted_api_certificate_is_a_configuration_error(tmp_path: Path) -> None:
+    async with tls_api(tmp_path) as (tokens_only, api, _):
+        settings = partner_settings(tokens_only, api_base_url=api.base_url)
+        async with client(settings) as relay:
+            outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "tls_certificate")
+    assert outcome.for_all_routes
+    assert "RELAY_CA_BUNDLE" in (outcome.error or "")
+    assert "self-signed certificate" in (outcome.error or "")
+    assert len(tokens_only.token_requests) == 1
+    assert api.stats()["sends_by_route"] == {}
+
+
+async def test_a_certificate_for_another_host_is_a_configuration_error(tmp_path: Path) -> None:
+    async with tls_api(tmp_path) as (tokens_only, api, ca_file):
+        # Trusted, but issued for 127.0.0.1, not for the name the relay connects to.
+        by_name = api.base_url.replace("127.0.0.1", "localhost")
+        settings = partner_settings(tokens_only, api_base_url=by_name, ca_bundle=ca_file)
+        async with client(settings) as relay:
+            outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "tls_certificate")
+    assert "RELAY_CA_BUNDLE" in (outcome.error or "")
 
 
 async def test_unreadable_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
