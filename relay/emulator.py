@@ -131,9 +131,13 @@ class Emulator:
         config: EmulatorConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
+        """``clock`` times latency windows and token expiry; ``wall_clock`` is the time of day
+        client assertions are checked against (a test may set it off the client's)."""
         self.config = config or EmulatorConfig()
+        self._wall_clock = wall_clock
         self.faults = copy.deepcopy(self.config.faults)
         self._clock = clock
         self._random = random.Random(seed)
@@ -162,7 +166,7 @@ class Emulator:
         self._correlation_ids: set[str] = set()
         self._tokens: dict[str, _Issued] = {}
         self.access_tokens: list[str] = []  # every token issued, for leak tests
-        self._client_auth = ClientAuthentication(self.config)
+        self._client_auth = ClientAuthentication(self.config, self._wall_clock)
         self._next_id = 1
 
     # In-process control ---------------------------------------------------------------------

@@ -60,10 +60,14 @@ def secret_config(**overrides: Any) -> EmulatorConfig:
 
 @asynccontextmanager
 async def running(
-    config: EmulatorConfig | None = None, clock: Callable[[], float] = time.monotonic
+    config: EmulatorConfig | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Emulator]:
-    """An emulator on a real socket on 127.0.0.1, stopped afterwards."""
-    emulator = Emulator(config or secret_config(), clock=clock, seed=1)
+    """An emulator on a real socket on 127.0.0.1, stopped afterwards. ``wall_clock`` is its
+    time of day, which client assertions are checked against."""
+    emulator = Emulator(config or secret_config(), clock=clock, wall_clock=wall_clock, seed=1)
     async with emulator:
         yield emulator
 

@@ -210,6 +210,34 @@ async def test_private_key_jwt_refuses_bad_assertions(
     assert description in body["error_description"]
 
 
+NOW = 1_800_000_000  # the emulator's time of day in the skew tests
+
+
+@pytest.mark.parametrize(
+    ("iat", "nbf", "exp", "description"),
+    [
+        (NOW + 5, NOW + 5, NOW + 15, None),  # the client's clock 5 s ahead: tolerated
+        (NOW - 14, NOW - 14, NOW - 4, None),  # 4 s past exp: tolerated
+        (NOW + 6, NOW + 6, NOW + 16, "not yet valid"),
+        (NOW + 6, NOW, NOW + 16, "not yet valid"),  # iat in the future counts too
+        (NOW - 15, NOW - 15, NOW - 5, "expired"),
+        (NOW, NOW, NOW + 301, "lives too long"),
+        ("now", NOW, NOW + 10, "must be numbers"),
+    ],
+)
+async def test_private_key_jwt_tolerates_5_seconds_of_clock_skew_and_no_more(
+    http: aiohttp.ClientSession, iat: Any, nbf: int, exp: int, description: str | None
+) -> None:
+    async with running(config(), wall_clock=lambda: NOW) as emulator:
+        signed = assertion(aud=emulator.token_url, iat=iat, nbf=nbf, exp=exp)
+        status, body, _ = await post_token(http, emulator, jwt_form(signed))
+    if description is None:
+        assert status == 200, body
+    else:
+        assert (status, body["error"]) == (401, "invalid_client")
+        assert description in body["error_description"]
+
+
 async def test_private_key_jwt_refuses_a_replayed_jti(http: aiohttp.ClientSession) -> None:
     async with running(config()) as emulator:
         signed = assertion(aud=emulator.token_url)

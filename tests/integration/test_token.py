@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -125,7 +126,25 @@ async def test_private_key_jwt_assertion_verifies_and_carries_the_claims(
     assert claims["aud"] == emulator.token_url
     assert uuid.UUID(claims["jti"]).version == 4
     assert claims["iat"] == claims["nbf"]
-    assert claims["exp"] == claims["iat"] + 10
+    assert claims["exp"] == claims["iat"] + 15  # backdated 5 s, valid 10 s ahead
+
+
+@pytest.mark.parametrize(("skew", "accepted"), [(-8, True), (0, True), (12, True), (-20, False)])
+async def test_private_key_jwt_survives_a_token_endpoint_clock_a_little_off(
+    key_material: KeyMaterial, skew: float, accepted: bool
+) -> None:
+    config = EmulatorConfig(certificates={CLIENT_ID: [key_material.certificate]})
+    async with running(config, wall_clock=lambda: time.time() + skew) as emulator:
+        settings = partner_settings(
+            emulator, client_secret=None, client_auth_method="private_key_jwt"
+        )
+        async with provider(settings, key_material=key_material) as tokens:
+            if accepted:
+                await tokens.get()
+            else:
+                with pytest.raises(TokenRejected, match="not yet valid"):
+                    await tokens.get()
+    assert [request.status for request in emulator.token_requests] == [200 if accepted else 401]
 
 
 async def test_private_key_jwt_with_rotated_certificates(key_material: KeyMaterial) -> None:
