@@ -29,6 +29,7 @@ import structlog
 from relay.config import Settings, env_name
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.metrics import Metrics
+from relay.routes import route_problem
 
 if TYPE_CHECKING:
     # Only for annotations: relay.token uses this module's helpers for partner text.
@@ -329,12 +330,33 @@ def untrusted_message(url: str, problem: str) -> str:
     )
 
 
+class InvalidRoute(ValueError):
+    """A country or tenant that cannot name a publish URL; the message says why."""
+
+
 def publish_url(api_base_url: str, country: str, tenant: str) -> str:
-    """The EventApi send endpoint for one country and tenant."""
+    """The EventApi send endpoint for one country and tenant; InvalidRoute for a route that
+    relay.routes refuses, so no value from a row can point the request (and its bearer
+    token) at another path."""
+    problem = route_problem(country, tenant)
+    if problem is not None:
+        raise InvalidRoute(problem)
     return (
-        f"{api_base_url.rstrip('/')}/api/events/v1/{quote(country, safe='')}"
-        f"/external/{quote(tenant, safe='')}/send"
+        f"{api_base_url.rstrip('/')}/api/events/v1/{path_segment(country)}"
+        f"/external/{path_segment(tenant)}/send"
     )
+
+
+def path_segment(value: str) -> str:
+    """``value`` as exactly one path segment: percent-encoded, '/' included.
+
+    The route rule already refuses '.' and '..'; this holds even if that rule is loosened,
+    because a dot segment would be resolved away and move the request up the path.
+    """
+    segment = quote(value, safe="")
+    if segment in ("", ".", ".."):
+        raise InvalidRoute(f"{segment!r} cannot be a path segment of the publish URL")
+    return segment
 
 
 def exception_origin(error: BaseException) -> str:
@@ -376,7 +398,7 @@ class Publisher:
         self._retry_after_cap = retry_after_cap
 
     def url(self, country: str, tenant: str) -> str:
-        """The send endpoint for one country and tenant."""
+        """The send endpoint for one country and tenant; raises InvalidRoute for a bad one."""
         return publish_url(self._base, country, tenant)
 
     async def publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:
@@ -387,7 +409,7 @@ class Publisher:
         if self._metrics is not None:
             self._metrics.in_flight.inc()
         try:
-            outcome = await self._publish(event_type, body, self.url(country, tenant))
+            outcome = await self._publish(event_type, body, country, tenant)
         except Exception as error:  # CancelledError is a BaseException and goes through
             outcome = _unexpected(error)
         finally:
@@ -397,7 +419,12 @@ class Publisher:
                 self._metrics.publish_latency.observe(latency)
         return replace(outcome, latency=latency)
 
-    async def _publish(self, event_type: str, body: bytes, url: str) -> Outcome:
+    async def _publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:
+        try:
+            url = self.url(country, tenant)
+        except InvalidRoute as error:
+            # Checked before the token too: a bad row costs no request at all.
+            return Outcome(P, "invalid_route", error=str(error))
         if not event_type.isprintable():
             # aiohttp refuses control characters in headers (header injection); no retry helps.
             return Outcome(P, "invalid_event_type", error=f"unusable Event-Type {event_type!r}")

@@ -21,12 +21,15 @@ from relay.emulator import Emulator, EmulatorConfig
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.keys import load_pem
 from relay.publisher import (
+    InvalidRoute,
     Outcome,
     OutcomeKind,
     Publisher,
     create_session,
     create_token_session,
+    path_segment,
 )
+from relay.routes import route_problem
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
 from tests.helpers.partner import (
     CLIENT_ID,
@@ -72,7 +75,47 @@ def test_url() -> None:
     assert publisher.url("dk", "abcinsurance") == (
         "https://www.scalepoint.com/api/events/v1/dk/external/abcinsurance/send"
     )
-    assert publisher.url("dk", "a/b c").endswith("/external/a%2Fb%20c/send")
+    assert publisher.url("se", "Budget.Insurance_2-x").endswith(
+        "/v1/se/external/Budget.Insurance_2-x/send"
+    )
+    with pytest.raises(InvalidRoute, match="tenant 'a/b c' is not"):
+        publisher.url("dk", "a/b c")
+
+
+@pytest.mark.parametrize("segment", [".", "..", ""])
+def test_no_path_segment_is_a_dot_segment(segment: str) -> None:
+    with pytest.raises(InvalidRoute):
+        path_segment(segment)
+    assert path_segment("a/../b") == "a%2F..%2Fb"
+
+
+BAD_ROUTES = [
+    ("dk", ".."),
+    ("..", "abcinsurance"),
+    ("dk", "."),
+    ("dk", "a/b"),
+    ("dk", "../../admin"),
+    ("dk", "%2F"),
+    ("dk", "%2e%2e"),
+    ("dk", "x" * 6080),
+    ("DK", "abcinsurance"),
+    ("dk", ""),
+    ("dk", "abc\ninsurance"),
+]
+
+
+@pytest.mark.parametrize(("country", "tenant"), BAD_ROUTES)
+async def test_a_bad_route_is_permanent_without_any_request(country: str, tenant: str) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        outcome = await relay.publisher.publish(EVENT, event_body(), country, tenant)
+    problem = route_problem(country, tenant)
+    assert problem is not None
+    assert outcome == Outcome(
+        OutcomeKind.PERMANENT, "invalid_route", error=problem, latency=outcome.latency
+    )
+    assert len(outcome.error or "") < 200  # a 6,080-character tenant is not quoted whole
+    assert emulator.token_requests == []
+    assert emulator.stats()["sends_by_route"] == {}
 
 
 async def test_200_concurrent_publishes_cause_exactly_one_token_request() -> None:
