@@ -125,6 +125,43 @@ def test_the_doc_table_agrees_with_the_code() -> None:
         assert (outcome.kind.value, outcome.error_class) == (kind, error_class), status
 
 
+# Error classes the publisher gives besides the status table's http_NNN.
+LIVE_CLASSES = {
+    "created",
+    "bad_response",
+    "invalid_payload",
+    "missing_header",
+    "token_not_accepted",
+    "redirect",
+    "invalid_event_type",
+    "invalid_route",
+    "timeout",
+    "connection",
+    "tls_certificate",
+    "unexpected",
+    "token_unavailable",
+    "token_rejected",
+}
+SOURCE = Path(__file__).parents[2] / "relay" / "publisher.py"
+
+
+def test_every_error_class_in_the_code_is_documented() -> None:
+    source = SOURCE.read_text()
+    constructed = set(re.findall(r'Outcome\(\s*\w+,\s*"(\w+)"', source))
+    returned = set(re.findall(r'^\s+return "([a-z_]+)"$', source, re.M)) - {"unknown"}
+    assert constructed | returned <= LIVE_CLASSES
+    doc = DOC.read_text()
+    for error_class in LIVE_CLASSES:
+        assert f"`{error_class}`" in doc, error_class
+
+
+def test_the_doc_states_the_retry_after_cap_and_how_partner_text_is_kept() -> None:
+    doc = DOC.read_text()
+    assert "RELAY_RETRY_AFTER_CAP" in doc
+    assert "never logged" in doc
+    assert "storable()" in doc
+
+
 def test_published_id_is_kept_as_text() -> None:
     assert classify(201, {}, b'{"_id": 12345678901234567890}').event_api_id == (
         "12345678901234567890"
