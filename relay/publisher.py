@@ -40,6 +40,10 @@ log = structlog.get_logger("relay.publisher")
 CONTENT_TYPE = "application/json;charset=utf-8"
 MAX_ERROR_LENGTH = 1000
 MAX_BODY_TEXT = 200  # characters of a non-JSON body quoted in an error: a page's first words
+MAX_EVENT_ID_LENGTH = 200  # Scalepoint's ids are short ("_122047"); more is not an id to keep
+# An answer is an _id or an error: anything longer is a page or an echo, and reading it
+# whole would let one answer take the process's memory.
+MAX_ANSWER_BYTES = 1 << 20
 ELLIPSIS = "\u2026"
 # C0 controls but tab and newline (and DEL): PostgreSQL refuses NUL in a text column, and the
 # others garble the terminals and log viewers that show last_error.
@@ -175,7 +179,9 @@ def _success(status: int, document: object) -> Outcome:
             error=f"HTTP {status} without an _id in the body",
         )
     label = "created" if status == 201 else f"http_{status}"
-    return Outcome(OutcomeKind.PUBLISHED, label, http_status=status, event_api_id=str(event_id))
+    # Stored in a text column like any partner text; the event is delivered whatever the id.
+    event_api_id = storable(str(event_id), MAX_EVENT_ID_LENGTH)
+    return Outcome(OutcomeKind.PUBLISHED, label, http_status=status, event_api_id=event_api_id)
 
 
 def _bad_request_class(document: object) -> str:
@@ -215,8 +221,18 @@ def body_text(body: bytes, headers: Mapping[str, str]) -> str:
     prefix = body[: MAX_BODY_TEXT * 4]  # enough bytes for the characters quoted
     try:
         return prefix.decode(charset or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
+    except (LookupError, UnicodeError):  # unknown, not a text encoding, or strict-only (idna)
         return prefix.decode("utf-8", errors="replace")
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The answer's body, or its first ``limit`` bytes when it is longer."""
+    data = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) >= limit:
+            break  # the connection is closed rather than reused; that is cheap
+    return bytes(data[:limit])
 
 
 def _json(body: bytes) -> object:
@@ -312,11 +328,13 @@ def certificate_problem(error: BaseException) -> str | None:
     """How TLS verification failed (``self-signed certificate``, ``Hostname mismatch ...``)
     when that is what ``error`` is, else None."""
     cause: BaseException | None = error
-    while cause is not None:
+    for _ in range(8):  # a few links of __cause__ at most; never round a cycle
         if isinstance(cause, aiohttp.ClientConnectorCertificateError):
             cause = cause.certificate_error
         if isinstance(cause, ssl.SSLCertVerificationError):
             return getattr(cause, "verify_message", None) or "certificate verification failed"
+        if cause is None:
+            return None
         cause = cause.__cause__
     return None
 
@@ -460,7 +478,7 @@ class Publisher:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
-                answer = await response.read()
+                answer = await read_bounded(response)
                 return token, response.status, response.headers, answer
         except (TimeoutError, aiohttp.ClientError) as error:
             return self._failure(error, url)

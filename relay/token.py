@@ -48,6 +48,7 @@ from relay.publisher import (
     certificate_problem,
     exception_origin,
     parse_retry_after,
+    read_bounded,
     storable,
     untrusted_message,
 )
@@ -274,7 +275,7 @@ class TokenProvider:
             async with self._session.post(
                 self.token_url, data=form, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                body = await response.read()
+                body = await read_bounded(response)
                 return self._parse(response.status, response.headers, body, started)
         except TimeoutError:
             seconds = timeout.total

@@ -636,6 +636,15 @@ async def test_a_huge_echoing_error_body_is_stored_bounded() -> None:
     assert len(outcome.error) <= 1000
 
 
+async def test_a_huge_answer_is_read_only_in_part() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=503, error_body="<html>" + "x" * 5_000_000)
+        outcome = await publish_one(relay.publisher)
+        assert (await publish_one(relay.publisher)).error_class == "http_503"
+    assert outcome.error_class == "http_503"
+    assert (outcome.error or "").startswith("HTTP 503: <html>xxx")
+
+
 async def test_an_echoing_error_body_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     body = event_body(changedBy={"name": PERSONAL, "userName": "jens.hansen"})

@@ -169,6 +169,21 @@ def test_published_id_is_kept_as_text() -> None:
     assert classify(201, {}, b'{"_id": "_122047"}').event_api_id == "_122047"
 
 
+def test_a_published_id_is_storable() -> None:
+    assert classify(201, {}, b'{"_id": "_12\\u00002"}').event_api_id == "_122"
+    long_id = classify(201, {}, orjson.dumps({"_id": "x" * 5000})).event_api_id
+    assert long_id is not None
+    assert len(long_id) == 200
+
+
+@pytest.mark.parametrize("charset", ["idna", "base64", "no-such-charset", "rot13"])
+def test_a_body_in_a_charset_that_cannot_decode_it_is_read_as_utf8(charset: str) -> None:
+    headers = {"Content-Type": f"text/html; charset={charset}"}
+    assert classify(502, headers, "<p>Bad Gateway \u00e6</p>".encode()).error == (
+        "HTTP 502: <p>Bad Gateway \u00e6</p>"
+    )
+
+
 def test_messages_carry_the_partners_words() -> None:
     assert classify(400, {}, INVALID_PAYLOAD).error == (
         "HTTP 400: Incorrect payload, missing [timestamp]"
