@@ -6,6 +6,8 @@ so tests, the demo and benchmarks run without the partner. Start it in-process::
     async with Emulator(EmulatorConfig(clients={"relay": "secret"})) as emulator:
         emulator.token_url, emulator.base_url      # http://127.0.0.1:<port>/...
         emulator.set_faults(status=503, retry_after="2", for_seconds=1.5)
+        emulator.set_faults(route_status={"dk/misrouted": 404}, reject_tokens=True)
+        emulator.set_faults(status=502, error_body="<html>...", echo_body=True)
         emulator.events                            # ReceivedEvent values, arrival order
 
 or as a process with ``relay emulator``; the same faults are set over HTTP by
@@ -439,7 +441,7 @@ def _encoded(text: str, content_type: str) -> bytes:
     charset = _CHARSET.search(content_type)
     try:
         return text.encode(charset.group(1) if charset else "utf-8")
-    except LookupError:
+    except (LookupError, UnicodeError):  # unknown, or a codec that cannot encode the text
         return text.encode("utf-8")
 
 
