@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from relay.config import Settings
 from relay.keys import KeyMaterial, load_key_material
-from relay.publisher import Publisher, create_session
+from relay.publisher import create_token_session, publish_url
 from relay.token import TokenProvider
 
 
@@ -53,19 +53,19 @@ async def run_check(settings: Settings) -> CheckReport:
     assert settings.tenant is not None
     api_base_url = settings.resolved_api_base_url
     assert api_base_url is not None
-    async with create_session(settings) as session:
+    # Only the token session: a check sends no event, so it needs no publishing pool.
+    async with create_token_session(settings) as session:
         tokens = TokenProvider(session, settings, key_material=material)
         try:
             token = await tokens.get()
         finally:
             await tokens.close()
-        publisher = Publisher(session, tokens, api_base_url, settings.request_timeout)
-        return CheckReport(
-            token_url=tokens.token_url,
-            client_id=settings.client_id,
-            auth_method=tokens.auth_method,
-            scope=token.scope or settings.scope,
-            token_lifetime=token.lifetime,
-            publish_url=publisher.url(settings.country, settings.tenant),
-            certificate_thumbprint=material.thumbprint if material is not None else None,
-        )
+    return CheckReport(
+        token_url=tokens.token_url,
+        client_id=settings.client_id,
+        auth_method=tokens.auth_method,
+        scope=token.scope or settings.scope,
+        token_lifetime=token.lifetime,
+        publish_url=publish_url(api_base_url, settings.country, settings.tenant),
+        certificate_thumbprint=material.thumbprint if material is not None else None,
+    )

@@ -6,6 +6,8 @@ so tests, the demo and benchmarks run without the partner. Start it in-process::
     async with Emulator(EmulatorConfig(clients={"relay": "secret"})) as emulator:
         emulator.token_url, emulator.base_url      # http://127.0.0.1:<port>/...
         emulator.set_faults(status=503, retry_after="2", for_seconds=1.5)
+        emulator.set_faults(route_status={"dk/misrouted": 404}, reject_tokens=True)
+        emulator.set_faults(status=502, error_body="<html>...", echo_body=True)
         emulator.events                            # ReceivedEvent values, arrival order
 
 or as a process with ``relay emulator``; the same faults are set over HTTP by
@@ -15,8 +17,10 @@ or as a process with ``relay emulator``; the same faults are set over HTTP by
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import random
+import re
 import secrets
 import ssl
 import time
@@ -38,6 +42,7 @@ from relay.emulator_replies import (
     Reply,
     canned,
     oauth_error,
+    raw_reply,
     spring_error,
 )
 from relay.errors import ConfigurationError
@@ -46,6 +51,7 @@ from relay.keys import load_key_material
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a path, not a password
 SEND_PATH = "/api/events/v1/{country}/external/{tenant}/send"
 REQUIRED_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
+_CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 
 
 @dataclass
@@ -56,13 +62,20 @@ class Faults:
     latency_jitter_ms: float = 0.0  # plus a uniform random 0..jitter
     status: int | None = None  # answer every send with this status ...
     status_until: float | None = None  # ... until this emulator-clock time (None: until cleared)
-    retry_after: str | None = None  # Retry-After header on fault answers
+    retry_after: str | None = None  # Retry-After header on fault answers, any text (absurd too)
     error_rate: float = 0.0  # fraction of sends answered with error_status
     error_status: int = 503
     drop_rate: float = 0.0  # fraction of sends whose connection is closed unanswered
     token_latency_ms: float = 0.0
     token_status: int | None = None  # answer every token request with this status
     token_lifetime: float = 3600.0  # expires_in of new tokens, seconds
+    # Proxies and gateways answer with bodies of their own: HTML pages, other charsets, or the
+    # request echoed back (personal data and all). These shape every fault answer.
+    error_body: str | None = None  # raw body instead of the partner's own error body ...
+    error_content_type: str = "text/html"  # ... sent as this; a charset in it encodes the body
+    echo_body: bool = False  # fault answers carry the request body (after error_body, if set)
+    route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> fixed status
+    reject_tokens: bool = False  # every send answers 401, however fresh its token
 
 
 @dataclass
@@ -120,10 +133,14 @@ class Emulator:
         config: EmulatorConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
+        """``clock`` times latency windows and token expiry; ``wall_clock`` is the time of day
+        client assertions are checked against (a test may set it off the client's)."""
         self.config = config or EmulatorConfig()
-        self.faults = dataclasses.replace(self.config.faults)
+        self._wall_clock = wall_clock
+        self.faults = copy.deepcopy(self.config.faults)
         self._clock = clock
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
@@ -143,6 +160,7 @@ class Emulator:
         self.events: list[ReceivedEvent] = []
         self.token_requests: list[TokenRequest] = []
         self.status_counts: Counter[int] = Counter()
+        self.sends_by_route: Counter[str] = Counter()  # every send request, "dk/tenant" -> n
         self.duplicates = 0
         self.dropped = 0
         self.max_concurrency = 0
@@ -150,7 +168,7 @@ class Emulator:
         self._correlation_ids: set[str] = set()
         self._tokens: dict[str, _Issued] = {}
         self.access_tokens: list[str] = []  # every token issued, for leak tests
-        self._client_auth = ClientAuthentication(self.config)
+        self._client_auth = ClientAuthentication(self.config, self._wall_clock)
         self._next_id = 1
 
     # In-process control ---------------------------------------------------------------------
@@ -166,13 +184,16 @@ class Emulator:
         unknown = set(changes) - names
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        if "route_status" in changes:
+            changes["route_status"] = _route_status(changes["route_status"])
         self.faults = dataclasses.replace(self.faults, **changes)
         if for_seconds is not None:
             self.faults.status_until = self._clock() + float(for_seconds)
 
     def clear_faults(self) -> None:
         """Back to the configured faults (token lifetime included)."""
-        self.faults = dataclasses.replace(self.config.faults)
+        # A deep copy: changing the running faults' route_status must not change the config.
+        self.faults = copy.deepcopy(self.config.faults)
 
     def reset(self) -> None:
         """Clear faults, records, issued tokens and the id counter."""
@@ -195,6 +216,7 @@ class Emulator:
             "tokens_issued": sum(1 for item in self.token_requests if item.status == 200),
             "token_auth_methods": dict(Counter(item.auth_method for item in self.token_requests)),
             "statuses": {str(status): n for status, n in sorted(self.status_counts.items())},
+            "sends_by_route": dict(self.sends_by_route),
         }
 
     async def start(
@@ -229,8 +251,10 @@ class Emulator:
         record: dict[str, Any] = {"auth_method": "none", "client_id": None}
         error: str | None = None
         try:
-            if self.faults.token_status is not None:
-                raise oauth_error(self.faults.token_status, "temporarily_unavailable", "fault")
+            status = self.faults.token_status
+            if status is not None:
+                standard = oauth_error(status, "temporarily_unavailable", "fault")
+                raise await self._fault_reply(request, standard)
             response = await self._grant(request, record)
         except Reply as reply:
             response, error = reply.response, reply.code
@@ -274,6 +298,8 @@ class Emulator:
     # Send endpoint --------------------------------------------------------------------------
 
     async def _send_endpoint(self, request: web.Request) -> web.StreamResponse:
+        route = f"{request.match_info['country']}/{request.match_info['tenant']}"
+        self.sends_by_route[route] += 1
         self._active += 1
         self.max_concurrency = max(self.max_concurrency, self._active)
         try:
@@ -283,7 +309,9 @@ class Emulator:
                 assert request.transport is not None
                 request.transport.close()  # the client sees a reset, no answer
                 return web.Response(status=499)
-            self._inject_status(request)
+            status = self._fault_status(route)
+            if status is not None:
+                raise await self._fault_reply(request, canned(status, request.path))
             response = await self._accept(request)
         except Reply as reply:
             response = reply.response
@@ -292,7 +320,8 @@ class Emulator:
         self.status_counts[response.status] += 1
         return response
 
-    def _inject_status(self, request: web.Request) -> None:
+    def _fault_status(self, route: str) -> int | None:
+        """The status a fault forces on this send, or None to answer it normally."""
         faults = self.faults
         status = faults.status
         expired = faults.status_until is not None and self._clock() >= faults.status_until
@@ -300,12 +329,25 @@ class Emulator:
             faults.status = faults.status_until = status = None
         if status is None and self._random.random() < faults.error_rate:
             status = faults.error_status
+        if status is None and faults.reject_tokens:
+            status = 401  # checked before the route, as the partner's security filter is
         if status is None:
-            return
-        reply = canned(status, request.path)
+            status = faults.route_status.get(route)
+        return status
+
+    async def _fault_reply(self, request: web.Request, standard: Reply) -> Reply:
+        """``standard`` (the partner's own words), or the raw body the faults ask for."""
+        faults = self.faults
+        reply = standard
+        if faults.error_body is not None or faults.echo_body:
+            body = _encoded(faults.error_body or "", faults.error_content_type)
+            if faults.echo_body:
+                body += await request.read()
+            status = standard.response.status
+            reply = raw_reply(status, body, faults.error_content_type)
         if faults.retry_after is not None:
             reply.response.headers["Retry-After"] = faults.retry_after
-        raise reply
+        return reply
 
     async def _accept(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -391,6 +433,25 @@ class Emulator:
             body=orjson.dumps([dataclasses.asdict(event) for event in self.events]),
             content_type="application/json",
         )
+
+
+def _encoded(text: str, content_type: str) -> bytes:
+    """``text`` in the charset ``content_type`` names (UTF-8 when it names none or an unknown
+    one): how a gateway's UTF-16 page comes to hold NULs."""
+    charset = _CHARSET.search(content_type)
+    try:
+        return text.encode(charset.group(1) if charset else "utf-8")
+    except (LookupError, UnicodeError):  # unknown, or a codec that cannot encode the text
+        return text.encode("utf-8")
+
+
+def _route_status(value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(route, str) and isinstance(status, int) and not isinstance(status, bool)
+        for route, status in value.items()
+    ):
+        raise ValueError('route_status must map "country/tenant" to an HTTP status')
+    return dict(value)
 
 
 def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:

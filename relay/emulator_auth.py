@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -23,13 +24,18 @@ from relay.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
 if TYPE_CHECKING:
     from relay.emulator import EmulatorConfig
 
+# How far the client's clock may be off the partner's, either way. Strict, but as tolerant as
+# the relay's own assertions need: they are backdated by relay.keys.CLOCK_SKEW_SECONDS.
+CLOCK_SKEW = 5.0
+
 
 class ClientAuthentication:
     """Checks a token request's client; remembers the ``jti`` of recent assertions so none is
     accepted twice."""
 
-    def __init__(self, config: EmulatorConfig) -> None:
+    def __init__(self, config: EmulatorConfig, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._wall_clock = wall_clock
         self._seen_jti: dict[str, float] = {}
 
     def authenticate(
@@ -83,14 +89,29 @@ class ClientAuthentication:
             raise oauth_error(401, "invalid_client", "client_id, iss and sub must be equal")
         claims = self._verify_signature(request, assertion, header, client_id)
         record["assertion_claims"] = claims
-        if claims["exp"] - claims["iat"] > self.config.max_assertion_lifetime:
-            raise oauth_error(401, "invalid_client", "client_assertion lives too long")
-        now = time.time()
+        now = self._wall_clock()
+        self._check_times(claims, now)
         self._seen_jti = {jti: exp for jti, exp in self._seen_jti.items() if exp > now - 60}
         if claims["jti"] in self._seen_jti:
             raise oauth_error(401, "invalid_client", "client_assertion jti was already used")
         self._seen_jti[claims["jti"]] = float(claims["exp"])
         return client_id
+
+    def _check_times(self, claims: dict[str, Any], now: float) -> None:
+        """iat, nbf and exp against this partner's clock, as PyJWT would with a leeway of
+        CLOCK_SKEW, but on ``wall_clock`` so tests can set the partner's clock off."""
+        times = [claims[name] for name in ("iat", "nbf", "exp")]
+        if any(isinstance(value, bool) or not isinstance(value, int | float) for value in times):
+            raise oauth_error(
+                401, "invalid_client", "client_assertion: iat, nbf and exp must be numbers"
+            )
+        iat, nbf, exp = times
+        if exp <= now - CLOCK_SKEW:
+            raise oauth_error(401, "invalid_client", "client_assertion has expired")
+        if max(iat, nbf) > now + CLOCK_SKEW:
+            raise oauth_error(401, "invalid_client", "client_assertion is not yet valid")
+        if exp - iat > self.config.max_assertion_lifetime:
+            raise oauth_error(401, "invalid_client", "client_assertion lives too long")
 
     def _verify_signature(
         self, request: web.Request, assertion: str, header: dict[str, Any], client_id: str
@@ -110,8 +131,13 @@ class ClientAuthentication:
                     algorithms=["RS256"],
                     audience=audiences,
                     issuer=client_id,
-                    leeway=5,
-                    options={"require": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"]},
+                    options={
+                        "require": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"],
+                        # Checked by _check_times against the emulator's own clock.
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
                 )
             except jwt.InvalidSignatureError:
                 continue  # try the client's next certificate (key rotation)

@@ -36,6 +36,14 @@ class Reply(Exception):
         )
 
 
+def raw_reply(status: int, body: bytes, content_type: str) -> Reply:
+    """An answer with a body that is not the partner's JSON (a gateway's page, an echo)."""
+    reply = Reply(status, {})
+    # Set as a header: aiohttp's content_type argument refuses a charset parameter.
+    reply.response = web.Response(status=status, body=body, headers={"Content-Type": content_type})
+    return reply
+
+
 def oauth_error(status: int, error: str, description: str) -> Reply:
     """An RFC 6749 error from the token endpoint, never cached."""
     headers = {"WWW-Authenticate": 'Basic realm="token"'} if status == 401 else {}

@@ -29,6 +29,10 @@ MINIMUM_KEY_BITS = 2048
 # The official Scalepoint Java client uses 10 s: long enough for clock skew on a slow
 # request, short enough that a leaked assertion is useless almost at once.
 ASSERTION_LIFETIME_SECONDS = 10
+# iat and nbf are set this far in the past, so a token endpoint whose clock runs a few seconds
+# behind ours does not find the assertion "not yet valid". exp is not moved: the assertion
+# expires as soon as before.
+CLOCK_SKEW_SECONDS = 5
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -165,8 +169,8 @@ def client_assertion(
         "sub": client_id,
         "aud": audience,
         "jti": str(uuid.uuid4()),
-        "iat": now,
-        "nbf": now,
+        "iat": now - CLOCK_SKEW_SECONDS,
+        "nbf": now - CLOCK_SKEW_SECONDS,
         "exp": now + ASSERTION_LIFETIME_SECONDS,
     }
     headers = {"typ": "JWT", "kid": material.thumbprint, "x5t": material.thumbprint}

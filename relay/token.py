@@ -13,16 +13,21 @@ Policy, and why:
   ``TokenUnavailable`` instead of each sending a request. Refusals (``invalid_client``,
   ``invalid_scope`` ...) are configuration problems: ``TokenRejected``, retried only after
   ``configuration_pause``.
-- No secret, assertion or token value ever reaches an exception, a log line or a repr.
+- No secret, assertion or token value ever reaches an exception, a log line or a repr. The
+  endpoint's own words (an error_description may echo what it was sent) reach the exception,
+  bounded and cleaned by ``storable``, for the operator; log lines carry status and class only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -39,22 +44,51 @@ from relay.errors import (
 )
 from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
 from relay.metrics import Metrics
+from relay.publisher import (
+    certificate_problem,
+    exception_origin,
+    parse_retry_after,
+    read_bounded,
+    storable,
+    untrusted_message,
+)
 
 log = structlog.get_logger("relay.token")
 
 REFRESH_AT = 0.8  # fraction of the lifetime after which a background refresh starts
 MAX_SKEW_MARGIN = 30.0  # seconds; the margin is 10% of the lifetime, at most this
 DEFAULT_LIFETIME = 60.0  # seconds, when the server omits expires_in (RFC 6749 5.1 allows it)
+# The longest lifetime believed: a token claimed to live for ever is refreshed daily all the
+# same, so a revoked or rotated client shows within a day.
+MAX_LIFETIME = 86400.0
 MAX_ERROR_TEXT = 300
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
-class _Throttled(TokenUnavailable):
-    """A transient refusal that may say how long to wait (Retry-After)."""
+class _Unavailable(TokenUnavailable):
+    """A transient failure, labelled for logs (which never carry its message)."""
 
-    def __init__(self, message: str, retry_after: float | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        error_class: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.error_class = error_class
+        self.status = status
+        self.retry_after = retry_after  # seconds the endpoint asked us to wait, if it did
+
+
+class _Rejected(TokenRejected):
+    """A refusal of our client, labelled for logs (which never carry its message)."""
+
+    def __init__(self, message: str, error_class: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.status = status
 
 
 class AccessToken:
@@ -188,6 +222,10 @@ class TokenProvider:
         except TokenUnavailable as error:
             self._record_failure(error, self._backoff(error))
             raise
+        except Exception as error:  # a surprise must not end the process: back off, try again
+            unavailable = self._unexpected(error)
+            self._record_failure(unavailable, self._backoff(unavailable))
+            raise unavailable from None
         self._token = token
         self._failures = 0
         self._not_before = float("-inf")
@@ -197,12 +235,18 @@ class TokenProvider:
         log.info("token.refreshed", lifetime=token.lifetime, auth_method=self.auth_method)
         return token
 
+    def _unexpected(self, error: Exception) -> _Unavailable:
+        name = type(error).__name__
+        log.error("token.unexpected_error", error_class=name, where=exception_origin(error))
+        message = f"unexpected {name} while fetching a token from {self.token_url}"
+        return _Unavailable(message, "unexpected")
+
     def _backoff(self, error: TokenUnavailable) -> float:
         base = self._settings.token_backoff_base.total_seconds()
         cap = self._settings.token_backoff_cap.total_seconds()
         ceiling = min(cap, base * 2.0 ** min(self._failures, 30))
         delay = self._jitter() * ceiling  # full jitter: spreads out many relays restarting
-        if isinstance(error, _Throttled) and error.retry_after is not None:
+        if isinstance(error, _Unavailable) and error.retry_after is not None:
             return max(delay, error.retry_after)
         return delay
 
@@ -213,10 +257,13 @@ class TokenProvider:
         reason = "rejected" if isinstance(error, TokenRejected) else "unavailable"
         if self._metrics is not None:
             self._metrics.token_failures.labels(reason=reason).inc()
+        error_class, status = _labels(error)
+        # Not the message: the endpoint's error_description may echo what it was sent.
         log.warning(
             "token.request_failed",
             reason=reason,
-            error=str(error),
+            error_class=error_class,
+            status=status,
             failures=self._failures,
             retry_in=round(delay, 3),
         )
@@ -228,15 +275,25 @@ class TokenProvider:
             async with self._session.post(
                 self.token_url, data=form, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                body = await response.read()
+                body = await read_bounded(response)
                 return self._parse(response.status, response.headers, body, started)
         except TimeoutError:
             seconds = timeout.total
-            raise TokenUnavailable(f"token endpoint did not answer within {seconds:g}s") from None
-        except aiohttp.ClientError as error:
-            raise TokenUnavailable(
-                f"cannot reach the token endpoint {self.token_url}: {type(error).__name__}"
+            raise _Unavailable(
+                f"token endpoint did not answer within {seconds:g}s", "timeout"
             ) from None
+        except aiohttp.ClientError as error:
+            raise self._unreachable(error) from None
+
+    def _unreachable(self, error: aiohttp.ClientError) -> TokenError:
+        problem = certificate_problem(error)
+        if problem is not None:
+            # Not an outage: no retry helps until someone sets the CA bundle.
+            return _Rejected(untrusted_message(self.token_url, problem), "tls_certificate")
+        return _Unavailable(
+            f"cannot reach the token endpoint {self.token_url}: {type(error).__name__}",
+            "connection",
+        )
 
     def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
         form = {"grant_type": "client_credentials"}
@@ -253,7 +310,7 @@ class TokenProvider:
             return form, headers
         secret = self._settings.client_secret
         if secret is None:
-            raise TokenRejected("RELAY_CLIENT_SECRET: is not set")
+            raise _Rejected("RELAY_CLIENT_SECRET: is not set", "missing_secret")
         if self.auth_method == "client_secret_basic":
             headers["Authorization"] = basic_authorization(
                 self._client_id, secret.get_secret_value()
@@ -268,12 +325,17 @@ class TokenProvider:
     ) -> AccessToken:
         if status == 200:
             return _token_from(body, started)
+        cap = self._settings.retry_after_cap
+        label = f"http_{status}"
         if status in _TRANSIENT_STATUSES or status >= 500:
             message = f"token endpoint answered HTTP {status}"
-            raise _Throttled(message, _retry_after_seconds(headers))
+            raise _Unavailable(
+                message, label, status=status, retry_after=_retry_after_seconds(headers, cap)
+            )
         if 200 <= status < 300:
-            raise TokenUnavailable(f"token endpoint answered HTTP {status} instead of 200")
-        raise TokenRejected(self._refusal(status, body))
+            message = f"token endpoint answered HTTP {status} instead of 200"
+            raise _Unavailable(message, label, status=status)
+        raise _Rejected(self._refusal(status, body), label, status=status)
 
     def _refusal(self, status: int, body: bytes) -> str:
         prefix = f"token endpoint refused client {self._client_id!r} ({self.auth_method})"
@@ -289,7 +351,8 @@ class TokenProvider:
         description = document.get("error_description")
         if isinstance(description, str) and description:
             text += f": {description}"
-        return self._redact(text)[:MAX_ERROR_TEXT]
+        # One line: relay check prints it as the command's one line of error.
+        return storable(self._redact(text).replace("\n", " "), MAX_ERROR_TEXT)
 
     def _redact(self, text: str) -> str:
         # Servers sometimes echo what they were sent; never let the secret through that way.
@@ -313,33 +376,68 @@ def basic_authorization(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
-def _token_from(body: bytes, started: float) -> AccessToken:
+def _labels(error: TokenError) -> tuple[str, int | None]:
+    """What a log line may say about a failure: its class and HTTP status."""
+    if isinstance(error, _Unavailable | _Rejected):
+        return error.error_class, error.status
+    return type(error).__name__, None
+
+
+def _bad_answer(message: str) -> _Unavailable:
+    return _Unavailable(f"token endpoint answered {message}", "bad_response", status=200)
+
+
+def _lenient_json(body: bytes) -> object:
+    """The token answer as JSON; Python's own parser as a fallback, as it takes the NaN,
+    Infinity and out-of-range numbers some servers write for expires_in."""
     try:
-        document = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise TokenUnavailable("token endpoint answered 200 with a body that is not JSON") from None
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise _bad_answer("200 with a body that is not JSON") from None
+
+
+def _lifetime(expires_in: object) -> float:
+    """expires_in in seconds, at most MAX_LIFETIME. A value that is no number at all counts as
+    absent (the token is still good; only its lifetime is unknown); one not above zero says
+    the token is already dead."""
+    if isinstance(expires_in, str):
+        try:
+            expires_in = float(expires_in)  # some servers send it as a string
+        except ValueError:
+            return DEFAULT_LIFETIME
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return DEFAULT_LIFETIME
+    if isinstance(expires_in, float) and math.isnan(expires_in):
+        return DEFAULT_LIFETIME
+    if expires_in <= 0:
+        raise _bad_answer("with an unusable expires_in")
+    # Compared before float(): a JSON integer may be too large for a float.
+    return MAX_LIFETIME if expires_in >= MAX_LIFETIME else float(expires_in)
+
+
+def _token_from(body: bytes, started: float) -> AccessToken:
+    document = _lenient_json(body)
     if not isinstance(document, dict):
-        raise TokenUnavailable("token endpoint answered 200 without a JSON object")
+        raise _bad_answer("200 without a JSON object")
     value = document.get("access_token")
     token_type = document.get("token_type")
     if not isinstance(value, str) or not value:
-        raise TokenUnavailable("token endpoint answered 200 without an access_token")
+        raise _bad_answer("200 without an access_token")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise TokenUnavailable("token endpoint answered with a token_type other than Bearer")
-    expires_in = document.get("expires_in", DEFAULT_LIFETIME)
-    if isinstance(expires_in, str) and expires_in.isdigit():
-        expires_in = int(expires_in)  # some servers send it as a string
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
-        raise TokenUnavailable("token endpoint answered with an unusable expires_in")
+        raise _bad_answer("with a token_type other than Bearer")
+    lifetime = _lifetime(document.get("expires_in"))
     scope = document.get("scope")
     # Lifetime counts from when we sent the request: the server's clock started before ours.
-    return AccessToken(value, started, float(expires_in), scope if isinstance(scope, str) else None)
+    return AccessToken(value, started, lifetime, scope if isinstance(scope, str) else None)
 
 
-def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    # Token endpoints send delta-seconds in practice; an HTTP-date falls back to our backoff.
-    value = headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
+def _retry_after_seconds(headers: Mapping[str, str], cap: timedelta) -> float | None:
+    wait = parse_retry_after(headers, cap)
+    return None if wait is None else wait.total_seconds()
 
 
 def _consume_exception(task: asyncio.Task[AccessToken]) -> None:

@@ -16,7 +16,7 @@ from relay.config import Settings, load_settings
 from relay.emulator import Emulator, EmulatorConfig
 from relay.keys import KeyMaterial
 from relay.metrics import Metrics
-from relay.publisher import Publisher, create_session
+from relay.publisher import Publisher, create_session, create_token_session
 from relay.token import TokenProvider
 
 CLIENT_ID = "relay-test"
@@ -60,25 +60,31 @@ def secret_config(**overrides: Any) -> EmulatorConfig:
 
 @asynccontextmanager
 async def running(
-    config: EmulatorConfig | None = None, clock: Callable[[], float] = time.monotonic
+    config: EmulatorConfig | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Emulator]:
-    """An emulator on a real socket on 127.0.0.1, stopped afterwards."""
-    emulator = Emulator(config or secret_config(), clock=clock, seed=1)
+    """An emulator on a real socket on 127.0.0.1, stopped afterwards. ``wall_clock`` is its
+    time of day, which client assertions are checked against."""
+    emulator = Emulator(config or secret_config(), clock=clock, wall_clock=wall_clock, seed=1)
     async with emulator:
         yield emulator
 
 
 class Client:
-    """The relay's partner-facing side wired together, as ``run()`` will wire it."""
+    """The relay's partner-facing side wired together, as ``run()`` wires it."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
+        token_session: aiohttp.ClientSession,
         tokens: TokenProvider,
         publisher: Publisher,
         metrics: Metrics,
     ) -> None:
-        self.session = session
+        self.session = session  # publishes
+        self.token_session = token_session  # token requests, so they never queue behind them
         self.tokens = tokens
         self.publisher = publisher
         self.metrics = metrics
@@ -91,18 +97,23 @@ async def client(
     key_material: KeyMaterial | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Client]:
-    """A session, token provider and publisher for ``settings``, closed afterwards."""
+    """Both sessions, token provider and publisher for ``settings``, closed afterwards."""
     metrics = Metrics()
-    async with create_session(settings) as session:
+    async with create_session(settings) as session, create_token_session(settings) as token_session:
         tokens = TokenProvider(
-            session, settings, key_material=key_material, metrics=metrics, clock=clock
+            token_session, settings, key_material=key_material, metrics=metrics, clock=clock
         )
         assert settings.api_base_url is not None
         publisher = Publisher(
-            session, tokens, settings.api_base_url, settings.request_timeout, metrics
+            session,
+            tokens,
+            settings.api_base_url,
+            settings.request_timeout,
+            metrics,
+            retry_after_cap=settings.retry_after_cap,
         )
         try:
-            yield Client(session, tokens, publisher, metrics)
+            yield Client(session, token_session, tokens, publisher, metrics)
         finally:
             await tokens.close()
 

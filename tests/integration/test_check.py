@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.emulator import Emulator, EmulatorConfig
-from tests.helpers.keys import certificate, rsa_key, write_pem, write_pkcs12
+from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem, write_pkcs12
 from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running
 
 RELAY = str(Path(sys.executable).parent / "relay")
@@ -110,6 +110,22 @@ async def test_check_reports_a_rejected_secret_in_one_line() -> None:
     assert err.startswith(f"relay: token endpoint refused client '{CLIENT_ID}'")
     assert "invalid_client" in err
     assert "not-the-secret" not in err
+
+
+async def test_check_names_the_ca_bundle_when_the_certificate_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    server_context, ca_file = server_tls(tmp_path)
+    async with running() as emulator:
+        await emulator.stop()
+        await emulator.start(ssl_context=server_context)
+        env = environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET)
+        code, out, err = await relay_check(env)
+        trusted, _, trusted_err = await relay_check({**env, "RELAY_CA_BUNDLE": str(ca_file)})
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "RELAY_CA_BUNDLE" in err
+    assert trusted == 0, trusted_err
 
 
 async def test_check_refuses_a_key_that_does_not_match_its_certificate(tmp_path: Path) -> None:

@@ -210,6 +210,34 @@ async def test_private_key_jwt_refuses_bad_assertions(
     assert description in body["error_description"]
 
 
+NOW = 1_800_000_000  # the emulator's time of day in the skew tests
+
+
+@pytest.mark.parametrize(
+    ("iat", "nbf", "exp", "description"),
+    [
+        (NOW + 5, NOW + 5, NOW + 15, None),  # the client's clock 5 s ahead: tolerated
+        (NOW - 14, NOW - 14, NOW - 4, None),  # 4 s past exp: tolerated
+        (NOW + 6, NOW + 6, NOW + 16, "not yet valid"),
+        (NOW + 6, NOW, NOW + 16, "not yet valid"),  # iat in the future counts too
+        (NOW - 15, NOW - 15, NOW - 5, "expired"),
+        (NOW, NOW, NOW + 301, "lives too long"),
+        ("now", NOW, NOW + 10, "must be numbers"),
+    ],
+)
+async def test_private_key_jwt_tolerates_5_seconds_of_clock_skew_and_no_more(
+    http: aiohttp.ClientSession, iat: Any, nbf: int, exp: int, description: str | None
+) -> None:
+    async with running(config(), wall_clock=lambda: NOW) as emulator:
+        signed = assertion(aud=emulator.token_url, iat=iat, nbf=nbf, exp=exp)
+        status, body, _ = await post_token(http, emulator, jwt_form(signed))
+    if description is None:
+        assert status == 200, body
+    else:
+        assert (status, body["error"]) == (401, "invalid_client")
+        assert description in body["error_description"]
+
+
 async def test_private_key_jwt_refuses_a_replayed_jti(http: aiohttp.ClientSession) -> None:
     async with running(config()) as emulator:
         signed = assertion(aud=emulator.token_url)
@@ -430,3 +458,121 @@ async def test_revoke_stats_events_and_reset(http: aiohttp.ClientSession) -> Non
     assert events[0]["tenant"] == "abcinsurance"
     assert events[0]["body"]["eventType"] == "payment_status_updated"
     assert after_reset["events"] == after_reset["token_requests"] == 0
+
+
+# Fault answers the partner's infrastructure gives: raw bodies, echoes, routes, refused tokens --
+
+
+async def raw_send(
+    http: aiohttp.ClientSession, emulator: Emulator, token: str, body: bytes, path: str = SEND
+) -> tuple[int, bytes, aiohttp.ClientResponse]:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json;charset=utf-8",
+        "Event-Type": "payment_status_updated",
+    }
+    async with http.post(emulator.base_url + path, data=body, headers=headers) as response:
+        return response.status, await response.read(), response
+
+
+async def test_error_body_replaces_the_fault_answer(http: aiohttp.ClientSession) -> None:
+    async with running(config()) as emulator:
+        token = await get_token(http, emulator)
+        emulator.set_faults(status=502, error_body="<html><h1>Bad Gateway</h1></html>")
+        status, body, response = await raw_send(http, emulator, token, event_body())
+    assert (status, body) == (502, b"<html><h1>Bad Gateway</h1></html>")
+    assert response.headers["Content-Type"] == "text/html"
+
+
+async def test_error_body_is_encoded_in_the_charset_of_its_content_type(
+    http: aiohttp.ClientSession,
+) -> None:
+    text = '{"message": "Incorrect payload", "valid": false}'
+    async with running(config()) as emulator:
+        token = await get_token(http, emulator)
+        faults = {
+            "status": 400,
+            "error_body": text,
+            "error_content_type": "application/json; charset=utf-16",
+        }
+        assert (await control(http, emulator, "POST", "/_emulator/faults", faults))[0] == 200
+        status, body, response = await raw_send(http, emulator, token, event_body())
+    assert status == 400
+    assert body == text.encode("utf-16")
+    assert b"\x00" in body
+    assert response.headers["Content-Type"] == "application/json; charset=utf-16"
+
+
+async def test_echo_body_sends_the_request_back(http: aiohttp.ClientSession) -> None:
+    payload = event_body(changedBy={"name": "Jens Hansen", "userName": "jh"})
+    async with running(config()) as emulator:
+        token = await get_token(http, emulator)
+        emulator.set_faults(error_rate=1.0, error_status=500, echo_body=True, error_body="echo: ")
+        status, body, _ = await raw_send(http, emulator, token, payload)
+    assert (status, body) == (500, b"echo: " + payload)
+
+
+async def test_retry_after_carries_any_text(http: aiohttp.ClientSession) -> None:
+    absurd = ["99999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT", "-1", "soon"]
+    async with running(config()) as emulator:
+        token = await get_token(http, emulator)
+        for value in absurd:
+            emulator.set_faults(status=429, retry_after=value)
+            _, _, response = await raw_send(http, emulator, token, event_body())
+            assert response.headers["Retry-After"] == value
+
+
+async def test_route_status_answers_one_route_only(http: aiohttp.ClientSession) -> None:
+    misrouted = "/api/events/v1/dk/external/misrouted/send"
+    async with running(config()) as emulator:
+        token = await get_token(http, emulator)
+        faults = {"route_status": {"dk/misrouted": 404}}
+        assert (await control(http, emulator, "POST", "/_emulator/faults", faults))[0] == 200
+        assert (await send(http, emulator, token, path=misrouted))[0] == 404
+        assert (await send(http, emulator, token, path=misrouted))[0] == 404
+        assert (await send(http, emulator, token))[0] == 201
+        _, stats = await control(http, emulator, "GET", "/_emulator/stats")
+    assert stats["sends_by_route"] == {"dk/misrouted": 2, "dk/abcinsurance": 1}
+    assert [event.tenant for event in emulator.events] == ["abcinsurance"]
+
+
+async def test_route_status_must_map_routes_to_statuses(http: aiohttp.ClientSession) -> None:
+    async with running(config()) as emulator:
+        for bad in ({"route_status": ["dk/misrouted"]}, {"route_status": {"dk/x": "404"}}):
+            status, body = await control(http, emulator, "POST", "/_emulator/faults", bad)
+            assert status == 400
+            assert "route_status" in body["error"]
+
+
+async def test_reject_tokens_refuses_even_a_fresh_token(http: aiohttp.ClientSession) -> None:
+    async with running(config()) as emulator:
+        await control(http, emulator, "POST", "/_emulator/faults", {"reject_tokens": True})
+        for _ in range(2):
+            token = await get_token(http, emulator)  # the token endpoint still issues tokens
+            status, body, _ = await send(http, emulator, token)
+            assert (status, body) == (401, UNAUTHORIZED)
+        await control(http, emulator, "DELETE", "/_emulator/faults")
+        assert (await send(http, emulator, token))[0] == 201
+
+
+async def test_token_fault_answers_carry_retry_after_and_error_body(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running(config()) as emulator:
+        emulator.set_faults(
+            token_status=429,
+            retry_after="99999999999999999999",
+            error_body="<html>slow down</html>",
+        )
+        async with http.post(emulator.token_url, data=secret_form()) as response:
+            assert response.status == 429
+            assert response.headers["Retry-After"] == "99999999999999999999"
+            assert await response.read() == b"<html>slow down</html>"
+
+
+async def test_clearing_faults_does_not_keep_a_changed_route_status() -> None:
+    async with running(config()) as emulator:
+        emulator.faults.route_status["dk/x"] = 503
+        emulator.clear_faults()
+        assert emulator.faults.route_status == {}
+        assert emulator.config.faults.route_status == {}

@@ -10,15 +10,26 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
+import asyncpg
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
 from relay.config import load_settings
 from relay.emulator import Emulator, EmulatorConfig
-from relay.errors import ConfigurationError
+from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.keys import load_pem
-from relay.publisher import Outcome, OutcomeKind, Publisher, create_session
+from relay.publisher import (
+    InvalidRoute,
+    Outcome,
+    OutcomeKind,
+    Publisher,
+    create_session,
+    create_token_session,
+    path_segment,
+)
+from relay.routes import route_problem
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
 from tests.helpers.partner import (
     CLIENT_ID,
@@ -30,6 +41,7 @@ from tests.helpers.partner import (
     partner_settings,
     running,
     secret_config,
+    wait_for,
 )
 
 EVENT = "payment_status_updated"
@@ -63,7 +75,47 @@ def test_url() -> None:
     assert publisher.url("dk", "abcinsurance") == (
         "https://www.scalepoint.com/api/events/v1/dk/external/abcinsurance/send"
     )
-    assert publisher.url("dk", "a/b c").endswith("/external/a%2Fb%20c/send")
+    assert publisher.url("se", "Budget.Insurance_2-x").endswith(
+        "/v1/se/external/Budget.Insurance_2-x/send"
+    )
+    with pytest.raises(InvalidRoute, match="tenant 'a/b c' is not"):
+        publisher.url("dk", "a/b c")
+
+
+@pytest.mark.parametrize("segment", [".", "..", ""])
+def test_no_path_segment_is_a_dot_segment(segment: str) -> None:
+    with pytest.raises(InvalidRoute):
+        path_segment(segment)
+    assert path_segment("a/../b") == "a%2F..%2Fb"
+
+
+BAD_ROUTES = [
+    ("dk", ".."),
+    ("..", "abcinsurance"),
+    ("dk", "."),
+    ("dk", "a/b"),
+    ("dk", "../../admin"),
+    ("dk", "%2F"),
+    ("dk", "%2e%2e"),
+    ("dk", "x" * 6080),
+    ("DK", "abcinsurance"),
+    ("dk", ""),
+    ("dk", "abc\ninsurance"),
+]
+
+
+@pytest.mark.parametrize(("country", "tenant"), BAD_ROUTES)
+async def test_a_bad_route_is_permanent_without_any_request(country: str, tenant: str) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        outcome = await relay.publisher.publish(EVENT, event_body(), country, tenant)
+    problem = route_problem(country, tenant)
+    assert problem is not None
+    assert outcome == Outcome(
+        OutcomeKind.PERMANENT, "invalid_route", error=problem, latency=outcome.latency
+    )
+    assert len(outcome.error or "") < 200  # a 6,080-character tenant is not quoted whole
+    assert emulator.token_requests == []
+    assert emulator.stats()["sends_by_route"] == {}
 
 
 async def test_200_concurrent_publishes_cause_exactly_one_token_request() -> None:
@@ -140,10 +192,40 @@ async def test_a_401_after_the_retry_is_a_configuration_problem() -> None:
     async with running() as emulator, client(partner_settings(emulator)) as relay:
         emulator.set_faults(status=401)
         outcome = await publish_one(relay.publisher)
-    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "http_401")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_not_accepted")
     assert "Full authentication is required" in (outcome.error or "")
     assert len(emulator.token_requests) == 2
     assert emulator.status_counts == {401: 2}
+
+
+async def test_a_fresh_token_refused_is_the_clients_problem_on_every_route() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(reject_tokens=True)
+        outcome = await publish_one(relay.publisher)
+        other = await relay.publisher.publish(EVENT, event_body(), "se", "budget")
+    for refused in (outcome, other):
+        assert (refused.kind, refused.error_class, refused.http_status) == (
+            OutcomeKind.CONFIGURATION,
+            "token_not_accepted",
+            401,
+        )
+        assert refused.for_all_routes
+    assert emulator.stats()["tokens_issued"] == 3  # each refusal was retried with a new token
+    assert emulator.status_counts == {401: 4}
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class"), [(404, "http_404"), (403, "http_403"), (301, "redirect")]
+)
+async def test_a_route_refused_is_that_routes_problem(status: int, error_class: str) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(route_status={"dk/misrouted": status})
+        refused = await relay.publisher.publish(EVENT, event_body(), "dk", "misrouted")
+        published = await publish_one(relay.publisher)
+    assert (refused.kind, refused.error_class) == (OutcomeKind.CONFIGURATION, error_class)
+    assert not refused.for_all_routes
+    assert published.kind is OutcomeKind.PUBLISHED
+    assert emulator.stats()["sends_by_route"] == {"dk/misrouted": 1, "dk/abcinsurance": 1}
 
 
 # Each outcome row, produced over the wire --------------------------------------------------
@@ -161,6 +243,39 @@ async def test_503_with_retry_after_for_a_time_window() -> None:
         assert outcome.retry_after == timedelta(seconds=7)
         clock.advance(10)
         assert (await publish_one(relay.publisher)).kind is OutcomeKind.PUBLISHED
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("99999999999999999999", timedelta(minutes=5)),
+        ("9" * 4000, timedelta(minutes=5)),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", timedelta(minutes=5)),
+        ("Mon, 01 Jan 1900 00:00:00 GMT", timedelta(0)),
+        ("180", timedelta(minutes=3)),
+    ],
+)
+async def test_an_absurd_retry_after_is_capped(retry_after: str, expected: timedelta) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=429, retry_after=retry_after)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "http_429")
+    assert outcome.retry_after == expected
+
+
+async def test_the_retry_after_cap_is_a_setting() -> None:
+    settings = partner_settings("http://unused.invalid", retry_after_cap="30s")
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        capped = Publisher(
+            relay.session,
+            relay.tokens,
+            emulator.base_url,
+            settings.request_timeout,
+            retry_after_cap=settings.retry_after_cap,
+        )
+        emulator.set_faults(status=503, retry_after="99999999999999999999")
+        outcome = await capped.publish(EVENT, event_body(), "dk", "abcinsurance")
+    assert outcome.retry_after == timedelta(seconds=30)
 
 
 async def test_insufficient_scope_is_configuration() -> None:
@@ -265,7 +380,50 @@ async def test_rejected_client_is_configuration() -> None:
     ):
         outcome = await publish_one(relay.publisher)
     assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_rejected")
+    assert outcome.for_all_routes
     assert "invalid_client" in (outcome.error or "")
+
+
+# Nothing ends the process -------------------------------------------------------------------
+
+
+async def test_an_unexpected_exception_becomes_a_transient_outcome() -> None:
+    async with aiohttp.ClientSession() as closed:
+        pass  # a closed session raises RuntimeError, which no except clause expects
+    with capture_logs() as logged:
+        async with running() as emulator, client(partner_settings(emulator)) as relay:
+            broken = Publisher(closed, relay.tokens, emulator.base_url, timedelta(seconds=2))
+            outcome = await broken.publish(EVENT, event_body(), "dk", "abcinsurance")
+            assert (await publish_one(relay.publisher)).kind is OutcomeKind.PUBLISHED
+    assert outcome == Outcome(
+        OutcomeKind.TRANSIENT, "unexpected", error="RuntimeError", latency=outcome.latency
+    )
+    assert outcome.latency > 0
+    unexpected = [entry for entry in logged if entry["event"] == "publish.unexpected_error"]
+    assert [entry["error_class"] for entry in unexpected] == ["RuntimeError"]
+    assert emulator.events != []
+
+
+async def test_an_unexpected_exception_fetching_a_token_is_token_unavailable() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        await relay.token_session.close()
+        outcome = await publish_one(relay.publisher)
+        with pytest.raises(TokenUnavailable, match="RuntimeError"):
+            await relay.tokens.get()
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "token_unavailable")
+    assert "RuntimeError" in (outcome.error or "")
+    assert emulator.token_requests == []
+
+
+async def test_cancelling_a_publish_still_cancels_it() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(latency_ms=5000)
+        task = asyncio.create_task(publish_one(relay.publisher))
+        await wait_for(lambda: emulator.stats()["in_flight"] == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert relay.metrics.in_flight._value.get() == 0
 
 
 # TLS -----------------------------------------------------------------------------------------
@@ -280,10 +438,54 @@ async def test_tls_is_verified_and_the_ca_bundle_extends_the_trust_store(tmp_pat
         untrusted = partner_settings(plain)
         async with client(untrusted) as relay:
             outcome = await publish_one(relay.publisher)
-        assert outcome.error_class == "token_unavailable"  # certificate not trusted
+            with pytest.raises(TokenRejected, match="RELAY_CA_BUNDLE"):
+                await relay.tokens.get()
+        # The token endpoint's certificate is not trusted: a configuration error, everywhere.
+        assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "token_rejected")
+        assert outcome.for_all_routes
+        assert "RELAY_CA_BUNDLE" in (outcome.error or "")
+        assert plain.token_requests == []
         async with client(partner_settings(plain, ca_bundle=ca_file)) as relay:
             outcome = await publish_one(relay.publisher)
         assert outcome.kind is OutcomeKind.PUBLISHED
+
+
+@asynccontextmanager
+async def tls_api(tmp_path: Path) -> AsyncIterator[tuple[Emulator, Emulator, Path]]:
+    """A token endpoint over plain HTTP and an EventApi over TLS with a self-signed
+    certificate, and that certificate's PEM file."""
+    server_context, ca_file = server_tls(tmp_path)
+    async with running() as tokens_only:
+        api = Emulator(secret_config())
+        await api.start(ssl_context=server_context)
+        try:
+            yield tokens_only, api, ca_file
+        finally:
+            await api.stop()
+
+
+async def test_an_untrusted_api_certificate_is_a_configuration_error(tmp_path: Path) -> None:
+    async with tls_api(tmp_path) as (tokens_only, api, _):
+        settings = partner_settings(tokens_only, api_base_url=api.base_url)
+        async with client(settings) as relay:
+            outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "tls_certificate")
+    assert outcome.for_all_routes
+    assert "RELAY_CA_BUNDLE" in (outcome.error or "")
+    assert "self-signed certificate" in (outcome.error or "")
+    assert len(tokens_only.token_requests) == 1
+    assert api.stats()["sends_by_route"] == {}
+
+
+async def test_a_certificate_for_another_host_is_a_configuration_error(tmp_path: Path) -> None:
+    async with tls_api(tmp_path) as (tokens_only, api, ca_file):
+        # Trusted, but issued for 127.0.0.1, not for the name the relay connects to.
+        by_name = api.base_url.replace("127.0.0.1", "localhost")
+        settings = partner_settings(tokens_only, api_base_url=by_name, ca_bundle=ca_file)
+        async with client(settings) as relay:
+            outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.CONFIGURATION, "tls_certificate")
+    assert "RELAY_CA_BUNDLE" in (outcome.error or "")
 
 
 async def test_unreadable_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
@@ -297,6 +499,38 @@ async def test_session_pool_is_limited_to_the_concurrency() -> None:
     async with create_session(load_settings(concurrency=7)) as session:
         assert session.connector is not None
         assert session.connector.limit == 7
+
+
+async def test_the_token_session_has_a_small_pool_of_its_own() -> None:
+    settings = load_settings(concurrency=200, request_timeout="7s")
+    async with create_session(settings) as publishing, create_token_session(settings) as tokens:
+        assert tokens.connector is not None
+        assert publishing.connector is not None
+        assert tokens.connector is not publishing.connector
+        assert 1 <= tokens.connector.limit <= 4
+        assert tokens.timeout.total == publishing.timeout.total == 7
+
+
+async def test_the_token_session_refuses_an_unreadable_ca_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    with pytest.raises(ConfigurationError, match="RELAY_CA_BUNDLE: cannot load"):
+        create_token_session(load_settings(ca_bundle=bundle))
+
+
+async def test_a_token_request_does_not_wait_behind_publishes() -> None:
+    async with running() as emulator:
+        emulator.set_faults(latency_ms=1000)
+        async with client(partner_settings(emulator, concurrency=2)) as relay:
+            first = await relay.tokens.get()
+            sends = [asyncio.create_task(publish_one(relay.publisher)) for _ in range(2)]
+            await wait_for(lambda: emulator.stats()["in_flight"] == 2)  # the pool is in use
+            relay.tokens.invalidate(first)
+            assert await relay.tokens.get() is not first
+            assert not any(task.done() for task in sends)  # the token did not wait for them
+            outcomes = await asyncio.gather(*sends)
+    assert {outcome.kind for outcome in outcomes} == {OutcomeKind.PUBLISHED}
+    assert len(emulator.token_requests) == 2
 
 
 # Nothing secret in any log line --------------------------------------------------------------
@@ -362,3 +596,95 @@ async def test_no_secret_assertion_or_token_in_logs(
     assert len(candidates) >= 8
     for secret in candidates:
         assert secret not in everything
+
+
+# Partner text: stored safely, never logged ---------------------------------------------------
+
+PERSONAL = "Jens Hansen"  # what an echoed payload carries: a person's name
+
+
+@pytest.mark.parametrize(
+    ("error_body", "content_type"),
+    [
+        ('{"message": "Incorrect payload", "valid": false}', "application/json; charset=utf-16"),
+        ("<html><body>Bad Request</body></html>", "text/html; charset=utf-16-le"),
+        ('{"message": "bad\\u0000value", "valid": false}', "application/json"),
+        ("<html>\x00\x01\x1b[31m broken \x00</html>", "text/html"),
+    ],
+)
+async def test_partner_error_text_is_accepted_by_a_postgresql_text_column(
+    db: asyncpg.Connection, error_body: str, content_type: str
+) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=400, error_body=error_body, error_content_type=content_type)
+        outcome = await publish_one(relay.publisher)
+    assert (outcome.kind, outcome.http_status) == (OutcomeKind.PERMANENT, 400)
+    assert outcome.error is not None
+    assert "\x00" not in outcome.error
+    await db.execute("CREATE TEMPORARY TABLE stored (error text)")
+    await db.execute("INSERT INTO stored (error) VALUES ($1)", outcome.error)
+    assert await db.fetchval("SELECT error FROM stored") == outcome.error
+
+
+async def test_a_huge_echoing_error_body_is_stored_bounded() -> None:
+    body = event_body(note="x" * 100_000, changedBy={"name": PERSONAL})
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=500, echo_body=True)
+        outcome = await publish_one(relay.publisher, body)
+    assert outcome.error_class == "http_500"
+    assert outcome.error is not None
+    assert len(outcome.error) <= 1000
+
+
+async def test_a_huge_answer_is_read_only_in_part() -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        emulator.set_faults(status=503, error_body="<html>" + "x" * 5_000_000)
+        outcome = await publish_one(relay.publisher)
+        assert (await publish_one(relay.publisher)).error_class == "http_503"
+    assert outcome.error_class == "http_503"
+    assert (outcome.error or "").startswith("HTTP 503: <html>xxx")
+
+
+async def test_an_echoing_error_body_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = event_body(changedBy={"name": PERSONAL, "userName": "jens.hansen"})
+    with capture_logs() as structured:
+        async with running() as emulator, client(partner_settings(emulator)) as relay:
+            for status in (400, 500, 404, 401):
+                emulator.set_faults(status=status, echo_body=True, error_body="Echo: ")
+                outcome = await publish_one(relay.publisher, body)
+                assert outcome.http_status == status
+            emulator.set_faults(status=None, route_status={"dk/abcinsurance": 403})
+            assert (await publish_one(relay.publisher, body)).http_status == 403
+    logged = "\n".join(repr(entry) for entry in structured)
+    logged += "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
+    assert structured  # the 401 retry logs, without the body
+    assert PERSONAL not in logged
+    assert "jens.hansen" not in logged
+    assert "Echo" not in logged
+
+
+async def test_a_token_endpoints_refusal_text_is_never_logged() -> None:
+    refusal = orjson.dumps({"error": "invalid_client", "error_description": f"no {PERSONAL}"})
+    clock = FakeClock()
+    with capture_logs() as structured:
+        async with (
+            running() as emulator,
+            client(partner_settings(emulator), clock=clock) as relay,
+        ):
+            emulator.set_faults(
+                token_status=400,
+                error_body=refusal.decode(),
+                error_content_type="application/json",
+            )
+            outcome = await publish_one(relay.publisher)
+            emulator.set_faults(token_status=503, echo_body=True, error_body=None)
+            clock.advance(61)  # past the configuration pause
+            second = await publish_one(relay.publisher)
+    assert (outcome.error_class, second.error_class) == ("token_rejected", "token_unavailable")
+    assert PERSONAL in (outcome.error or "")  # stored for the operator, ...
+    failures = [entry for entry in structured if entry["event"] == "token.request_failed"]
+    assert len(failures) == 2
+    assert PERSONAL not in repr(structured)  # ... never logged
+    assert CLIENT_SECRET not in repr(structured)
+    assert [entry.get("status") for entry in failures] == [400, 503]

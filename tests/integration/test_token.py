@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,13 +20,15 @@ from relay.emulator import EmulatorConfig
 from relay.errors import TokenRejected, TokenUnavailable
 from relay.keys import KeyMaterial, load_pem
 from relay.metrics import Metrics
-from relay.publisher import create_session
+from relay.publisher import OutcomeKind, create_token_session
 from relay.token import AccessToken, TokenProvider, basic_authorization
 from tests.helpers.keys import certificate, rsa_key, write_pem
 from tests.helpers.partner import (
     CLIENT_ID,
     CLIENT_SECRET,
     FakeClock,
+    client,
+    event_body,
     partner_settings,
     running,
     secret_config,
@@ -42,7 +45,7 @@ async def provider(
     jitter: float = 1.0,
 ) -> AsyncIterator[TokenProvider]:
     """A TokenProvider with deterministic jitter (the top of the backoff range)."""
-    async with create_session(settings) as session:
+    async with create_token_session(settings) as session:
         tokens = TokenProvider(
             session,
             settings,
@@ -123,7 +126,25 @@ async def test_private_key_jwt_assertion_verifies_and_carries_the_claims(
     assert claims["aud"] == emulator.token_url
     assert uuid.UUID(claims["jti"]).version == 4
     assert claims["iat"] == claims["nbf"]
-    assert claims["exp"] == claims["iat"] + 10
+    assert claims["exp"] == claims["iat"] + 15  # backdated 5 s, valid 10 s ahead
+
+
+@pytest.mark.parametrize(("skew", "accepted"), [(-8, True), (0, True), (12, True), (-20, False)])
+async def test_private_key_jwt_survives_a_token_endpoint_clock_a_little_off(
+    key_material: KeyMaterial, skew: float, accepted: bool
+) -> None:
+    config = EmulatorConfig(certificates={CLIENT_ID: [key_material.certificate]})
+    async with running(config, wall_clock=lambda: time.time() + skew) as emulator:
+        settings = partner_settings(
+            emulator, client_secret=None, client_auth_method="private_key_jwt"
+        )
+        async with provider(settings, key_material=key_material) as tokens:
+            if accepted:
+                await tokens.get()
+            else:
+                with pytest.raises(TokenRejected, match="not yet valid"):
+                    await tokens.get()
+    assert [request.status for request in emulator.token_requests] == [200 if accepted else 401]
 
 
 async def test_private_key_jwt_with_rotated_certificates(key_material: KeyMaterial) -> None:
@@ -360,6 +381,105 @@ async def test_retry_after_from_the_token_endpoint_is_honoured() -> None:
             clock.advance(29)
             with pytest.raises(TokenUnavailable, match=r"next token request in 1\.0s"):
                 await tokens.get()
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "cap", "wait"),
+    [
+        ("99999999999999999999", None, 300.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", None, 300.0),
+        ("99999999999999999999", "10s", 10.0),
+    ],
+)
+async def test_an_absurd_retry_after_from_the_token_endpoint_is_capped(
+    retry_after: str, cap: str | None, wait: float
+) -> None:
+    clock = FakeClock()
+    async with running(secret_config(), clock) as emulator:
+        emulator.set_faults(token_status=503, retry_after=retry_after)
+        overrides = {"retry_after_cap": cap} if cap else {}
+        async with provider(partner_settings(emulator, **overrides), clock=clock) as tokens:
+            with pytest.raises(TokenUnavailable, match="HTTP 503"):
+                await tokens.get()
+            with pytest.raises(TokenUnavailable, match=rf"next token request in {wait:.1f}s"):
+                await tokens.get()
+            emulator.clear_faults()
+            clock.advance(wait)
+            await tokens.get()
+    assert len(emulator.token_requests) == 2
+
+
+async def test_an_absurd_token_lifetime_is_clamped_to_a_day_and_refreshed_at_80_percent() -> None:
+    clock = FakeClock()
+    config = secret_config()
+    config.faults.token_lifetime = 1e308  # sent as a 309-digit integer
+    async with (
+        running(config, clock) as emulator,
+        provider(partner_settings(emulator), clock=clock) as tokens,
+    ):
+        first = await tokens.get()
+        assert first.lifetime == 86400
+        clock.advance(0.8 * 86400 - 1)
+        assert await tokens.get() is first
+        assert len(emulator.token_requests) == 1
+        clock.advance(2)
+        assert await tokens.get() is first  # served while the refresh runs
+        await wait_for(lambda: tokens.token is not first)
+    assert len(emulator.token_requests) == 2
+
+
+@pytest.mark.parametrize(("lifetime", "expected"), [(float("inf"), 86400), (float("nan"), 60)])
+async def test_a_non_finite_token_lifetime_is_usable(lifetime: float, expected: float) -> None:
+    config = secret_config()
+    config.faults.token_lifetime = lifetime  # sent as Infinity or NaN, which JSON lacks
+    async with running(config) as emulator, provider(partner_settings(emulator)) as tokens:
+        assert (await tokens.get()).lifetime == expected
+
+
+async def test_a_tiny_token_lifetime_still_works() -> None:
+    clock = FakeClock()
+    config = secret_config()
+    config.faults.token_lifetime = 0.01
+    async with running(config, clock) as emulator:
+        settings = partner_settings(emulator)
+        async with client(settings, clock=clock) as relay:
+            for _ in range(3):
+                outcome = await relay.publisher.publish(
+                    "payment_status_updated", event_body(), "dk", "abcinsurance"
+                )
+                assert outcome.kind is OutcomeKind.PUBLISHED
+                clock.advance(0.02)
+    assert len(emulator.token_requests) == 3
+    assert emulator.status_counts == {201: 3}
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [
+        (b"1e308", 86400),
+        (b"100000000000000000000000000000", 86400),
+        (b"1" + b"0" * 400, 86400),
+        (b"1e400", 86400),
+        (b"Infinity", 86400),
+        (b"NaN", 60),
+        (b'"1e308"', 86400),
+        (b'"' + b"9" * 5000 + b'"', 86400),
+        (b'"3600"', 3600),
+        (b'"soon"', 60),
+        (b"true", 60),
+        (b"null", 60),
+        (b"[3600]", 60),
+        (b"0.5", 0.5),
+        (b"86401", 86400),
+        (b"7200", 7200),
+    ],
+)
+async def test_expires_in_is_clamped(expires_in: bytes, lifetime: float) -> None:
+    body = b'{"access_token": "x", "token_type": "Bearer", "expires_in": ' + expires_in + b"}"
+    async with stub(200, body, {}) as base_url, provider(partner_settings(base_url)) as tokens:
+        token = await tokens.get()
+    assert token.lifetime == lifetime
+    assert token.refresh_at - token.issued_at == pytest.approx(lifetime * 0.8)
 
 
 async def test_missing_expires_in_gets_a_conservative_lifetime() -> None:

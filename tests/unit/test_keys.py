@@ -158,12 +158,13 @@ def test_client_assertion_claims(tmp_path: Path) -> None:
         "sub": "client",
         "aud": audience,
         "jti": claims["jti"],
-        "iat": 1_700_000_000,
-        "nbf": 1_700_000_000,
+        # Backdated 5 s for a token endpoint whose clock is behind ours; exp stays 10 s ahead.
+        "iat": 1_699_999_995,
+        "nbf": 1_699_999_995,
         "exp": 1_700_000_010,
     }
     assert uuid.UUID(claims["jti"]).version == 4
     second_claims = jwt.decode(second, options={"verify_signature": False})
     assert second_claims["jti"] != claims["jti"]
-    assert abs(second_claims["iat"] - time.time()) < 5
+    assert abs(second_claims["iat"] + 5 - time.time()) < 5
     assert jwt.get_unverified_header(first)["x5t"] == material.thumbprint
