@@ -26,7 +26,7 @@ from relay.keys import load_key_material
 from relay.liveness import Liveness
 from relay.metrics import Metrics
 from relay.outbox import Defaults, Store
-from relay.publisher import Publisher, create_session
+from relay.publisher import Publisher, create_session, create_token_session
 from relay.retry import GiveUpPolicy, RetryPolicy
 from relay.token import TokenProvider
 from relay.worker import DrainReport, EngineConfig, Worker
@@ -87,9 +87,12 @@ class Daemon:
             pool = await self._open_pool(url)
             stack.push_async_callback(_close_pool, pool)
             session = await stack.enter_async_context(create_session(settings))
+            # Token requests have connections of their own: behind a full pool of publishes
+            # they would wait, and time out, exactly when a token is needed.
+            token_session = await stack.enter_async_context(create_token_session(settings))
             key_material = load_key_material(settings) if settings.uses_private_key_jwt else None
             self.tokens = TokenProvider(
-                session, settings, key_material=key_material, metrics=self.metrics
+                token_session, settings, key_material=key_material, metrics=self.metrics
             )
             stack.push_async_callback(self.tokens.close)
             # Fetch the first token now: a rejected client shows in /readyz before any event.
@@ -98,7 +101,12 @@ class Daemon:
             api_base = settings.resolved_api_base_url
             assert api_base is not None  # require_partner() checked it
             publisher = Publisher(
-                session, self.tokens, api_base, settings.request_timeout, self.metrics
+                session,
+                self.tokens,
+                api_base,
+                settings.request_timeout,
+                self.metrics,
+                retry_after_cap=settings.retry_after_cap,
             )
             defaults = Defaults(settings.country, settings.tenant)
             store = Store(pool, settings.schema_name, settings.worker_id, defaults)
