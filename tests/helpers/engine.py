@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -144,3 +144,10 @@ async def arrival_order_by_key(db: asyncpg.Connection, emulator: Emulator) -> di
         if row_id in keys:
             order.setdefault(keys[row_id], []).append(row_id)
     return order
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until ``check()`` (usually a query) holds; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - the state lives in the database
+            await asyncio.sleep(0.02)

@@ -62,7 +62,7 @@ async def test_an_earlier_row_committed_during_the_claim_still_goes_first(
         assert small < large
         pid = relay.get_server_pid()
         claiming = asyncio.create_task(claim(relay, 1 << 32 | 1))
-        while not await executing(watcher, pid):
+        while not await executing(watcher, pid):  # noqa: ASYNC110 - state in the server
             await asyncio.sleep(0.001)
         await early.commit()  # the smaller id commits after the claim took its snapshot
         during = await executing(watcher, pid)
