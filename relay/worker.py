@@ -201,6 +201,7 @@ class Worker:
         if stop.is_set():
             return None
         await self.parker.start()
+        await self.keeper.rescue()  # a predecessor's rows, at once rather than in a second
         await self._refresh_pauses()
         self.running.set()
         senders = [

@@ -1,0 +1,115 @@
+"""A relay killed with SIGKILL: its rows are sent again within about a second, not a lease.
+
+Each relay holds an advisory lock for as long as its process lives and writes its incarnation
+into its claims; the lock goes with the process, and another relay (or the restarted one)
+ends those rows' leases at once. Today's main waited out the whole lease (60 s by default),
+and named its claims after hostname:pid, which repeats across container restarts (pid 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from relay.emulator import Faults
+from relay.queries import LIVENESS_LOCK_CLASS
+from tests.e2e.test_run_process import start_relay
+from tests.helpers.engine import eventually, insert_rows, relay_env, status_counts
+from tests.helpers.partner import running, secret_config, wait_for
+
+ROWS = 8
+CONCURRENCY = 4
+# Both relays call themselves what a container's only process would.
+WORKER_ID = "relay-0:1"
+
+
+async def live_relays(db: asyncpg.Connection) -> int:
+    count = await db.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 "
+        "AND objsubid = 2 AND granted",
+        LIVENESS_LOCK_CLASS,
+    )
+    return int(count)
+
+
+async def all_held(db: asyncpg.Connection) -> bool:
+    held = await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'in_flight'")
+    return bool(held == ROWS)
+
+
+async def published(db: asyncpg.Connection) -> bool:
+    return await status_counts(db) == {"published": ROWS}
+
+
+async def test_a_surviving_relay_sends_a_killed_relays_rows_within_two_seconds(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await insert_rows(db, ROWS)
+    async with running(secret_config(faults=Faults(latency_ms=3000))) as emulator:
+        env = relay_env(
+            database_url,
+            emulator,
+            RELAY_CONCURRENCY=str(CONCURRENCY),
+            RELAY_WORKER_ID=WORKER_ID,
+            RELAY_POLL_INTERVAL="5s",
+        )
+        doomed = await start_relay(env)
+        survivor = None
+        try:
+            # The doomed relay holds every row: four in flight, four queued behind them.
+            await eventually(lambda: all_held(db), within=30)
+            await wait_for(lambda: emulator.stats()["in_flight"] == CONCURRENCY, within=30)
+            survivor = await start_relay(env)
+            await eventually(lambda: _count_is(db, 2), within=30)
+            emulator.set_faults(latency_ms=0)
+            killed_at = time.monotonic()
+            doomed.kill()
+            await doomed.wait()
+            await eventually(lambda: published(db), within=30)
+            took = time.monotonic() - killed_at
+        finally:
+            for process in (doomed, survivor):
+                if process is not None and process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    assert took <= 2.0, f"the killed relay's rows took {took:.2f}s to be sent again"
+    # Taken back from a relay that stopped: counted, so a row that kills relays dies.
+    stops = await db.fetchval("SELECT sum(stops) FROM outbox")
+    assert stops == ROWS
+
+
+async def _count_is(db: asyncpg.Connection, relays: int) -> bool:
+    return await live_relays(db) == relays
+
+
+async def test_a_restarted_relay_sends_its_predecessors_rows_as_soon_as_it_is_up(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await insert_rows(db, ROWS)
+    async with running(secret_config(faults=Faults(latency_ms=3000))) as emulator:
+        env = relay_env(
+            database_url,
+            emulator,
+            RELAY_CONCURRENCY=str(CONCURRENCY),
+            RELAY_WORKER_ID=WORKER_ID,
+        )
+        first = await start_relay(env)
+        await eventually(lambda: all_held(db), within=30)
+        emulator.set_faults(latency_ms=0)
+        first.kill()
+        await first.wait()
+        second = await start_relay(env, "--drain")
+        try:
+            await eventually(lambda: _count_is(db, 1), within=30)
+            up_at = time.monotonic()
+            await eventually(lambda: published(db), within=30)
+            took = time.monotonic() - up_at
+            await asyncio.wait_for(second.wait(), 30)
+        finally:
+            if second.returncode is None:
+                second.kill()
+                await second.wait()
+    assert second.returncode == 0
+    assert took <= 2.0, f"the restarted relay took {took:.2f}s to send the rows again"
