@@ -43,7 +43,7 @@ from relay.queries import AdminQueries
 
 log = structlog.get_logger("relay.admin")
 
-STATUSES = ("pending", "in_flight", "published", "dead")
+STATUSES = ("pending", "in_flight", "published", "dead", "blocked")
 # The audit line names at most this many ids; the count is always exact.
 MAX_LOGGED_IDS = 1000
 DEFAULT_PURGE_BATCH = 1000
@@ -179,6 +179,7 @@ class Admin:
             by_error = await connection.fetch(q.dead_by_error_class)
             last_published = await connection.fetchval(q.last_published)
             pauses = await connection.fetch(q.active_pauses)
+            on_routes = await connection.fetch(q.blocked_on_routes)
         return StatusReport(
             at=now,
             counts=counts,
@@ -192,6 +193,7 @@ class Admin:
             dead_by_error_class={row["key"]: row["rows"] for row in by_error},
             last_published_at=last_published,
             pauses=[ActivePause(**dict(row)) for row in pauses],
+            blocked_on_routes={row["key"]: row["rows"] for row in on_routes},
         )
 
     async def dead_list(
@@ -231,6 +233,9 @@ class Admin:
                 rows = await connection.fetch(self.queries.requeue_preview, *parameters)
             else:
                 rows = await connection.fetch(self.queries.requeue, *parameters)
+                keys = sorted({row["ordering_key"] for row in rows if row["ordering_key"]})
+                if keys:
+                    await connection.execute(self.queries.unpark_keys, keys)
                 # Delivered at COMMIT, like the insert trigger's notification.
                 await connection.execute(self.queries.notify, self.schema)
         ids = sorted(row["id"] for row in rows)
@@ -250,6 +255,38 @@ class Admin:
                 schema=self.schema,
             )
         return result
+
+    async def pauses(self) -> list[ActivePause]:
+        """Every pause row: in force, or run out and waiting for a probe."""
+        rows = await self.pool.fetch(self.queries.active_pauses)
+        return [ActivePause(**dict(row)) for row in rows]
+
+    async def clear_pauses(
+        self, routes: list[str] | None, *, defaults: tuple[str | None, str | None]
+    ) -> list[ActivePause]:
+        """Lift the pauses of ``routes`` (every pause when None): delete their rows, let
+        their parked rows go, and wake the relays, which pick the change up at once.
+
+        Writes the ``admin.pauses_cleared`` audit line.
+        """
+        async with self.pool.acquire() as connection, connection.transaction():
+            before = {
+                row["route"]: ActivePause(**dict(row))
+                for row in await connection.fetch(self.queries.active_pauses)
+            }
+            cleared = [row["route"] for row in await connection.fetch(
+                self.queries.clear_pauses, routes
+            )]  # fmt: skip
+            if cleared:
+                await connection.execute(self.queries.unpark_routes, cleared, *defaults)
+                await connection.execute(self.queries.notify, self.schema)
+        log.info(
+            "admin.pauses_cleared",
+            routes=sorted(cleared),
+            operator=self.operator,
+            schema=self.schema,
+        )
+        return [before[route] for route in sorted(cleared) if route in before]
 
     async def purge(
         self, older_than: Moment, *, batch_size: int = DEFAULT_PURGE_BATCH

@@ -55,7 +55,7 @@ def jsonable(value: object) -> object:
     return value
 
 
-def _fields(instance: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+def fields_of(instance: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
     """A dataclass instance's fields (or the ``names`` given) as JSON-ready values."""
     if names is None:
         names = [item.name for item in fields(instance)]
@@ -67,7 +67,7 @@ def _fields(instance: Any, names: Sequence[str] | None = None) -> dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class ActivePause:
-    """A relay_pause row still in force."""
+    """A relay_pause row: in force, or run out and waiting for a relay's probe to succeed."""
 
     route: str
     kind: str
@@ -76,6 +76,20 @@ class ActivePause:
     set_at: datetime
     until: datetime
     remaining: float
+
+    def line(self) -> str:
+        scope = "every route" if self.route == "*" else self.route
+        state = (
+            f"{human_duration(self.remaining)} left"
+            if self.remaining > 0
+            else "ran out, waiting for a probe"
+        )
+        return f"  {scope}  {self.kind}  {state}  set by {self.set_by}: {self.reason}"
+
+
+def pause_lines(pauses: Sequence[ActivePause], heading: str = "pauses:") -> list[str]:
+    """Pauses for people, one per line (``relay status``, ``relay pause list|clear``)."""
+    return [heading + ("" if pauses else " none"), *(pause.line() for pause in pauses)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +120,11 @@ class StatusReport:
     dead_by_error_class: dict[str, int]
     last_published_at: datetime | None
     pauses: list[ActivePause]
+    blocked_on_routes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready values (timestamps as ISO 8601 strings, ages in seconds)."""
-        document = _fields(
+        document = fields_of(
             self,
             [
                 "at",
@@ -122,10 +137,11 @@ class StatusReport:
                 "dead_by_event_type",
                 "dead_by_error_class",
                 "last_published_at",
+                "blocked_on_routes",
             ],
         )
-        document["retrying_rows"] = [_fields(row) for row in self.retrying_rows]
-        document["pauses"] = [_fields(pause) for pause in self.pauses]
+        document["retrying_rows"] = [fields_of(row) for row in self.retrying_rows]
+        document["pauses"] = [fields_of(pause) for pause in self.pauses]
         return document
 
     def lines(self) -> list[str]:
@@ -151,6 +167,7 @@ class StatusReport:
             f"  published  {counts['published']:>10,}   last published: "
             + _relative(self.last_published_at, self.at),
             f"  dead       {counts['dead']:>10,}",
+            f"  blocked    {counts['blocked']:>10,}   behind dead rows, or on paused routes",
         ]
 
     def _retrying_lines(self) -> list[str]:
@@ -177,12 +194,9 @@ class StatusReport:
         return lines
 
     def _pause_lines(self) -> list[str]:
-        lines = ["pauses:" + ("" if self.pauses else " none")]
-        for pause in self.pauses:
-            lines.append(
-                f"  {pause.route}  {pause.kind}  {human_duration(pause.remaining)} left"
-                f"  set by {pause.set_by}: {pause.reason}"
-            )
+        lines = pause_lines(self.pauses)
+        for route, rows in self.blocked_on_routes.items():
+            lines.append(f"  {rows:,} rows of {route} parked until its pause ends")
         return lines
 
 
@@ -204,7 +218,7 @@ class DeadRow:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values."""
-        return _fields(self)
+        return fields_of(self)
 
     def line(self) -> str:
         """One line for people; the error shortened."""
@@ -257,9 +271,9 @@ class RowDetail:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values; the payload as the JSON object it is."""
         names = [item.name for item in fields(self) if item.name not in ("payload", "deliveries")]
-        document = _fields(self, names)
+        document = fields_of(self, names)
         document["payload"] = json.loads(self.payload)
-        document["deliveries"] = [_fields(item) for item in self.deliveries]
+        document["deliveries"] = [fields_of(item) for item in self.deliveries]
         return document
 
     def lines(self) -> list[str]:
@@ -341,7 +355,7 @@ class PurgeResult:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values."""
-        return _fields(self)
+        return fields_of(self)
 
     def lines(self) -> list[str]:
         """One summary line."""

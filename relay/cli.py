@@ -382,6 +382,46 @@ def requeue(
     _emit(result.to_json(), result.lines(), as_json)
 
 
+@main.group()
+def pause() -> None:
+    """See and lift the pauses that hold the relays (a route's, or every route's)."""
+
+
+@pause.command("list")
+@JSON_OPTION
+@error_boundary
+def pause_list(as_json: bool) -> None:
+    """List every pause: its route (* for all), kind, time left, who set it and why. A pause
+    that ran out stays listed until a relay's probe succeeds."""
+    from relay.admin_reports import fields_of, pause_lines
+
+    pauses = _with_admin(lambda admin: admin.pauses())
+    _emit([fields_of(pause) for pause in pauses], pause_lines(pauses), as_json)
+
+
+@pause.command("clear")
+@click.argument("routes", nargs=-1, metavar="[COUNTRY/TENANT | *]...")
+@click.option("--all", "clear_all", is_flag=True, help="Lift every pause.")
+@JSON_OPTION
+@error_boundary
+def pause_clear(routes: tuple[str, ...], clear_all: bool, as_json: bool) -> None:
+    """Lift pauses now: running relays resume the route (probing it first) within one poll.
+
+    Name the routes (dk/abcinsurance; * is the pause of every route), or --all. Writes an
+    'admin.pauses_cleared' audit line.
+    """
+    from relay.admin import NoSelector
+    from relay.admin_reports import fields_of, pause_lines
+
+    if bool(routes) == clear_all:
+        raise NoSelector("name the routes to lift (dk/abcinsurance, *), or --all; not both")
+    settings = settings_from_env()
+    defaults = (settings.country, settings.tenant)
+    selected = None if clear_all else list(routes)
+    cleared = _with_admin(lambda admin: admin.clear_pauses(selected, defaults=defaults))
+    _emit([fields_of(p) for p in cleared], pause_lines(cleared, "lifted:"), as_json)
+
+
 @main.command()
 @click.option(
     "--older-than",

@@ -61,6 +61,11 @@ class Parker:
     def route_paused(self, route: str) -> None:
         self.jobs.put_nowait(("park_route", lambda: self.store.park_route(route)))
 
+    def route_lifted(self, route: str) -> None:
+        """Its pause is gone: every parked row of the route goes back (whoever lifted the
+        pause may not have known this relay's default country and tenant)."""
+        self.jobs.put_nowait(("unpark_route", lambda: self.store.unpark_route(route, None)))
+
     def route_expired(self, route: str) -> None:
         """Let one row of a route whose pause ran out back in: it goes as the probe."""
         self.jobs.put_nowait(("unpark_probe", lambda: self.store.unpark_route(route, 1)))

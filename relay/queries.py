@@ -518,11 +518,11 @@ class AdminQueries:
 
     @property
     def blocked_by_dead(self) -> str:
-        """Pending rows held back by an earlier dead row of their ordering key (they move only
-        once that row is requeued, when RELAY_DEAD_BLOCKS_KEY is on)."""
+        """Rows held back by an earlier dead row of their ordering key, parked or not yet
+        (they move only once that row is requeued, when RELAY_DEAD_BLOCKS_KEY is on)."""
         return f"""
             SELECT count(*) FROM "{self.schema}".outbox o
-            WHERE o.status = 'pending' AND o.ordering_key IS NOT NULL
+            WHERE o.status IN ('pending', 'blocked') AND o.ordering_key IS NOT NULL
               AND EXISTS (
                   SELECT 1 FROM "{self.schema}".outbox d
                   WHERE d.ordering_key = o.ordering_key AND d.id < o.id
@@ -561,13 +561,57 @@ class AdminQueries:
 
     @property
     def active_pauses(self) -> str:
-        """Pauses still holding the relays, longest first."""
+        """Every pause row, longest first: in force (remaining > 0), or run out and waiting
+        for a relay's probe to succeed (remaining <= 0)."""
         return f"""
             SELECT route, kind, reason, set_by, set_at, until,
                    extract(epoch FROM until - now())::float8 AS remaining
             FROM "{self.schema}".relay_pause
-            WHERE until > now()
             ORDER BY until DESC, route"""
+
+    @property
+    def blocked_on_routes(self) -> str:
+        """Rows parked while their route is paused, per route as the row names it."""
+        return f"""
+            SELECT coalesce(country, '') || '/' || coalesce(tenant, '') AS key, count(*) AS rows
+            FROM "{self.schema}".outbox
+            WHERE status = 'blocked' AND blocked_by = 'route_pause'
+            GROUP BY 1 ORDER BY rows DESC, key"""
+
+    @property
+    def clear_pauses(self) -> str:
+        """Delete the pause rows of routes $1 (every row when $1 is NULL); return them.
+
+        Deleting locks each row, so a relay parking that route's rows finishes first.
+        """
+        return f"""
+            DELETE FROM "{self.schema}".relay_pause
+            WHERE $1::text[] IS NULL OR route = ANY($1::text[])
+            RETURNING route, kind, reason"""
+
+    @property
+    def unpark_routes(self) -> str:
+        """Unblock the parked rows of routes $1 ($2/$3: the default country and tenant, NULL
+        when unknown here; the relays, which know them, unblock the rest when they see the
+        pause gone)."""
+        return f"""
+            UPDATE "{self.schema}".outbox o
+            SET status = 'pending', blocked_by = NULL, available_at = now()
+            WHERE o.status = 'blocked' AND o.blocked_by = 'route_pause'
+              AND coalesce(o.country, $2) || '/' || coalesce(o.tenant, $3) = ANY($1::text[])"""
+
+    @property
+    def unpark_keys(self) -> str:
+        """Unblock rows parked behind dead rows of keys $1 (after those rows were requeued).
+
+        A later statement than the requeue, in its transaction: it sees rows a relay parked
+        while the requeue waited for the dead rows' locks. Rows still behind another dead row
+        of their key are parked again by the relays."""
+        return f"""
+            UPDATE "{self.schema}".outbox
+            SET status = 'pending', blocked_by = NULL, available_at = now()
+            WHERE status = 'blocked' AND blocked_by = 'dead_row'
+              AND ordering_key = ANY($1::text[])"""
 
     @property
     def dead_list(self) -> str:
@@ -620,7 +664,7 @@ class AdminQueries:
                 claimed_by = NULL, lease_until = NULL
             FROM chosen
             WHERE o.id = chosen.id AND o.status = 'dead'
-            RETURNING o.id"""
+            RETURNING o.id, o.ordering_key"""
 
     @property
     def notify(self) -> str:

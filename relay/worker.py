@@ -381,6 +381,8 @@ class Worker:
             self.parker.route_expired(route)
         for route in refreshed.paused:
             self.parker.route_paused(route)
+        for route in refreshed.lifted:
+            self.parker.route_lifted(route)
         if refreshed.lifted or refreshed.expired:
             self.wake.set()
         if refreshed.global_hold_began:

@@ -89,7 +89,13 @@ async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: st
     assert "dead by last error:" in status_text.stdout
     assert "dk/abcinsurance  configuration" in status_text.stdout
     report = status_json.json()
-    assert report["counts"] == {"pending": 2, "in_flight": 0, "published": 1, "dead": 2}
+    assert report["counts"] == {
+        "pending": 2,
+        "in_flight": 0,
+        "published": 1,
+        "dead": 2,
+        "blocked": 0,
+    }
     assert report["retrying"] == 1
     assert report["next_retry_at"].endswith("Z")
     assert 170 < report["oldest_unfinished_age"] < 240
@@ -219,3 +225,40 @@ async def test_commands_on_a_database_without_the_schema(empty_database_url: str
     assert run.code == 1
     assert "run 'relay migrate'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+async def test_pause_list_and_clear(db: asyncpg.Connection, database_url: str) -> None:
+    await db.execute(
+        "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+        "('dk/abcinsurance', now() + interval '10 minutes', 'configuration', 'http_404: x', 'h:1'),"
+        "('*', now() - interval '1 second', 'circuit', 'http_503: y', 'h:2')"
+    )
+    await db.execute(
+        "INSERT INTO outbox (event_type, payload, tenant, country, status, blocked_by) VALUES "
+        "('e', '{}', 'abcinsurance', 'dk', 'blocked', 'route_pause')"
+    )
+    listed = (await relay(database_url, "pause", "list", "--json")).json()
+    assert [(p["route"], p["kind"]) for p in listed] == [
+        ("dk/abcinsurance", "configuration"),
+        ("*", "circuit"),
+    ]
+    text = (await relay(database_url, "pause", "list")).stdout
+    assert "dk/abcinsurance  configuration  9m" in text
+    assert "every route  circuit  ran out, waiting for a probe" in text
+
+    refused = await relay(database_url, "pause", "clear")
+    assert refused.code == 2
+    assert "name the routes" in refused.stderr
+
+    cleared = await relay(database_url, "pause", "clear", "dk/abcinsurance")
+    assert cleared.code == 0, cleared.stderr
+    assert "lifted:" in cleared.stdout
+    audit = [line for line in cleared.log() if line["event"] == "admin.pauses_cleared"]
+    assert audit[0]["routes"] == ["dk/abcinsurance"]
+    assert audit[0]["operator"] == OPERATOR
+    assert await db.fetchval("SELECT status FROM outbox") == "pending"
+    assert [p["route"] for p in (await relay(database_url, "pause", "list", "--json")).json()] == [
+        "*"
+    ]
+    assert (await relay(database_url, "pause", "clear", "--all")).code == 0
+    assert await db.fetchval("SELECT count(*) FROM relay_pause") == 0

@@ -195,7 +195,7 @@ async def test_status_reports_one_snapshot_of_everything(
 
     report = await admin.status(retrying_limit=1)
 
-    assert report.counts == {"pending": 5, "in_flight": 1, "published": 3, "dead": 4}
+    assert report.counts == {"pending": 5, "in_flight": 1, "published": 3, "dead": 4, "blocked": 0}
     assert report.oldest_unfinished_age is not None
     assert 595 < report.oldest_unfinished_age < 660
     assert report.retrying == 2
@@ -209,8 +209,13 @@ async def test_status_reports_one_snapshot_of_everything(
     assert report.dead_by_error_class == {"http_400": 2, "http_409": 1, "invalid_event": 1}
     assert report.last_published_at is not None
     assert 280 < (report.at - report.last_published_at).total_seconds() < 320  # 10 min / 2
-    assert [(p.route, p.kind, p.set_by) for p in report.pauses] == [("*", "circuit", "host:1")]
+    # A pause that ran out stays listed until a relay's probe succeeds on its route.
+    assert [(p.route, p.kind, p.set_by) for p in report.pauses] == [
+        ("*", "circuit", "host:1"),
+        ("dk/other", "retry_after", "host:2"),
+    ]
     assert 25 < report.pauses[0].remaining <= 30
+    assert report.pauses[1].remaining <= 0
 
     document = report.to_json()
     orjson.dumps(document)  # JSON-ready all the way down
@@ -218,13 +223,14 @@ async def test_status_reports_one_snapshot_of_everything(
     assert document["pauses"][0]["until"].endswith("Z")
     text = "\n".join(report.lines())
     assert "circuit" in text
+    assert "ran out, waiting for a probe" in text
     assert "http_409" in text
     assert "held behind a dead row" in text
 
 
 async def test_status_of_an_empty_outbox(admin: Admin) -> None:
     report = await admin.status()
-    assert report.counts == {"pending": 0, "in_flight": 0, "published": 0, "dead": 0}
+    assert report.counts == {"pending": 0, "in_flight": 0, "published": 0, "dead": 0, "blocked": 0}
     assert report.oldest_unfinished_age is None
     assert report.next_retry_at is None
     assert report.last_published_at is None
