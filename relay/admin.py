@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 
 from relay import database
+from relay.admin_queries import AdminQueries
 from relay.admin_reports import (
     ActivePause,
     DeadRow,
@@ -39,7 +40,6 @@ from relay.admin_reports import (
 from relay.config import Settings, parse_duration
 from relay.errors import RelayError
 from relay.outbox import Store
-from relay.queries import AdminQueries
 
 log = structlog.get_logger("relay.admin")
 

@@ -9,7 +9,8 @@ Each part owns one concern:
   turn the outcome into the row's next state;
 * the **recorder** (``relay.recorder``) writes results in batches, fenced per claim;
 * the **lease keeper** (``relay.leases``) extends held leases and rescues rows of dead relays;
-* the **parker** (``relay.parking``) keeps rows that cannot move out of the claim's way.
+* the **parker** (``relay.parking``) keeps rows that cannot move out of the claim's way;
+* the **pauses** (``relay.pauses``) read and write the pauses shared by every replica.
 
 Rows queued ahead of the senders (the prefetch, two rounds of ``concurrency``) are held under
 lease like any other; they are given back unsent, without using an attempt, whenever they must
@@ -30,16 +31,17 @@ from typing import Protocol
 
 import structlog
 
-from relay.circuit import Change, Circuit
+from relay.circuit import Circuit
 from relay.database import DatabaseCalls
-from relay.decide import Policy, Prepared, Unsendable, decide, give_back, is_throttle, prepare
+from relay.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
 from relay.decide import unsendable_result as dead_unsent
-from relay.gate import GLOBAL, Gate, Verdict
+from relay.gate import Gate, Verdict
 from relay.leases import Holdings, LeaseKeeper
 from relay.liveness import Liveness
-from relay.metrics import CIRCUIT_STATES, Metrics
+from relay.metrics import Metrics
 from relay.outbox import ClaimedRow, Result, Store
 from relay.parking import Parker
+from relay.pauses import Pauses
 from relay.publisher import Outcome, OutcomeKind
 from relay.recorder import Done, Recorder
 
@@ -156,6 +158,18 @@ class Worker:
             on_rescued=self.wake.set,
         )
         self.parker = Parker(store, self.calls, dead_blocks_key=config.dead_blocks_key)
+        self.pauses = Pauses(
+            store,
+            self.calls,
+            self.gate,
+            self.parker,
+            metrics,
+            poll_interval=config.poll_interval.total_seconds(),
+            configuration_pause=config.policy.configuration_pause,
+            on_global_hold=lambda: self._give_back_queued("paused"),
+            on_change=self.wake.set,
+            clock=clock,
+        )
         self.queue: deque[ClaimedRow] = deque()
         self.queued = asyncio.Condition()
         self.waiting: defaultdict[str, deque[ClaimedRow]] = defaultdict(deque)
@@ -202,7 +216,7 @@ class Worker:
             return None
         await self.parker.start()
         await self.keeper.rescue()  # a predecessor's rows, at once rather than in a second
-        await self._refresh_pauses()
+        await self.pauses.refresh()
         self.running.set()
         senders = [
             asyncio.create_task(self._sender(), name=f"sender-{n}")
@@ -301,8 +315,8 @@ class Worker:
         poll = self.config.poll_interval.total_seconds()
         while True:
             await self.liveness.alive.wait()
-            if self.clock() >= self._next_refresh:
-                await self._refresh_pauses()
+            if self.clock() >= self.pauses.next_refresh:
+                await self.pauses.refresh()
             size = self._claim_size() if self.more else 0
             if size:
                 rows = await self._claim(size)
@@ -310,7 +324,7 @@ class Worker:
                 if rows:
                     backoff = DRAIN_BACKOFF
                     continue
-            timeout = max(min(poll, self._next_refresh - self.clock()), 0.001)
+            timeout = max(min(poll, self.pauses.next_refresh - self.clock()), 0.001)
             if drain and not self._outstanding() and not self.recorder.done:
                 remaining, next_in = await self.calls.run(
                     "unfinished", lambda: self.store.unfinished(self.config.dead_blocks_key)
@@ -364,42 +378,6 @@ class Worker:
             async with self.queued:
                 self.queued.notify(len(fresh))
         return rows
-
-    @property
-    def _next_refresh(self) -> float:
-        """When to read the pauses again: every poll, and as soon as one runs out (its route
-        then needs a probe, or the circuit half-opens)."""
-        now = self.clock()
-        due = self.gate.read_at + self.config.poll_interval.total_seconds()
-        expiry = self.gate.next_expiry(now)
-        return due if expiry is None else min(due, now + expiry)
-
-    async def _refresh_pauses(self) -> None:
-        pauses = await self.calls.run("pauses", self.store.pauses)
-        refreshed = self.gate.refresh(pauses, self.clock())
-        for route in refreshed.expired:
-            self.parker.route_expired(route)
-        for route in refreshed.paused:
-            self.parker.route_paused(route)
-        for route in refreshed.lifted:
-            self.parker.route_lifted(route)
-        if refreshed.lifted or refreshed.expired:
-            self.wake.set()
-        if refreshed.global_hold_began:
-            self._give_back_queued("paused")
-        self._pause_metrics()
-
-    def _pause_metrics(self) -> None:
-        active = {(route, p.kind) for route, p in self.gate.pauses.items() if p.remaining > 0}
-        # relay_paused is what holds the whole relay; a route's pause shows per route.
-        held = {kind for route, kind in active if route == GLOBAL}
-        for kind in ("retry_after", "circuit", "configuration"):
-            self.metrics.paused.labels(kind).set(1 if kind in held else 0)
-        self.metrics.route_paused.clear()
-        for route, kind in active:
-            country, _, tenant = route.partition("/")
-            self.metrics.route_paused.labels(country, tenant or "*", kind).set(1)
-        self.metrics.circuit_state.set(CIRCUIT_STATES[self.gate.circuit.state])
 
     # Senders ---------------------------------------------------------------------------------
 
@@ -474,7 +452,7 @@ class Worker:
         counts = not probe and self.gate.circuit.state == "closed"
         result = decide(row, outcome, datetime.now(UTC), self.config.policy, counts=counts)
         try:
-            await self._react(outcome, prepared.route, probe)
+            await self.pauses.react(outcome, prepared.route, probe)
         finally:
             await self._release_waiting(prepared.route)
         return Done(row, result, prepared.correlation_id, prepared.route)
@@ -515,67 +493,6 @@ class Worker:
             self.waiting[route] = deque(row for row in rows if row.id not in lost)
         for row_id in ids:
             self.holdings.let_go(row_id)
-
-    # Outage protection ------------------------------------------------------------------------
-
-    async def _react(self, outcome: Outcome, route: str, probe: bool) -> None:
-        """Update the circuit, the route's ramp and the shared pauses after one outcome.
-
-        An answer about the event itself (accepted, or refused for its content) shows that the
-        EventApi and the route work: it closes the circuit and ends their pauses.
-        """
-        answered = outcome.kind in (OutcomeKind.PUBLISHED, OutcomeKind.PERMANENT)
-        self.gate.finished(route, succeeded=answered, probe=probe)
-        if answered:
-            self.gate.circuit.succeeded()
-            stale = [name for name in (GLOBAL, route) if name in self.gate.pauses]
-            if stale:
-                await self._clear_pauses(stale)
-            return
-        if outcome.kind is OutcomeKind.CONFIGURATION:
-            target = GLOBAL if outcome.for_all_routes else route
-            pause = self.config.policy.configuration_pause
-            await self._pause(target, pause, "configuration", outcome)
-        elif is_throttle(outcome):
-            assert outcome.retry_after is not None
-            await self._pause(route, outcome.retry_after, "retry_after", outcome)
-        elif outcome.kind is OutcomeKind.TRANSIENT:
-            await self._circuit(self.gate.circuit.failed(self.clock(), probe=probe), outcome)
-
-    async def _circuit(self, change: Change | None, outcome: Outcome) -> None:
-        if change is None:
-            return
-        seconds = self.gate.circuit.pause
-        reason = _reason(outcome)
-        if change is Change.OPENED:
-            await self.calls.run(
-                "pause", lambda: self.store.set_pause(GLOBAL, seconds, "circuit", reason)
-            )
-        else:
-            renewed = await self.calls.run(
-                "pause", lambda: self.store.renew_pause(GLOBAL, seconds, "circuit", reason)
-            )
-            if not renewed:
-                seconds = 0  # another replica's probe renewed it first; its length holds
-        if seconds:
-            log.warning("circuit.opened", seconds=seconds, **_classified(outcome))
-        self._give_back_queued("paused")
-        await self._refresh_pauses()
-
-    async def _pause(self, route: str, duration: timedelta, kind: str, outcome: Outcome) -> None:
-        seconds = duration.total_seconds()
-        await self.calls.run(
-            "pause", lambda: self.store.set_pause(route, seconds, kind, _reason(outcome))
-        )
-        log.warning("pause.set", route=route, kind=kind, seconds=seconds, **_classified(outcome))
-        self.gate.paused_again(route)
-        await self._refresh_pauses()  # sees the route newly paused, and has its rows parked
-
-    async def _clear_pauses(self, routes: list[str]) -> None:
-        cleared = await self.calls.run("pause", lambda: self.store.clear_pauses(routes))
-        if cleared:
-            log.info("pause.cleared", routes=sorted(cleared))
-        await self._refresh_pauses()
 
     # Recording ---------------------------------------------------------------------------------
 
@@ -641,20 +558,6 @@ class Worker:
             )
         else:
             bound.info("publish.deferred", outcome=result.outcome, delay=result.delay)
-
-
-def _reason(outcome: Outcome) -> str:
-    """What a pause row says: the class and status, and the partner's words (stored only)."""
-    text = outcome.error_class
-    if outcome.error:
-        text += f": {outcome.error}"
-    return text[:500]
-
-
-def _classified(outcome: Outcome) -> dict[str, object]:
-    """What a log line may say of an answer: its class and status, never its text (an error
-    body may echo the payload)."""
-    return {"outcome": outcome.error_class, "http_status": outcome.http_status}
 
 
 __all__ = ["DrainReport", "EngineConfig", "Result", "Worker"]
