@@ -61,7 +61,8 @@ class Gate:
         """Take a fresh read of ``relay_pause`` (at monotonic ``now``)."""
         was_held = self.global_held(now)
         before = {route for route in self.pauses if route != GLOBAL}
-        was_active = {route for route in before if self.remaining(route, now) > 0}
+        # In force when last read, even if it has run out since: its end is news now.
+        was_active = {route for route in before if self.pauses[route].remaining > 0}
         self.pauses = {pause.route: pause for pause in pauses}
         self.read_at = now
         shared = self.pauses.get(GLOBAL)
