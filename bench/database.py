@@ -155,7 +155,7 @@ class BenchDatabase:
         claim = Queries("public").claim
         with psycopg.connect(self.url) as db:
             db.execute(
-                f"PREPARE bench_claim (int, text, text, text, boolean, float8) AS {claim}",
+                f"PREPARE bench_claim (int, text, text, text, boolean, float8, bigint) AS {claim}",
                 prepare=False,
             )
             mode = "force_generic_plan" if generic else "force_custom_plan"
@@ -163,7 +163,7 @@ class BenchDatabase:
             db.execute(f"SET LOCAL jit = {'on' if jit else 'off'}")
             rows = db.execute(
                 "EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim "
-                f"({int(limit)}, 'bench-explain', 'dk', 'abcinsurance', true, 60)"
+                f"({int(limit)}, 'bench-explain', 'dk', 'abcinsurance', true, 60, {1 << 32})"
             ).fetchall()
             db.rollback()
         return "\n".join(str(row[0]) for row in rows)
