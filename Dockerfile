@@ -23,12 +23,12 @@ COPY pyproject.toml README.md* ./
 COPY relay/ relay/
 COPY migrations/ migrations/
 
-# One wheel for the relay (relay.migrations included) and one for each dependency, then a
-# virtual environment without pip that holds exactly those wheels.
+# One wheel for the relay (distribution scalepoint-outbox-relay, relay.migrations included) and
+# one for each dependency, then a virtual environment without pip that holds exactly those wheels.
 RUN pip wheel --wheel-dir /wheels . \
  && python -m venv --without-pip /opt/relay \
  && pip --python /opt/relay/bin/python install --no-index --find-links /wheels \
-        /wheels/relay-*.whl \
+        /wheels/scalepoint_outbox_relay-*.whl \
  && /opt/relay/bin/relay --help > /dev/null
 
 

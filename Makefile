@@ -14,6 +14,9 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# The distribution was called 'relay' (a name PyPI gives to an unrelated project); a venv
+	@# made before the rename still holds it, and its copy of the package would shadow this one.
+	if $(BIN)/pip show --quiet relay >/dev/null 2>&1; then $(BIN)/pip uninstall --quiet --yes relay; fi
 	$(BIN)/pip install --quiet -e '.[test,embedded]'
 	touch $(STAMP)
 
