@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-from relay import database
+from relay import DISTRIBUTION, database
 from relay.config import Settings, load_settings
 from relay.errors import InvalidEvent, RelayError, SchemaNotReady
 
@@ -53,6 +53,7 @@ def configure_logging(settings: Settings) -> None:
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+@click.version_option(package_name=DISTRIBUTION, prog_name="relay", message="%(prog)s %(version)s")
 def main() -> None:
     """Deliver events from the insurer's outbox table to Scalepoint's EventApi.
 

@@ -16,12 +16,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from relay import DISTRIBUTION
 from relay.database import head_revision
 from tests.conftest import Databases, with_database
 from tests.integration.test_migrate import schema_snapshot
@@ -186,6 +188,15 @@ def test_a_bad_setting_exits_2_with_one_line(batch: Batch, key: str, fragments: 
     line = assert_one_line(run, 2, *fragments)
     assert line.startswith("relay: RELAY_")
     assert run.stdout == ""
+
+
+# relay --version -------------------------------------------------------------------------------
+
+
+def test_version_names_the_installed_release() -> None:
+    run = relay(environment(), "--version")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.stdout == f"relay {metadata.version(DISTRIBUTION)}\n"
 
 
 # relay migrate ---------------------------------------------------------------------------------
