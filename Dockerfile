@@ -18,14 +18,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
-# README.md* so that the build works whether or not the readme is there.
-COPY pyproject.toml README.md* ./
+# README.md* so that the build works whether or not the readme is there. constraints.txt pins
+# every dependency to the versions the test suite passed with, so a rebuild installs the same.
+COPY pyproject.toml constraints.txt README.md* ./
 COPY relay/ relay/
 COPY migrations/ migrations/
 
 # One wheel for the relay (distribution scalepoint-outbox-relay, relay.migrations included) and
 # one for each dependency, then a virtual environment without pip that holds exactly those wheels.
-RUN pip wheel --wheel-dir /wheels . \
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels . \
  && python -m venv --without-pip /opt/relay \
  && pip --python /opt/relay/bin/python install --no-index --find-links /wheels \
         /wheels/scalepoint_outbox_relay-*.whl \
