@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL, postgresql://user@host:5432/db"
     )
+    database_url_file: Path | None = Field(
+        default=None, description="file holding RELAY_DATABASE_URL (it carries a password)"
+    )
     schema_name: str = Field(
         default="public",
         validation_alias="RELAY_SCHEMA",
@@ -162,16 +165,7 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
-            raise ValueError("must be a postgresql:// URL")
-        if not parts.hostname and "host=" not in parts.query:
-            raise ValueError("must name a host, e.g. postgresql://user@localhost:5432/db")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError("has a port that is not a number") from None
-        return value
+        return check_database_url(value)
 
     @field_validator("schema_name")
     @classmethod
@@ -218,7 +212,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
-        for name in ("client_secret", "private_key_password", "pkcs12_password"):
+        for name in ("client_secret", "private_key_password", "pkcs12_password", "database_url"):
             path: Path | None = getattr(self, f"{name}_file")
             if path is None:
                 continue
@@ -230,7 +224,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{env_name(name)}_FILE: cannot read {path}: {exc.strerror}"
                 ) from None
-            setattr(self, name, SecretStr(text))
+            if name == "database_url":
+                try:
+                    self.database_url = check_database_url(text.strip())
+                except ValueError as error:  # the message never holds the URL
+                    raise ValueError(f"{env_name(name)}_FILE: {path}: {error}") from None
+            else:
+                setattr(self, name, SecretStr(text))
         return self
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
@@ -296,6 +296,20 @@ class Settings(BaseSettings):
                 f"{env_name('certificate_file')}: is not set (private_key_jwt needs the "
                 "certificate for the kid and x5t headers)"
             )
+
+
+def check_database_url(value: str) -> str:
+    """The URL if it is a usable PostgreSQL URL; else ValueError, whose message never holds it."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        raise ValueError("must be a postgresql:// URL")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError("must name a host, e.g. postgresql://user@localhost:5432/db")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+    return value
 
 
 def describe_validation_error(error: ValidationError) -> str:

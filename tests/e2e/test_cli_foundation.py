@@ -111,6 +111,12 @@ FILE_PAYLOAD = {
 DATABASES = ("migrated", "fresh", "racing", "bare")  # the last three start empty
 
 
+def secret_file(path: Path, text: str, mode: int) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
 @dataclass(frozen=True)
 class Batch:
     urls: dict[str, str]
@@ -123,7 +129,18 @@ def commands(urls: dict[str, str], admin_url: str, payload_file: Path) -> dict[s
     migrated = environment(RELAY_DATABASE_URL=urls["migrated"])
     enqueue = ("enqueue", "payment_status_updated", "--payload")
     bare = environment(RELAY_DATABASE_URL=urls["bare"])
+    url_file = secret_file(payload_file.parent / "database-url", urls["migrated"], 0o644)
+    bad_url_file = secret_file(
+        payload_file.parent / "bad-database-url", f"mysql://relay:{PASSWORD}@db/x\n", 0o600
+    )
     return {
+        "url and url file": Command(
+            environment(RELAY_DATABASE_URL=urls["migrated"], RELAY_DATABASE_URL_FILE=str(url_file)),
+            ("migrate",),
+        ),
+        "malformed url file": Command(
+            environment(RELAY_DATABASE_URL_FILE=str(bad_url_file)), ("migrate",)
+        ),
         "malformed url": Command(
             environment(RELAY_DATABASE_URL=f"mysql://relay:{PASSWORD}@db/x"), ("migrate",)
         ),
@@ -181,6 +198,14 @@ def batch(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ("unreachable port", ["RELAY_DATABASE_URL: cannot use the database at 127.0.0.1:"]),
         ("missing database", ["RELAY_DATABASE_URL: cannot use the database", "does not exist"]),
         ("concurrency 0", ["RELAY_CONCURRENCY: ", "greater than or equal to 1"]),
+        (
+            "url and url file",
+            ["RELAY_DATABASE_URL and RELAY_DATABASE_URL_FILE are both set"],
+        ),
+        (
+            "malformed url file",
+            ["RELAY_DATABASE_URL_FILE: ", "bad-database-url: must be a postgresql:// URL"],
+        ),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line(batch: Batch, key: str, fragments: list[str]) -> None:

@@ -111,8 +111,8 @@ PARSES = [
     Case("log_level", "debug", "debug"),
     Case("log_format", "json", "json"),
 ]
-# Secrets and their *_FILE twins are read in the tests further down.
-SECRET_FIELDS = {*SECRETS, *(f"{name}_file" for name in SECRETS)}
+# Secrets and their *_FILE twins (and the database URL's) are read in the tests further down.
+SECRET_FIELDS = {*SECRETS, *(f"{name}_file" for name in SECRETS), "database_url_file"}
 
 
 @pytest.mark.parametrize("case", PARSES, ids=lambda case: f"{variable(case.field)}={case.raw}")
@@ -366,3 +366,58 @@ def test_errors_never_echo_input(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# The database URL from a file ----------------------------------------------------------------
+
+DATABASE_URL = f"postgresql://relay:{SECRET_VALUE}@db.internal:5432/insurer?sslmode=require"
+
+
+def secret_file(directory: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_the_database_url_is_read_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = secret_file(tmp_path, "database-url", DATABASE_URL + "\n")
+    settings = load(monkeypatch, RELAY_DATABASE_URL_FILE=str(path))
+    assert settings.database_url == DATABASE_URL
+    assert settings.require_database_url() == DATABASE_URL
+    assert_hidden(settings, SECRET_VALUE)
+
+
+def test_the_database_url_and_its_file_together_are_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = secret_file(tmp_path, "database-url", DATABASE_URL)
+    text = refusal(monkeypatch, RELAY_DATABASE_URL=DATABASE_URL, RELAY_DATABASE_URL_FILE=str(path))
+    assert text == "RELAY_DATABASE_URL and RELAY_DATABASE_URL_FILE are both set"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"mysql://relay:{SECRET_VALUE}@db/insurer", "must be a postgresql:// URL"),
+        (f"postgresql://relay:{SECRET_VALUE}@db:port/x", "has a port that is not a number"),
+        ("", "must be a postgresql:// URL"),
+    ],
+)
+def test_a_bad_database_url_in_a_file_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, message: str
+) -> None:
+    path = secret_file(tmp_path, "database-url", url)
+    text = refusal(monkeypatch, RELAY_DATABASE_URL_FILE=str(path))
+    assert text == f"RELAY_DATABASE_URL_FILE: {path}: {message}"
+    assert SECRET_VALUE not in text
+
+
+def test_an_unreadable_database_url_file_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere"
+    text = refusal(monkeypatch, RELAY_DATABASE_URL_FILE=str(missing))
+    assert text.startswith(f"RELAY_DATABASE_URL_FILE: cannot read {missing}")
