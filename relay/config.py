@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -42,6 +44,11 @@ PRODUCTION_API_BASE_URL = "https://www.scalepoint.com"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# RELAY_* variables that are not settings of the relay but are read on purpose: the test suite's
+# database.
+NOT_SETTINGS = frozenset({"RELAY_TEST_DATABASE_URL"})
+# What Kubernetes injects for a Service named 'relay' while enableServiceLinks is on.
+_SERVICE_LINK = re.compile(r"^RELAY_(SERVICE_(HOST|PORT(_\w+)?)|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)$")
 
 
 def parse_duration(value: object) -> object:
@@ -160,6 +167,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # Warnings found while loading: logged by the CLI once logging is configured.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -232,6 +242,16 @@ class Settings(BaseSettings):
             else:
                 setattr(self, name, SecretStr(text))
         return self
+
+    @model_validator(mode="after")
+    def _collect_warnings(self) -> Settings:
+        self._warnings = unknown_variable_warnings(os.environ)
+        return self
+
+    def warnings(self) -> list[str]:
+        """What is suspicious but not wrong: unknown RELAY_* variables. One line each, naming
+        the variable; never a value."""
+        return list(self._warnings)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # The database URL may carry a password; repr() and str() must not show it.
@@ -310,6 +330,49 @@ def check_database_url(value: str) -> str:
     except ValueError:
         raise ValueError("has a port that is not a number") from None
     return value
+
+
+def setting_variables() -> dict[str, str]:
+    """The variable each setting is documented as, by field: RELAY_SCHEMA for schema_name."""
+    return {
+        field: alias if isinstance(alias := info.validation_alias, str) else env_name(field)
+        for field, info in Settings.model_fields.items()
+    }
+
+
+def known_variables() -> frozenset[str]:
+    """Every RELAY_* variable a setting is read from: its documented name and, as
+    populate_by_name allows, the prefixed field name (RELAY_SCHEMA_NAME too)."""
+    return frozenset({*setting_variables().values(), *map(env_name, Settings.model_fields)})
+
+
+def unknown_variable_warnings(environment: Mapping[str, str]) -> list[str]:
+    """A warning for each RELAY_* variable that is not a setting, with the nearest one that is.
+
+    Not an error: an older or a newer relay, with other settings, may share the environment.
+    """
+    expected = known_variables() | NOT_SETTINGS
+    unknown = sorted(
+        name
+        for name in environment
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in expected
+    )
+    warnings = []
+    # RELAY_SERVICE_HOST, RELAY_PORT_8080_TCP, ...: one warning for them all, not a guess each.
+    links = [name for name in unknown if _SERVICE_LINK.match(name.upper())]
+    if "RELAY_SERVICE_HOST" in (name.upper() for name in links):
+        warnings.append(
+            f"{', '.join(links)}: Kubernetes service links of a Service named 'relay', not "
+            "relay settings (ignored); set enableServiceLinks: false on the pod"
+        )
+        unknown = [name for name in unknown if name not in links]
+    # Compared without the prefix, which every name shares and which would make any two close.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in setting_variables().values()}
+    for name in unknown:
+        close = get_close_matches(name.upper().removeprefix(ENV_PREFIX), list(suffixes), n=1)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
+        warnings.append(f"{name}: not a setting of this relay (ignored){hint}")
+    return warnings
 
 
 def describe_validation_error(error: ValidationError) -> str:

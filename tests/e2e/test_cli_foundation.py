@@ -141,6 +141,9 @@ def commands(urls: dict[str, str], admin_url: str, payload_file: Path) -> dict[s
         "malformed url file": Command(
             environment(RELAY_DATABASE_URL_FILE=str(bad_url_file)), ("migrate",)
         ),
+        "enqueue with a typo": Command(
+            {**migrated, "RELAY_CONCURENCY": "8"}, (*enqueue, '{"payment": {"uuid": "7b1e"}}')
+        ),
         "malformed url": Command(
             environment(RELAY_DATABASE_URL=f"mysql://relay:{PASSWORD}@db/x"), ("migrate",)
         ),
@@ -222,6 +225,27 @@ def test_version_names_the_installed_release() -> None:
     run = relay(environment(), "--version")
     assert (run.returncode, run.stderr) == (0, ""), run
     assert run.stdout == f"relay {metadata.version(DISTRIBUTION)}\n"
+
+
+# Settings' warnings: logged, and the command goes on ---------------------------------------------
+
+
+def settings_warnings(run: Run) -> list[str]:
+    """The ``detail`` of each settings.warning line the command logged (JSON off a terminal);
+    anything else on stderr fails the test."""
+    lines = [json.loads(line) for line in run.error_lines]
+    assert all(line["event"] == "settings.warning" for line in lines), run.stderr
+    assert all(line["level"] == "warning" for line in lines), run.stderr
+    return [line["detail"] for line in lines]
+
+
+def test_an_unknown_variable_is_a_warning_with_the_nearest_setting(batch: Batch) -> None:
+    run = batch.runs["enqueue with a typo"]
+    assert run.returncode == 0, run
+    assert run.stdout.strip().isdigit()  # stdout is still only the id
+    assert settings_warnings(run) == [
+        "RELAY_CONCURENCY: not a setting of this relay (ignored); did you mean RELAY_CONCURRENCY?"
+    ]
 
 
 # relay migrate ---------------------------------------------------------------------------------
@@ -324,7 +348,8 @@ def test_a_bad_payload_exits_non_zero_with_a_clear_line(
 def test_refused_events_write_nothing(batch: Batch) -> None:
     with psycopg.connect(batch.urls["migrated"]) as connection:
         rows = connection.execute("SELECT event_type FROM outbox").fetchall()
-    assert sorted(rows) == [("case_created",), ("payment_status_updated",)]
+    # The three enqueued: from JSON, from a file, and the one with a misspelt setting.
+    assert sorted(rows) == [("case_created",), *[("payment_status_updated",)] * 2]
 
 
 def test_enqueue_before_migrate_says_to_migrate(batch: Batch) -> None:

@@ -388,6 +388,7 @@ def test_the_database_url_is_read_from_a_file(
     assert settings.database_url == DATABASE_URL
     assert settings.require_database_url() == DATABASE_URL
     assert_hidden(settings, SECRET_VALUE)
+    assert settings.warnings() == []
 
 
 def test_the_database_url_and_its_file_together_are_refused_naming_both(
@@ -421,3 +422,68 @@ def test_an_unreadable_database_url_file_is_named(
     missing = tmp_path / "nowhere"
     text = refusal(monkeypatch, RELAY_DATABASE_URL_FILE=str(missing))
     assert text.startswith(f"RELAY_DATABASE_URL_FILE: cannot read {missing}")
+
+
+# Warnings: suspicious, not wrong -------------------------------------------------------------
+
+
+def test_no_warnings_without_a_reason() -> None:
+    assert load_settings().warnings() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("RELAY_CONCURENCY", "RELAY_CONCURRENCY"),
+        ("RELAY_DB_URL", "RELAY_DATABASE_URL"),
+        ("RELAY_LOGLEVEL", "RELAY_LOG_LEVEL"),
+        ("RELAY_SHCEMA", "RELAY_SCHEMA"),
+        ("RELAY_SECRET_FILE", "RELAY_CLIENT_SECRET_FILE"),
+        ("RELAY_PORT", "RELAY_HTTP_PORT"),
+        ("relay_max_atempts", "RELAY_MAX_ATTEMPTS"),
+    ],
+)
+def test_an_unknown_variable_warns_naming_the_nearest_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, nearest: str
+) -> None:
+    settings = load(monkeypatch, **{name: SECRET_VALUE})  # loads: not an error
+    assert settings.warnings() == [
+        f"{name}: not a setting of this relay (ignored); did you mean {nearest}?"
+    ]
+
+
+def test_an_unknown_variable_like_no_setting_warns_without_a_guess(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load(monkeypatch, RELAY_FOO="1", RELAY_COLOUR_SCHEME="dark")
+    assert settings.warnings() == [
+        "RELAY_COLOUR_SCHEME: not a setting of this relay (ignored)",
+        "RELAY_FOO: not a setting of this relay (ignored)",
+    ]
+
+
+def test_known_variables_in_any_case_do_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(
+        monkeypatch,
+        relay_concurrency="7",
+        RELAY_SCHEMA_NAME="events_out",  # read as well as RELAY_SCHEMA
+        RELAY_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1/postgres",  # the test suite's
+    )
+    assert (settings.concurrency, settings.schema_name) == (7, "events_out")
+    assert settings.warnings() == []
+
+
+def test_kubernetes_service_links_are_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = {
+        "RELAY_SERVICE_HOST": "10.0.0.7",
+        "RELAY_SERVICE_PORT": "8080",
+        "RELAY_SERVICE_PORT_HTTP": "8080",
+        "RELAY_PORT": "tcp://10.0.0.7:8080",
+        "RELAY_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "RELAY_PORT_8080_TCP_PROTO": "tcp",
+        "RELAY_PORT_8080_TCP_PORT": "8080",
+        "RELAY_PORT_8080_TCP_ADDR": "10.0.0.7",
+    }
+    (warning,) = load(monkeypatch, **links).warnings()
+    assert warning.startswith(", ".join(sorted(links)) + ": Kubernetes service links")
+    assert "enableServiceLinks: false" in warning
