@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from difflib import get_close_matches
@@ -49,6 +50,15 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 NOT_SETTINGS = frozenset({"RELAY_TEST_DATABASE_URL"})
 # What Kubernetes injects for a Service named 'relay' while enableServiceLinks is on.
 _SERVICE_LINK = re.compile(r"^RELAY_(SERVICE_(HOST|PORT(_\w+)?)|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)$")
+# Files whose contents are secret: readable by other users, they warn.
+SECRET_FILES = (
+    "database_url_file",
+    "client_secret_file",
+    "private_key_password_file",
+    "pkcs12_password_file",
+    "private_key_file",
+    "pkcs12_file",
+)
 
 
 def parse_duration(value: object) -> object:
@@ -245,12 +255,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _collect_warnings(self) -> Settings:
-        self._warnings = unknown_variable_warnings(os.environ)
+        self._warnings = [
+            *unknown_variable_warnings(os.environ),
+            *(
+                warning
+                for name in SECRET_FILES
+                if (warning := readable_by_others(env_name(name), getattr(self, name)))
+            ),
+        ]
         return self
 
     def warnings(self) -> list[str]:
-        """What is suspicious but not wrong: unknown RELAY_* variables. One line each, naming
-        the variable; never a value."""
+        """What is suspicious but not wrong: unknown RELAY_* variables, secret files that other
+        users can read. One line each, naming the variable; never a value."""
         return list(self._warnings)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
@@ -373,6 +390,22 @@ def unknown_variable_warnings(environment: Mapping[str, str]) -> list[str]:
         hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
         warnings.append(f"{name}: not a setting of this relay (ignored){hint}")
     return warnings
+
+
+def readable_by_others(variable: str, path: Path | None) -> str | None:
+    """A warning when the secret file ``path`` can be read by every user of the machine."""
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode  # through a symlink, as Kubernetes secret volumes have them
+    except OSError:
+        return None  # reading it fails later, with its own error
+    if not mode & stat.S_IROTH:
+        return None
+    return (
+        f"{variable}: {path} can be read by any user (mode {stat.S_IMODE(mode):04o}); "
+        "make it 0600 or 0640 (on Kubernetes: defaultMode 0440 on the secret volume)"
+    )
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -134,6 +134,7 @@ def commands(urls: dict[str, str], admin_url: str, payload_file: Path) -> dict[s
         payload_file.parent / "bad-database-url", f"mysql://relay:{PASSWORD}@db/x\n", 0o600
     )
     return {
+        "url file": Command(environment(RELAY_DATABASE_URL_FILE=str(url_file)), ("migrate",)),
         "url and url file": Command(
             environment(RELAY_DATABASE_URL=urls["migrated"], RELAY_DATABASE_URL_FILE=str(url_file)),
             ("migrate",),
@@ -246,6 +247,17 @@ def test_an_unknown_variable_is_a_warning_with_the_nearest_setting(batch: Batch)
     assert settings_warnings(run) == [
         "RELAY_CONCURENCY: not a setting of this relay (ignored); did you mean RELAY_CONCURRENCY?"
     ]
+
+
+def test_the_database_url_from_a_file_others_can_read_works_with_a_warning(
+    batch: Batch,
+) -> None:
+    run = batch.runs["url file"]
+    assert run.returncode == 0, run
+    assert run.stdout == f'relay: schema "public" is at revision {head_revision()}\n'
+    (warning,) = settings_warnings(run)
+    assert warning.startswith("RELAY_DATABASE_URL_FILE: ")
+    assert "database-url can be read by any user (mode 0644)" in warning
 
 
 # relay migrate ---------------------------------------------------------------------------------

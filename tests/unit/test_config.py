@@ -487,3 +487,52 @@ def test_kubernetes_service_links_are_one_warning(monkeypatch: pytest.MonkeyPatc
     (warning,) = load(monkeypatch, **links).warnings()
     assert warning.startswith(", ".join(sorted(links)) + ": Kubernetes service links")
     assert "enableServiceLinks: false" in warning
+
+
+# Each file that holds a secret, with what a valid one holds.
+SECRET_FILE_VARIABLES = {
+    "RELAY_DATABASE_URL_FILE": "postgresql://relay@db.internal/insurer",
+    "RELAY_CLIENT_SECRET_FILE": SECRET_VALUE,
+    "RELAY_PRIVATE_KEY_PASSWORD_FILE": SECRET_VALUE,
+    "RELAY_PKCS12_PASSWORD_FILE": SECRET_VALUE,
+    "RELAY_PRIVATE_KEY_FILE": "-----BEGIN PRIVATE KEY-----",  # not read when settings load
+    "RELAY_PKCS12_FILE": "not read when settings load",
+}
+
+
+@pytest.mark.parametrize("variable", SECRET_FILE_VARIABLES)
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o444])
+def test_a_secret_file_others_can_read_warns(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, mode: int
+) -> None:
+    path = secret_file(tmp_path, "secret", SECRET_FILE_VARIABLES[variable], mode)
+    # Kubernetes mounts each key of a secret volume as a symlink into ..data/.
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    (warning,) = load(monkeypatch, **{variable: str(link)}).warnings()
+    assert warning.startswith(f"{variable}: {link} can be read by any user (mode 0{mode:o}); ")
+    assert "defaultMode 0440" in warning
+    assert SECRET_VALUE not in warning
+
+
+@pytest.mark.parametrize("variable", SECRET_FILE_VARIABLES)
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o440, 0o400])
+def test_a_secret_file_only_owner_and_group_can_read_does_not_warn(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, mode: int
+) -> None:
+    path = secret_file(tmp_path, "secret", SECRET_FILE_VARIABLES[variable], mode)
+    assert load(monkeypatch, **{variable: str(path)}).warnings() == []
+
+
+def test_public_files_do_not_warn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    certificate = secret_file(tmp_path, "certificate.pem", "-----BEGIN CERTIFICATE-----", 0o644)
+    bundle = secret_file(tmp_path, "ca.pem", "-----BEGIN CERTIFICATE-----", 0o644)
+    settings = load(
+        monkeypatch, RELAY_CERTIFICATE_FILE=str(certificate), RELAY_CA_BUNDLE=str(bundle)
+    )
+    assert settings.warnings() == []
+
+
+def test_a_missing_key_file_does_not_warn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Loading the key reports it (KeyMaterialError); the settings themselves are fine.
+    assert load(monkeypatch, RELAY_PRIVATE_KEY_FILE=str(tmp_path / "no")).warnings() == []
