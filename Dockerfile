@@ -4,6 +4,9 @@
 #
 #   docker build -t relay:0.1.0 .
 #
+# or with podman (--format docker keeps the HEALTHCHECK). PYTHON_IMAGE names another Python 3.11
+# base; deploy/README.md shows one made with debootstrap, for a machine without Docker Hub.
+#
 # The builder stage turns the project into wheels and installs them into a virtual environment
 # at /opt/relay; the final stage copies only that environment onto a clean base, so neither pip's
 # caches nor the sources nor any build tool reach the image. Every dependency ships binary wheels
