@@ -4,6 +4,9 @@
 #
 #   docker build -t relay:0.1.0 .
 #
+# or with podman (--format docker keeps the HEALTHCHECK). PYTHON_IMAGE names another Python 3.11
+# base; deploy/README.md shows one made with debootstrap, for a machine without Docker Hub.
+#
 # The builder stage turns the project into wheels and installs them into a virtual environment
 # at /opt/relay; the final stage copies only that environment onto a clean base, so neither pip's
 # caches nor the sources nor any build tool reach the image. Every dependency ships binary wheels
@@ -18,17 +21,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
-# README.md* so that the build works whether or not the readme is there.
-COPY pyproject.toml README.md* ./
+# README.md* so that the build works whether or not the readme is there. constraints.txt pins
+# every dependency to the versions the test suite passed with, so a rebuild installs the same.
+COPY pyproject.toml constraints.txt README.md* ./
 COPY relay/ relay/
 COPY migrations/ migrations/
 
-# One wheel for the relay (relay.migrations included) and one for each dependency, then a
-# virtual environment without pip that holds exactly those wheels.
-RUN pip wheel --wheel-dir /wheels . \
+# One wheel for the relay (distribution scalepoint-outbox-relay, relay.migrations included) and
+# one for each dependency, then a virtual environment without pip that holds exactly those wheels.
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels . \
  && python -m venv --without-pip /opt/relay \
  && pip --python /opt/relay/bin/python install --no-index --find-links /wheels \
-        /wheels/relay-*.whl \
+        /wheels/scalepoint_outbox_relay-*.whl \
  && /opt/relay/bin/relay --help > /dev/null
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -11,9 +12,9 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-from relay import database
+from relay import DISTRIBUTION, database
 from relay.config import Settings, load_settings
-from relay.errors import InvalidEvent, RelayError, SchemaNotReady
+from relay.errors import ConfigurationError, InvalidEvent, RelayError, SchemaNotReady
 
 P = ParamSpec("P")
 # relay run --drain: finished, but rows wait behind dead rows (requeue them to move on).
@@ -44,15 +45,34 @@ def settings_from_env(**overrides: object) -> Settings:
     return load_settings(**overrides)
 
 
-def configure_logging(settings: Settings) -> None:
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(settings: Settings, floor: str | None = None) -> None:
+    """Configure logging (RELAY_LOG_LEVEL, RELAY_LOG_FORMAT), then log each of the settings'
+    warnings as ``settings.warning``.
+
+    A command whose output is what it prints passes ``floor``: after the warnings it logs only
+    at that level and above, unless RELAY_LOG_LEVEL is debug.
+    """
+    import structlog
+
     from relay import logs
 
     logs.configure(settings.log_level, settings.log_format)
+    log = structlog.get_logger("relay.config")
+    for warning in settings.warnings():
+        log.warning("settings.warning", detail=warning)
+    if floor is not None and settings.log_level != "debug":
+        quieter = max(settings.log_level, floor, key=LOG_LEVELS.index)
+        if quieter != settings.log_level:
+            logs.configure(quieter, settings.log_format)
 
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+@click.version_option(package_name=DISTRIBUTION, prog_name="relay", message="%(prog)s %(version)s")
 def main() -> None:
     """Deliver events from the insurer's outbox table to Scalepoint's EventApi.
 
@@ -69,6 +89,7 @@ def migrate(sql: bool) -> None:
     Safe to run from several replicas at once; a no-op when the schema is current.
     """
     settings = settings_from_env()
+    configure_logging(settings, floor="warning")  # what it prints is the output
     if sql:
         click.echo(database.migration_sql(settings.schema_name))
         return
@@ -132,6 +153,7 @@ def enqueue(
     from relay.outbox import enqueue_async
 
     settings = settings_from_env()
+    configure_logging(settings, floor="warning")  # stdout is the new row's id
     document = _read_payload(payload)
     if not isinstance(document, dict):
         raise InvalidEvent("--payload must be a JSON object")
@@ -174,12 +196,12 @@ def check() -> None:
     """
     import asyncio
 
-    from relay import logs
     from relay.check import run_check
 
     settings = settings_from_env()
-    # The report and the one-line error are the output; log lines only when asked for.
-    logs.configure("debug" if settings.log_level == "debug" else "error", settings.log_format)
+    # The report and the one-line error are the output; log lines only when asked for, but for
+    # the settings' own warnings.
+    configure_logging(settings, floor="error")
     report = asyncio.run(run_check(settings))
     for line in report.lines():
         click.echo(line)
@@ -234,6 +256,9 @@ def emulator(
 
     from relay import emulator as emulation
 
+    # Settings are used only without --client, and a bad one is reported then.
+    with contextlib.suppress(ConfigurationError):
+        configure_logging(settings_from_env(), floor="warning")
     faults = emulation.Faults(
         token_lifetime=token_lifetime,
         latency_ms=latency_ms,
@@ -482,6 +507,7 @@ def demo(events: int, keep_server: bool, stop_only: bool) -> None:
         if stop_only:
             demonstration.stop()
             return
+        configure_logging(settings_from_env(), floor="warning")
         code = demonstration.run_demo(events, keep_server=keep_server)
     except KeyboardInterrupt:  # before the demo could handle it (while importing, say)
         click.echo("relay demo: interrupted", err=True)

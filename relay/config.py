@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -42,6 +45,20 @@ PRODUCTION_API_BASE_URL = "https://www.scalepoint.com"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# RELAY_* variables that are not settings of the relay but are read on purpose: the test suite's
+# database.
+NOT_SETTINGS = frozenset({"RELAY_TEST_DATABASE_URL"})
+# What Kubernetes injects for a Service named 'relay' while enableServiceLinks is on.
+_SERVICE_LINK = re.compile(r"^RELAY_(SERVICE_(HOST|PORT(_\w+)?)|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)$")
+# Files whose contents are secret: readable by other users, they warn.
+SECRET_FILES = (
+    "database_url_file",
+    "client_secret_file",
+    "private_key_password_file",
+    "pkcs12_password_file",
+    "private_key_file",
+    "pkcs12_file",
+)
 
 
 def parse_duration(value: object) -> object:
@@ -88,6 +105,9 @@ class Settings(BaseSettings):
     # Database
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL, postgresql://user@host:5432/db"
+    )
+    database_url_file: Path | None = Field(
+        default=None, description="file holding RELAY_DATABASE_URL (it carries a password)"
     )
     schema_name: str = Field(
         default="public",
@@ -157,21 +177,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # Warnings found while loading: logged by the CLI once logging is configured.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
-            raise ValueError("must be a postgresql:// URL")
-        if not parts.hostname and "host=" not in parts.query:
-            raise ValueError("must name a host, e.g. postgresql://user@localhost:5432/db")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError("has a port that is not a number") from None
-        return value
+        return check_database_url(value)
 
     @field_validator("schema_name")
     @classmethod
@@ -218,7 +232,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
-        for name in ("client_secret", "private_key_password", "pkcs12_password"):
+        for name in ("client_secret", "private_key_password", "pkcs12_password", "database_url"):
             path: Path | None = getattr(self, f"{name}_file")
             if path is None:
                 continue
@@ -230,8 +244,31 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{env_name(name)}_FILE: cannot read {path}: {exc.strerror}"
                 ) from None
-            setattr(self, name, SecretStr(text))
+            if name == "database_url":
+                try:
+                    self.database_url = check_database_url(text.strip())
+                except ValueError as error:  # the message never holds the URL
+                    raise ValueError(f"{env_name(name)}_FILE: {path}: {error}") from None
+            else:
+                setattr(self, name, SecretStr(text))
         return self
+
+    @model_validator(mode="after")
+    def _collect_warnings(self) -> Settings:
+        self._warnings = [
+            *unknown_variable_warnings(os.environ),
+            *(
+                warning
+                for name in SECRET_FILES
+                if (warning := readable_by_others(env_name(name), getattr(self, name)))
+            ),
+        ]
+        return self
+
+    def warnings(self) -> list[str]:
+        """What is suspicious but not wrong: unknown RELAY_* variables, secret files that other
+        users can read. One line each, naming the variable; never a value."""
+        return list(self._warnings)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # The database URL may carry a password; repr() and str() must not show it.
@@ -296,6 +333,79 @@ class Settings(BaseSettings):
                 f"{env_name('certificate_file')}: is not set (private_key_jwt needs the "
                 "certificate for the kid and x5t headers)"
             )
+
+
+def check_database_url(value: str) -> str:
+    """The URL if it is a usable PostgreSQL URL; else ValueError, whose message never holds it."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        raise ValueError("must be a postgresql:// URL")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError("must name a host, e.g. postgresql://user@localhost:5432/db")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+    return value
+
+
+def setting_variables() -> dict[str, str]:
+    """The variable each setting is documented as, by field: RELAY_SCHEMA for schema_name."""
+    return {
+        field: alias if isinstance(alias := info.validation_alias, str) else env_name(field)
+        for field, info in Settings.model_fields.items()
+    }
+
+
+def known_variables() -> frozenset[str]:
+    """Every RELAY_* variable a setting is read from: its documented name and, as
+    populate_by_name allows, the prefixed field name (RELAY_SCHEMA_NAME too)."""
+    return frozenset({*setting_variables().values(), *map(env_name, Settings.model_fields)})
+
+
+def unknown_variable_warnings(environment: Mapping[str, str]) -> list[str]:
+    """A warning for each RELAY_* variable that is not a setting, with the nearest one that is.
+
+    Not an error: an older or a newer relay, with other settings, may share the environment.
+    """
+    expected = known_variables() | NOT_SETTINGS
+    unknown = sorted(
+        name
+        for name in environment
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in expected
+    )
+    warnings = []
+    # RELAY_SERVICE_HOST, RELAY_PORT_8080_TCP, ...: one warning for them all, not a guess each.
+    links = [name for name in unknown if _SERVICE_LINK.match(name.upper())]
+    if "RELAY_SERVICE_HOST" in (name.upper() for name in links):
+        warnings.append(
+            f"{', '.join(links)}: Kubernetes service links of a Service named 'relay', not "
+            "relay settings (ignored); set enableServiceLinks: false on the pod"
+        )
+        unknown = [name for name in unknown if name not in links]
+    # Compared without the prefix, which every name shares and which would make any two close.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in setting_variables().values()}
+    for name in unknown:
+        close = get_close_matches(name.upper().removeprefix(ENV_PREFIX), list(suffixes), n=1)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
+        warnings.append(f"{name}: not a setting of this relay (ignored){hint}")
+    return warnings
+
+
+def readable_by_others(variable: str, path: Path | None) -> str | None:
+    """A warning when the secret file ``path`` can be read by every user of the machine."""
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode  # through a symlink, as Kubernetes secret volumes have them
+    except OSError:
+        return None  # reading it fails later, with its own error
+    if not mode & stat.S_IROTH:
+        return None
+    return (
+        f"{variable}: {path} can be read by any user (mode {stat.S_IMODE(mode):04o}); "
+        "make it 0600 or 0640 (on Kubernetes: defaultMode 0440 on the secret volume)"
+    )
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -47,7 +47,8 @@ def _pgserver() -> Any:
             import pgserver
         except ImportError:
             raise ConfigurationError(
-                "the embedded PostgreSQL needs the 'embedded' extra: pip install 'relay[embedded]'"
+                "the embedded PostgreSQL needs the 'embedded' extra: "
+                "pip install 'scalepoint-outbox-relay[embedded]'"
                 " (or set RELAY_DATABASE_URL to use a PostgreSQL of yours)"
             ) from None
     return pgserver

@@ -17,16 +17,17 @@ Either both the business change and the event commit, or neither does.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import simplejson
 
 if TYPE_CHECKING:  # imported where used: the engine never needs SQLAlchemy (-20 MB, -0.6 s)
     from sqlalchemy.engine import Connection
@@ -46,6 +47,10 @@ UUID_PATTERN = re.compile(
 )
 # A JSON \u0000 escape, i.e. one not itself preceded by an escaped backslash.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# PostgreSQL's numeric (which jsonb numbers are) holds at most 131072 digits before the point
+# and 16383 after it.
+_NUMERIC_MAX_ADJUSTED = 131071
+_NUMERIC_MIN_EXPONENT = -16383
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,51 @@ def _check_routing(tenant: str | None, country: str | None, ordering_key: str | 
         raise InvalidEvent("ordering_key holds a NUL character, which PostgreSQL cannot store")
 
 
+def _timestamp_text(moment: datetime) -> str:
+    """An aware datetime as ISO 8601 in UTC with ``Z``; a naive one is refused."""
+    if moment.utcoffset() is None:
+        raise InvalidEvent(
+            "payload holds a naive datetime (no tzinfo), whose moment is unknown: "
+            "give it a time zone, e.g. datetime.now(UTC)"
+        )
+    return utc_timestamp(moment)
+
+
+def _decimal_number(value: Decimal) -> simplejson.RawJSON:
+    """A Decimal as a JSON number, digit for digit (never through float)."""
+    if not value.is_finite():
+        raise InvalidEvent("payload holds a Decimal NaN or Infinity, which JSON cannot hold")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if value.adjusted() > _NUMERIC_MAX_ADJUSTED or exponent < _NUMERIC_MIN_EXPONENT:
+        raise InvalidEvent(
+            "payload holds a Decimal beyond PostgreSQL's numeric range "
+            "(131072 digits before the point, 16383 after)"
+        )
+    return simplejson.RawJSON(str(value))
+
+
+def _json_value(value: object) -> object:
+    """The JSON form of the values a payload may hold beyond JSON's own types."""
+    if isinstance(value, Decimal):
+        return _decimal_number(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return _timestamp_text(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _envelope_values(body: dict[str, Any]) -> None:
+    """A correlationId given as a UUID, a timestamp as a datetime: checked (and stored) as the
+    strings they become."""
+    for name in ("correlationId", "timestamp"):
+        if isinstance(body[name], uuid.UUID | date):
+            body[name] = _json_value(body[name])
+
+
 def _check_fields(payload: Mapping[str, Any]) -> None:
     if not isinstance(payload["payloadVersion"], str) or not payload["payloadVersion"]:
         raise InvalidEvent("payloadVersion must be a non-empty string such as '1.0.0'")
@@ -92,8 +142,20 @@ def _check_fields(payload: Mapping[str, Any]) -> None:
 
 
 def _encode(payload: Mapping[str, Any]) -> str:
+    # simplejson is the standard library's json with one thing more: a value's default() may
+    # return finished JSON text (RawJSON), which is how a Decimal becomes an exact number.
     try:
-        encoded = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        encoded = simplejson.dumps(
+            payload,
+            default=_json_value,
+            use_decimal=False,  # Decimals go through _json_value, which checks them
+            allow_nan=False,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            namedtuple_as_object=False,  # a tuple is an array, as with json
+        )
+    except InvalidEvent:
+        raise
     except (TypeError, ValueError) as error:
         raise InvalidEvent(f"payload is not JSON-serialisable: {error}") from None
     if _NUL_ESCAPE.search(encoded):
@@ -131,6 +193,7 @@ def prepare_event(
     body.setdefault("payloadVersion", DEFAULT_PAYLOAD_VERSION)
     body.setdefault("correlationId", str(uuid.uuid4()))
     body.setdefault("timestamp", utc_timestamp())
+    _envelope_values(body)
     _check_fields(body)
     return PreparedEvent(
         event_type=event_type,

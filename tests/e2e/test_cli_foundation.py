@@ -16,12 +16,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from relay import DISTRIBUTION
 from relay.database import head_revision
 from tests.conftest import Databases, with_database
 from tests.integration.test_migrate import schema_snapshot
@@ -109,6 +111,12 @@ FILE_PAYLOAD = {
 DATABASES = ("migrated", "fresh", "racing", "bare")  # the last three start empty
 
 
+def secret_file(path: Path, text: str, mode: int) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
 @dataclass(frozen=True)
 class Batch:
     urls: dict[str, str]
@@ -121,7 +129,22 @@ def commands(urls: dict[str, str], admin_url: str, payload_file: Path) -> dict[s
     migrated = environment(RELAY_DATABASE_URL=urls["migrated"])
     enqueue = ("enqueue", "payment_status_updated", "--payload")
     bare = environment(RELAY_DATABASE_URL=urls["bare"])
+    url_file = secret_file(payload_file.parent / "database-url", urls["migrated"], 0o644)
+    bad_url_file = secret_file(
+        payload_file.parent / "bad-database-url", f"mysql://relay:{PASSWORD}@db/x\n", 0o600
+    )
     return {
+        "url file": Command(environment(RELAY_DATABASE_URL_FILE=str(url_file)), ("migrate",)),
+        "url and url file": Command(
+            environment(RELAY_DATABASE_URL=urls["migrated"], RELAY_DATABASE_URL_FILE=str(url_file)),
+            ("migrate",),
+        ),
+        "malformed url file": Command(
+            environment(RELAY_DATABASE_URL_FILE=str(bad_url_file)), ("migrate",)
+        ),
+        "enqueue with a typo": Command(
+            {**migrated, "RELAY_CONCURENCY": "8"}, (*enqueue, '{"payment": {"uuid": "7b1e"}}')
+        ),
         "malformed url": Command(
             environment(RELAY_DATABASE_URL=f"mysql://relay:{PASSWORD}@db/x"), ("migrate",)
         ),
@@ -179,6 +202,14 @@ def batch(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ("unreachable port", ["RELAY_DATABASE_URL: cannot use the database at 127.0.0.1:"]),
         ("missing database", ["RELAY_DATABASE_URL: cannot use the database", "does not exist"]),
         ("concurrency 0", ["RELAY_CONCURRENCY: ", "greater than or equal to 1"]),
+        (
+            "url and url file",
+            ["RELAY_DATABASE_URL and RELAY_DATABASE_URL_FILE are both set"],
+        ),
+        (
+            "malformed url file",
+            ["RELAY_DATABASE_URL_FILE: ", "bad-database-url: must be a postgresql:// URL"],
+        ),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line(batch: Batch, key: str, fragments: list[str]) -> None:
@@ -186,6 +217,47 @@ def test_a_bad_setting_exits_2_with_one_line(batch: Batch, key: str, fragments: 
     line = assert_one_line(run, 2, *fragments)
     assert line.startswith("relay: RELAY_")
     assert run.stdout == ""
+
+
+# relay --version -------------------------------------------------------------------------------
+
+
+def test_version_names_the_installed_release() -> None:
+    run = relay(environment(), "--version")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.stdout == f"relay {metadata.version(DISTRIBUTION)}\n"
+
+
+# Settings' warnings: logged, and the command goes on ---------------------------------------------
+
+
+def settings_warnings(run: Run) -> list[str]:
+    """The ``detail`` of each settings.warning line the command logged (JSON off a terminal);
+    anything else on stderr fails the test."""
+    lines = [json.loads(line) for line in run.error_lines]
+    assert all(line["event"] == "settings.warning" for line in lines), run.stderr
+    assert all(line["level"] == "warning" for line in lines), run.stderr
+    return [line["detail"] for line in lines]
+
+
+def test_an_unknown_variable_is_a_warning_with_the_nearest_setting(batch: Batch) -> None:
+    run = batch.runs["enqueue with a typo"]
+    assert run.returncode == 0, run
+    assert run.stdout.strip().isdigit()  # stdout is still only the id
+    assert settings_warnings(run) == [
+        "RELAY_CONCURENCY: not a setting of this relay (ignored); did you mean RELAY_CONCURRENCY?"
+    ]
+
+
+def test_the_database_url_from_a_file_others_can_read_works_with_a_warning(
+    batch: Batch,
+) -> None:
+    run = batch.runs["url file"]
+    assert run.returncode == 0, run
+    assert run.stdout == f'relay: schema "public" is at revision {head_revision()}\n'
+    (warning,) = settings_warnings(run)
+    assert warning.startswith("RELAY_DATABASE_URL_FILE: ")
+    assert "database-url can be read by any user (mode 0644)" in warning
 
 
 # relay migrate ---------------------------------------------------------------------------------
@@ -288,7 +360,8 @@ def test_a_bad_payload_exits_non_zero_with_a_clear_line(
 def test_refused_events_write_nothing(batch: Batch) -> None:
     with psycopg.connect(batch.urls["migrated"]) as connection:
         rows = connection.execute("SELECT event_type FROM outbox").fetchall()
-    assert sorted(rows) == [("case_created",), ("payment_status_updated",)]
+    # The three enqueued: from JSON, from a file, and the one with a misspelt setting.
+    assert sorted(rows) == [("case_created",), *[("payment_status_updated",)] * 2]
 
 
 def test_enqueue_before_migrate_says_to_migrate(batch: Batch) -> None:

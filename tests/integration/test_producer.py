@@ -15,7 +15,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Protocol
 
 import asyncpg
@@ -267,6 +268,57 @@ async def test_events_of_one_transaction_commit_together(
     assert [(row["id"], row["n"]) for row in rows] == [(i, str(n)) for n, i in enumerate(ids)]
 
 
+# Python values beyond JSON's own --------------------------------------------------------------
+
+PAYMENT_UUID = uuid.UUID("4f1c2a8e-2b0d-4f47-9a53-0e6a1c9f7b21")
+CORRELATION_ID = uuid.UUID("70c6d351-016f-4c9e-b1a9-d581fc3a596b")
+CET_SUMMER = timezone(timedelta(hours=2))
+
+
+async def test_uuids_decimals_datetimes_and_dates_are_stored_as_json(
+    transaction: Transaction, db: asyncpg.Connection
+) -> None:
+    payload = {
+        "correlationId": CORRELATION_ID,
+        "timestamp": datetime(2024, 5, 1, 14, 30, 15, 250000, tzinfo=CET_SUMMER),
+        "payment": {
+            "uuid": PAYMENT_UUID,
+            "amount": Decimal("12345678901234567.89"),
+            "fee": Decimal("-0.000001"),
+            "paidAt": datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+            "dueOn": date(2024, 5, 31),
+            "lines": [{"net": Decimal("1E+3")}, {"net": Decimal("0.10")}],
+        },
+    }
+    async with transaction(True) as writer:
+        row_id = await writer.enqueue(EVENT_TYPE, payload)
+    row = await db.fetchrow(
+        """SELECT payload::text AS body,
+                  payload->'payment'->>'amount' AS amount,
+                  jsonb_typeof(payload->'payment'->'amount') AS amount_type,
+                  payload->'payment'->'lines'->0->>'net' AS first_net,
+                  payload->'payment'->'lines'->1->>'net' AS second_net
+           FROM outbox WHERE id = $1""",
+        row_id,
+    )
+    assert row is not None
+    # Exactly, as a number: a float would have made it 12345678901234568.
+    assert (row["amount"], row["amount_type"]) == ("12345678901234567.89", "number")
+    assert '"amount": 12345678901234567.89' in row["body"]
+    assert (row["first_net"], row["second_net"]) == ("1000", "0.10")
+    body = json.loads(row["body"], parse_float=Decimal)
+    assert body["correlationId"] == str(CORRELATION_ID)
+    assert body["timestamp"] == "2024-05-01T12:30:15.250000Z"  # in UTC, with Z
+    assert body["payment"] == {
+        "uuid": str(PAYMENT_UUID),
+        "amount": Decimal("12345678901234567.89"),
+        "fee": Decimal("-0.000001"),
+        "paidAt": "2024-05-01T12:00:00.000000Z",
+        "dueOn": "2024-05-31",
+        "lines": [{"net": 1000}, {"net": Decimal("0.10")}],
+    }
+
+
 # Refused events --------------------------------------------------------------------------------
 
 
@@ -287,9 +339,17 @@ BAD_EVENTS = [
     Bad("list", "payload must be a JSON object, not list", payload=[{"payment": {}}]),
     Bad("string", "payload must be a JSON object, not str", payload='{"payment": {}}'),
     Bad("none", "payload must be a JSON object", payload=None),
-    Bad("datetime", "not JSON-serialisable", payload={"at": datetime.now(UTC)}),
-    Bad("set", "not JSON-serialisable", payload={"ids": {1, 2}}),
-    Bad("object", "not JSON-serialisable", payload={"x": Opaque()}),
+    Bad("naive datetime", "naive datetime", payload={"at": datetime(2024, 5, 1, 12)}),
+    Bad("naive timestamp", "naive datetime", payload={"timestamp": datetime(2024, 5, 1, 12)}),
+    Bad("time of day", "Object of type time is not", payload={"at": time(12, 30)}),
+    Bad("set", "Object of type set is not", payload={"ids": {1, 2}}),
+    Bad("object", "Object of type Opaque is not", payload={"x": Opaque()}),
+    Bad("decimal NaN", "Decimal NaN or Infinity", payload={"amount": Decimal("NaN")}),
+    Bad("decimal sNaN", "Decimal NaN or Infinity", payload={"amount": Decimal("sNaN")}),
+    Bad("decimal infinity", "Decimal NaN or Infinity", payload={"amount": Decimal("Infinity")}),
+    Bad("decimal -infinity", "Decimal NaN or Infinity", payload={"a": [Decimal("-Infinity")]}),
+    Bad("decimal too large", "numeric range", payload={"amount": Decimal("1E+131072")}),
+    Bad("decimal too fine", "numeric range", payload={"amount": Decimal("1E-16384")}),
     Bad("nan", "not JSON-serialisable", payload={"amount": math.nan}),
     Bad("infinity", "not JSON-serialisable", payload={"amount": math.inf}),
     Bad("tuple key", "not JSON-serialisable", payload={(1, 2): "x"}),

@@ -111,8 +111,8 @@ PARSES = [
     Case("log_level", "debug", "debug"),
     Case("log_format", "json", "json"),
 ]
-# Secrets and their *_FILE twins are read in the tests further down.
-SECRET_FIELDS = {*SECRETS, *(f"{name}_file" for name in SECRETS)}
+# Secrets and their *_FILE twins (and the database URL's) are read in the tests further down.
+SECRET_FIELDS = {*SECRETS, *(f"{name}_file" for name in SECRETS), "database_url_file"}
 
 
 @pytest.mark.parametrize("case", PARSES, ids=lambda case: f"{variable(case.field)}={case.raw}")
@@ -366,3 +366,173 @@ def test_errors_never_echo_input(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# The database URL from a file ----------------------------------------------------------------
+
+DATABASE_URL = f"postgresql://relay:{SECRET_VALUE}@db.internal:5432/insurer?sslmode=require"
+
+
+def secret_file(directory: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_the_database_url_is_read_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = secret_file(tmp_path, "database-url", DATABASE_URL + "\n")
+    settings = load(monkeypatch, RELAY_DATABASE_URL_FILE=str(path))
+    assert settings.database_url == DATABASE_URL
+    assert settings.require_database_url() == DATABASE_URL
+    assert_hidden(settings, SECRET_VALUE)
+    assert settings.warnings() == []
+
+
+def test_the_database_url_and_its_file_together_are_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = secret_file(tmp_path, "database-url", DATABASE_URL)
+    text = refusal(monkeypatch, RELAY_DATABASE_URL=DATABASE_URL, RELAY_DATABASE_URL_FILE=str(path))
+    assert text == "RELAY_DATABASE_URL and RELAY_DATABASE_URL_FILE are both set"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"mysql://relay:{SECRET_VALUE}@db/insurer", "must be a postgresql:// URL"),
+        (f"postgresql://relay:{SECRET_VALUE}@db:port/x", "has a port that is not a number"),
+        ("", "must be a postgresql:// URL"),
+    ],
+)
+def test_a_bad_database_url_in_a_file_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, message: str
+) -> None:
+    path = secret_file(tmp_path, "database-url", url)
+    text = refusal(monkeypatch, RELAY_DATABASE_URL_FILE=str(path))
+    assert text == f"RELAY_DATABASE_URL_FILE: {path}: {message}"
+    assert SECRET_VALUE not in text
+
+
+def test_an_unreadable_database_url_file_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere"
+    text = refusal(monkeypatch, RELAY_DATABASE_URL_FILE=str(missing))
+    assert text.startswith(f"RELAY_DATABASE_URL_FILE: cannot read {missing}")
+
+
+# Warnings: suspicious, not wrong -------------------------------------------------------------
+
+
+def test_no_warnings_without_a_reason() -> None:
+    assert load_settings().warnings() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("RELAY_CONCURENCY", "RELAY_CONCURRENCY"),
+        ("RELAY_DB_URL", "RELAY_DATABASE_URL"),
+        ("RELAY_LOGLEVEL", "RELAY_LOG_LEVEL"),
+        ("RELAY_SHCEMA", "RELAY_SCHEMA"),
+        ("RELAY_SECRET_FILE", "RELAY_CLIENT_SECRET_FILE"),
+        ("RELAY_PORT", "RELAY_HTTP_PORT"),
+        ("relay_max_atempts", "RELAY_MAX_ATTEMPTS"),
+    ],
+)
+def test_an_unknown_variable_warns_naming_the_nearest_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, nearest: str
+) -> None:
+    settings = load(monkeypatch, **{name: SECRET_VALUE})  # loads: not an error
+    assert settings.warnings() == [
+        f"{name}: not a setting of this relay (ignored); did you mean {nearest}?"
+    ]
+
+
+def test_an_unknown_variable_like_no_setting_warns_without_a_guess(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load(monkeypatch, RELAY_FOO="1", RELAY_COLOUR_SCHEME="dark")
+    assert settings.warnings() == [
+        "RELAY_COLOUR_SCHEME: not a setting of this relay (ignored)",
+        "RELAY_FOO: not a setting of this relay (ignored)",
+    ]
+
+
+def test_known_variables_in_any_case_do_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(
+        monkeypatch,
+        relay_concurrency="7",
+        RELAY_SCHEMA_NAME="events_out",  # read as well as RELAY_SCHEMA
+        RELAY_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1/postgres",  # the test suite's
+    )
+    assert (settings.concurrency, settings.schema_name) == (7, "events_out")
+    assert settings.warnings() == []
+
+
+def test_kubernetes_service_links_are_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = {
+        "RELAY_SERVICE_HOST": "10.0.0.7",
+        "RELAY_SERVICE_PORT": "8080",
+        "RELAY_SERVICE_PORT_HTTP": "8080",
+        "RELAY_PORT": "tcp://10.0.0.7:8080",
+        "RELAY_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "RELAY_PORT_8080_TCP_PROTO": "tcp",
+        "RELAY_PORT_8080_TCP_PORT": "8080",
+        "RELAY_PORT_8080_TCP_ADDR": "10.0.0.7",
+    }
+    (warning,) = load(monkeypatch, **links).warnings()
+    assert warning.startswith(", ".join(sorted(links)) + ": Kubernetes service links")
+    assert "enableServiceLinks: false" in warning
+
+
+# Each file that holds a secret, with what a valid one holds.
+SECRET_FILE_VARIABLES = {
+    "RELAY_DATABASE_URL_FILE": "postgresql://relay@db.internal/insurer",
+    "RELAY_CLIENT_SECRET_FILE": SECRET_VALUE,
+    "RELAY_PRIVATE_KEY_PASSWORD_FILE": SECRET_VALUE,
+    "RELAY_PKCS12_PASSWORD_FILE": SECRET_VALUE,
+    "RELAY_PRIVATE_KEY_FILE": "-----BEGIN PRIVATE KEY-----",  # not read when settings load
+    "RELAY_PKCS12_FILE": "not read when settings load",
+}
+
+
+@pytest.mark.parametrize("variable", SECRET_FILE_VARIABLES)
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o444])
+def test_a_secret_file_others_can_read_warns(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, mode: int
+) -> None:
+    path = secret_file(tmp_path, "secret", SECRET_FILE_VARIABLES[variable], mode)
+    # Kubernetes mounts each key of a secret volume as a symlink into ..data/.
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    (warning,) = load(monkeypatch, **{variable: str(link)}).warnings()
+    assert warning.startswith(f"{variable}: {link} can be read by any user (mode 0{mode:o}); ")
+    assert "defaultMode 0440" in warning
+    assert SECRET_VALUE not in warning
+
+
+@pytest.mark.parametrize("variable", SECRET_FILE_VARIABLES)
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o440, 0o400])
+def test_a_secret_file_only_owner_and_group_can_read_does_not_warn(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, mode: int
+) -> None:
+    path = secret_file(tmp_path, "secret", SECRET_FILE_VARIABLES[variable], mode)
+    assert load(monkeypatch, **{variable: str(path)}).warnings() == []
+
+
+def test_public_files_do_not_warn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    certificate = secret_file(tmp_path, "certificate.pem", "-----BEGIN CERTIFICATE-----", 0o644)
+    bundle = secret_file(tmp_path, "ca.pem", "-----BEGIN CERTIFICATE-----", 0o644)
+    settings = load(
+        monkeypatch, RELAY_CERTIFICATE_FILE=str(certificate), RELAY_CA_BUNDLE=str(bundle)
+    )
+    assert settings.warnings() == []
+
+
+def test_a_missing_key_file_does_not_warn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Loading the key reports it (KeyMaterialError); the settings themselves are fine.
+    assert load(monkeypatch, RELAY_PRIVATE_KEY_FILE=str(tmp_path / "no")).warnings() == []
