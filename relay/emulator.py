@@ -9,6 +9,7 @@ so tests, the demo and benchmarks run without the partner. Start it in-process::
         emulator.set_faults(route_status={"dk/misrouted": 404}, reject_tokens=True)
         emulator.set_faults(status=502, error_body="<html>...", echo_body=True)
         emulator.events                            # ReceivedEvent values, arrival order
+        emulator.refusals                          # Refusal values: every other answer
 
 or as a process with ``relay emulator``; the same faults are set over HTTP by
 ``POST /_emulator/faults``, and ``GET /_emulator/stats`` reports what it saw.
@@ -107,6 +108,15 @@ class ReceivedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """One send the emulator did not accept, and when its answer went out."""
+
+    at: float  # emulator clock
+    route: str  # "dk/tenant"
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRequest:
     """One request to the token endpoint and how it ended."""
 
@@ -162,6 +172,7 @@ class Emulator:
         self.events: list[ReceivedEvent] = []
         self.token_requests: list[TokenRequest] = []
         self.status_counts: Counter[int] = Counter()
+        self.refusals: list[Refusal] = []  # every send answered with anything but 201
         self.sends_by_route: Counter[str] = Counter()  # every send request, "dk/tenant" -> n
         self.duplicates = 0
         self.dropped = 0
@@ -320,6 +331,8 @@ class Emulator:
         finally:
             self._active -= 1
         self.status_counts[response.status] += 1
+        if response.status != 201:
+            self.refusals.append(Refusal(self._clock(), route, response.status))
         return response
 
     def _fault_status(self, route: str) -> int | None:
