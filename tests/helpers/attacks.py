@@ -15,8 +15,10 @@ import asyncpg
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.config import Settings
 from relay.daemon import Daemon
 from relay.emulator import Emulator, ReceivedEvent
+from tests.helpers.engine import drain
 
 EVENT_TYPE = "payment_status_updated"
 
@@ -87,6 +89,14 @@ async def eventually(
     async with asyncio.timeout(within):
         while not await check():  # noqa: ASYNC110 - the state lives in the database or process
             await asyncio.sleep(every)
+    return time.monotonic() - started
+
+
+async def timed_drain(settings: Settings, within: float = 30.0) -> float:
+    """Run the engine until nothing is left to send; return the seconds it took. Fails after
+    ``within``: a row retried for ever (or a stuck engine) must not hang the test."""
+    started = time.monotonic()
+    await asyncio.wait_for(drain(settings), within)
     return time.monotonic() - started
 
 

@@ -29,8 +29,9 @@ from tests.helpers.attacks import (
     nested,
     payload_text,
     stored_text,
+    timed_drain,
 )
-from tests.helpers.engine import drain, engine_settings, insert_rows, running_daemon, status_counts
+from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
 from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running
 
 NUMBERS = ("12345678901234567.89", "123456789012345678901234567890", "0.1000000000000000000001")
@@ -116,9 +117,7 @@ async def test_numbers_arrive_digit_for_digit(db: asyncpg.Connection, database_u
     )
     await insert_rows(db, 100)
     async with running() as emulator:
-        started = time.monotonic()
-        await drain(engine_settings(database_url, emulator, concurrency=16))
-        took = time.monotonic() - started
+        took = await timed_drain(engine_settings(database_url, emulator, concurrency=16))
     assert await status_counts(db) == {"published": 204}
     assert took < 5
     stored = await stored_text(db)
@@ -151,10 +150,11 @@ async def test_deep_nesting_and_huge_exponents_go_as_stored_and_a_deep_envelope_
     )
     ordinary += await insert_rows(db, 100)
     async with running() as emulator:
-        started = time.monotonic()
-        await drain(engine_settings(database_url, emulator, concurrency=16))
-        took = time.monotonic() - started
-    assert took < 5
+        # Two replicas: whichever claims a hostile row must live on, and so must the other.
+        took = await asyncio.gather(
+            *(timed_drain(engine_settings(database_url, emulator, concurrency=8)) for _ in "ab")
+        )
+    assert max(took) < 5
     assert await status_counts(db) == {"published": len(ordinary) + 3, "dead": 1}
     stored = await stored_text(db)
     arrived = await arrivals_by_id(db, emulator)
@@ -197,9 +197,7 @@ async def test_no_row_can_steer_a_request(db: asyncpg.Connection, database_url: 
     }
     ordinary += await insert_rows(db, 50)
     async with running() as emulator:
-        started = time.monotonic()
-        await drain(engine_settings(database_url, emulator, concurrency=16))
-        took = time.monotonic() - started
+        took = await timed_drain(engine_settings(database_url, emulator, concurrency=16))
     assert took < 5
     assert await status_counts(db) == {"published": len(ordinary), "dead": len(steering)}
     rows = await db.fetch(
@@ -399,7 +397,7 @@ async def test_an_echoed_payload_never_reaches_a_log(
     async with running() as emulator:
         emulator.set_faults(status=400, echo_body=True)
         with capture_logs() as logged:
-            await drain(engine_settings(database_url, emulator, concurrency=8))
+            await timed_drain(engine_settings(database_url, emulator, concurrency=8))
     assert await status_counts(db) == {"dead": len(markers)}
     errors = [row["last_error"] for row in await db.fetch("SELECT last_error FROM outbox")]
     assert all(any(marker in error for marker in markers) for error in errors)  # echoed, stored
