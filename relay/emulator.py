@@ -9,6 +9,7 @@ so tests, the demo and benchmarks run without the partner. Start it in-process::
         emulator.set_faults(route_status={"dk/misrouted": 404}, reject_tokens=True)
         emulator.set_faults(status=502, error_body="<html>...", echo_body=True)
         emulator.events                            # ReceivedEvent values, arrival order
+        emulator.refusals                          # Refusal values: every other answer
 
 or as a process with ``relay emulator``; the same faults are set over HTTP by
 ``POST /_emulator/faults``, and ``GET /_emulator/stats`` reports what it saw.
@@ -34,6 +35,7 @@ import orjson
 from aiohttp import web
 from cryptography import x509
 
+from relay import emulator_json
 from relay.config import Settings, load_settings
 from relay.emulator_auth import ClientAuthentication
 from relay.emulator_replies import (
@@ -102,6 +104,16 @@ class ReceivedEvent:
     event_id: int
     arrived_at: float  # emulator clock
     content_type: str
+    raw: bytes = field(repr=False)  # the request body exactly as it arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One send the emulator did not accept, and when its answer went out."""
+
+    at: float  # emulator clock
+    route: str  # "dk/tenant"
+    status: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,7 @@ class Emulator:
         self.events: list[ReceivedEvent] = []
         self.token_requests: list[TokenRequest] = []
         self.status_counts: Counter[int] = Counter()
+        self.refusals: list[Refusal] = []  # every send answered with anything but 201
         self.sends_by_route: Counter[str] = Counter()  # every send request, "dk/tenant" -> n
         self.duplicates = 0
         self.dropped = 0
@@ -318,6 +331,8 @@ class Emulator:
         finally:
             self._active -= 1
         self.status_counts[response.status] += 1
+        if response.status != 201:
+            self.refusals.append(Refusal(self._clock(), route, response.status))
         return response
 
     def _fault_status(self, route: str) -> int | None:
@@ -370,8 +385,9 @@ class Emulator:
                 "org.springframework.web.HttpMediaTypeNotSupportedException",
                 f"Content type '{content_type}' not supported",
             )
-        body = _payload(await request.read(), event_type, request.path)
-        return self._record(country, tenant, event_type, body, content_type)
+        raw = await request.read()
+        body = _payload(raw, event_type, request.path)
+        return self._record(country, tenant, event_type, body, raw, content_type)
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -384,15 +400,23 @@ class Emulator:
             raise Reply(403, INSUFFICIENT_SCOPE)
 
     def _record(
-        self, country: str, tenant: str, event_type: str, body: dict[str, Any], content_type: str
+        self,
+        country: str,
+        tenant: str,
+        event_type: str,
+        body: dict[str, Any],
+        raw: bytes,
+        content_type: str,
     ) -> web.Response:
         event_id, self._next_id = self._next_id, self._next_id + 1
-        correlation_id = str(body["correlationId"]).lower()
+        correlation_id = body["correlationId"].lower()
         if correlation_id in self._correlation_ids:
             self.duplicates += 1
         self._correlation_ids.add(correlation_id)
         self.events.append(
-            ReceivedEvent(country, tenant, event_type, body, event_id, self._clock(), content_type)
+            ReceivedEvent(
+                country, tenant, event_type, body, event_id, self._clock(), content_type, raw
+            )
         )
         return web.json_response({"_id": event_id}, status=201)
 
@@ -429,8 +453,10 @@ class Emulator:
         return web.json_response(self.stats())
 
     async def _events_endpoint(self, request: web.Request) -> web.Response:
+        """Every event with its body exactly as it arrived: re-encoding would round numbers
+        and cannot nest as deep as a body may."""
         return web.Response(
-            body=orjson.dumps([dataclasses.asdict(event) for event in self.events]),
+            body=b"[" + b",".join(_event_json(event) for event in self.events) + b"]",
             content_type="application/json",
         )
 
@@ -454,10 +480,22 @@ def _route_status(value: object) -> dict[str, int]:
     return dict(value)
 
 
+def _event_json(event: ReceivedEvent) -> bytes:
+    """One event as a JSON object whose ``body`` is the request body itself (valid JSON, since
+    the event was accepted)."""
+    fields = {
+        item.name: getattr(event, item.name)
+        for item in dataclasses.fields(event)
+        if item.name not in ("body", "raw")
+    }
+    return orjson.dumps(fields)[:-1] + b',"body":' + event.raw.strip() + b"}"
+
+
 def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
+    """The body as Jackson reads it: any number, any depth (see ``relay.emulator_json``)."""
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        body = emulator_json.parse(raw)
+    except ValueError:
         body = None
     if not isinstance(body, dict):
         raise spring_error(
@@ -467,8 +505,12 @@ def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
             "Could not read document: the body is not a JSON object",
         )
     for name in REQUIRED_FIELDS:
-        if body.get(name) in (None, ""):
+        value = body.get(name)
+        if value is None or value == "":
             raise Reply(400, {"message": f"Incorrect payload, missing [{name}]", "valid": False})
+        if not isinstance(value, str):
+            message = f"Incorrect payload, [{name}] must be a string"
+            raise Reply(400, {"message": message, "valid": False})
     if body["eventType"] != event_type:
         message = "Incorrect payload, eventType does not match the Event-Type header"
         raise Reply(400, {"message": message, "valid": False})
