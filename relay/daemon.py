@@ -85,7 +85,7 @@ class Daemon:
         settings.require_partner()
         async with AsyncExitStack() as stack:
             pool = await self._open_pool(url)
-            stack.push_async_callback(_close_pool, pool)
+            stack.push_async_callback(self._close_pool, pool)
             session = await stack.enter_async_context(create_session(settings))
             # Token requests have connections of their own: behind a full pool of publishes
             # they would wait, and time out, exactly when a token is needed.
@@ -147,6 +147,17 @@ class Daemon:
             raise
         return pool
 
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        """Close the pool, waiting a little for connections in use; then cut them. At once
+        when the engine already gave up on the database at shutdown."""
+        if self.worker is not None and self.worker.stuck:
+            pool.terminate()
+            return
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+        except TimeoutError:
+            pool.terminate()
+
     async def _start_http(self, stack: AsyncExitStack) -> str:
         """Serve /healthz, /readyz and /metrics; return the address listened on."""
         app = http.create_app(self.metrics, self.not_ready_reason)
@@ -196,14 +207,6 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _close_pool(pool: asyncpg.Pool) -> None:
-    """Close the pool, waiting a little for connections in use; then cut them."""
-    try:
-        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
-    except TimeoutError:
-        pool.terminate()
 
 
 async def _supervised(

@@ -83,12 +83,17 @@ class Gate:
         return Refreshed(lifted, expired, paused, self.global_held(now) and not was_held)
 
     def next_expiry(self, now: float) -> float | None:
-        """Seconds until the first pause in force (or the open circuit) runs out, if any."""
-        left = [self.remaining(route, now) for route in self.pauses]
+        """Seconds until the first pause in force at the last read (or the open circuit) runs
+        out, if any; 0 when one has run out since, so that its end is read before anything
+        of its route is claimed."""
+        left = [
+            pause.remaining - (now - self.read_at)
+            for pause in self.pauses.values()
+            if pause.remaining > 0
+        ]
         if self.circuit.state == "open":
             left.append(self.circuit.until - now)
-        active = [seconds for seconds in left if seconds > 0]
-        return min(active) if active else None
+        return max(min(left), 0.0) if left else None
 
     def remaining(self, route: str, now: float) -> float:
         pause = self.pauses.get(route)
@@ -128,6 +133,10 @@ class Gate:
         if self.remaining(route, now) > 0 or self.remaining(GLOBAL, now) > 0:
             return Verdict.HOLD
         ramp = self.ramps.get(route)
+        if ramp is None and route in self.pauses:
+            # Its pause has run out but was not lifted: nobody has succeeded on it since, so
+            # one request goes first, whether or not a refresh saw the end.
+            ramp = self.ramps[route] = Ramp()
         if ramp is not None and ramp.in_flight >= ramp.allowance:
             return Verdict.WAIT
         admission = self.circuit.admit(now)

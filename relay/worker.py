@@ -186,6 +186,7 @@ class Worker:
         self.published = 0
         self.dead = 0
         self.running = asyncio.Event()  # set once the engine claims (liveness lock held)
+        self.stuck = False  # the database did not let shutdown finish in time
 
     # Public state ---------------------------------------------------------------------------
 
@@ -254,19 +255,22 @@ class Worker:
         whatever the database does, this returns within the grace period and EXIT_MARGIN."""
         started = self.clock()
         grace = self.config.shutdown_grace.total_seconds()
+        deadline = started + grace + EXIT_MARGIN
         feeder.cancel()
         if self.claiming is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.claiming), GIVE_UP_CLAIM_AFTER)
+            # Still waiting for the database: stop asking. If it committed, its rows come
+            # back through other relays' rescue, or this relay's next start.
+            self.claiming.cancel()
         self._give_back_queued("shutdown")
         if self.busy:
             log.info("worker.draining", in_flight=self.busy)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.idle.wait(), grace)
+                await asyncio.wait_for(self.idle.wait(), max(started + grace - self.clock(), 0))
         for task in senders:
             task.cancel()
         await asyncio.gather(feeder, *senders, return_exceptions=True)
-        deadline = started + grace + EXIT_MARGIN
         await self._at_exit(deadline, self._write_and_release)
         for task in parts:
             task.cancel()
@@ -290,6 +294,7 @@ class Worker:
             async with asyncio.timeout(max(deadline - self.clock(), 0.1)):
                 await work()
         except TimeoutError:
+            self.stuck = True
             log.error("worker.exit_timeout", held=len(self.holdings), fallback="other relays")
 
     # Feeder ----------------------------------------------------------------------------------

@@ -286,13 +286,6 @@ def test_a_stop_while_the_database_blocks_loses_nothing(stopped_while_blocked: B
     assert run.after == {"published": run.rows}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine: after the worker gives up at grace + EXIT_MARGIN, Daemon.run still waits "
-    "POOL_CLOSE_TIMEOUT (2 s) in _close_pool for connections it knows are stuck, and the "
-    "shielded claim outlives the worker and retries",
-)
 def test_a_stop_while_the_database_blocks_ends_within_grace_plus_7_seconds(
     stopped_while_blocked: BlockedStop,
 ) -> None:

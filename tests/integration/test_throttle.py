@@ -86,13 +86,6 @@ async def test_a_throttle_kills_nothing_opens_no_circuit_and_ends_when_the_partn
     assert run.circuit_states == {0.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine: a route's pause that runs out lets a whole claim through, not one probe "
-    "(Worker._next_refresh / Gate.next_expiry skip the refresh at expiry, and Gate.refresh "
-    "ages the old pause before deciding it was in force, so no Ramp is made)",
-)
 @pytest.mark.parametrize("status", [429, 503])
 async def test_after_each_retry_after_pause_one_request_goes_alone(
     db: asyncpg.Connection, database_url: str, status: int
