@@ -86,15 +86,27 @@ def main() -> None:
 def migrate(sql: bool) -> None:
     """Create or upgrade the outbox schema (RELAY_DATABASE_URL, RELAY_SCHEMA).
 
-    Safe to run from several replicas at once; a no-op when the schema is current.
+    Safe to run from several replicas at once; a no-op when the schema is current. Creates
+    RELAY_SCHEMA if missing. The revision is kept in relay_alembic_version,
+    apart from the application's own Alembic (alembic_version), whatever that one does; an
+    older relay's revision found in alembic_version is moved over.
     """
     settings = settings_from_env()
     configure_logging(settings, floor="warning")  # what it prints is the output
     if sql:
         click.echo(database.migration_sql(settings.schema_name))
         return
-    database.migrate(settings.require_database_url(), settings.schema_name)
-    click.echo(f'relay: schema "{settings.schema_name}" is at revision {database.head_revision()}')
+    schema = settings.schema_name
+    result = database.migrate(settings.require_database_url(), schema)
+    line = f'relay: schema "{schema}" is at revision {result.revision}'
+    if result.newer:
+        line += f", {database.newer_than_relay()}"
+    elif result.carried_over:
+        line += (
+            f" (its revision moved from {database.SHARED_VERSION_TABLE}, the application's "
+            f"Alembic table, to {database.VERSION_TABLE})"
+        )
+    click.echo(line)
 
 
 @main.command()

@@ -7,6 +7,7 @@ import io
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,7 +16,11 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from relay.errors import DatabaseRefused, DatabaseUnavailable, SchemaNotReady
+from relay.errors import (
+    DatabaseRefused,
+    DatabaseUnavailable,
+    SchemaNotReady,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -90,19 +95,86 @@ def describe_database_error(error: BaseException) -> str:
     return f"{message} (SQLSTATE {sqlstate})" if sqlstate else message
 
 
-def migrate(url: str, schema: str) -> None:
-    """Upgrade the schema to head; a no-op when current; safe to run from several replicas."""
+# relay keeps its revision in a version table of its own. An application's own Alembic keeps
+# its revision in "alembic_version", often in the same schema; sharing that table made each
+# read the other's revision as its own.
+VERSION_TABLE = "relay_alembic_version"
+# Where relays before this one kept it (see carry_over_sql).
+SHARED_VERSION_TABLE = "alembic_version"
+# Tables every relay schema has had since its first revision: an application whose Alembic
+# happens to be at a revision named like one of relay's has not got them.
+RELAY_TABLES = ("outbox", "relay_pause")
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """What 'relay migrate' found and left."""
+
+    before: str | None  # the revision it found (None: no relay objects yet)
+    revision: str  # the revision it left
+    carried_over: bool  # it moved relay's revision out of the shared alembic_version
+
+    @property
+    def newer(self) -> bool:
+        """The schema was migrated by a newer relay; nothing was done."""
+        return self.revision not in REVISIONS
+
+
+def migrate(url: str, schema: str) -> Migrated:
+    """Upgrade the schema to head; a no-op when current (or migrated by a newer relay); safe
+    to run from several replicas."""
     from alembic import command
     from sqlalchemy.exc import DBAPIError
 
+    config = _alembic_config(url, schema)
     try:
-        command.upgrade(_alembic_config(url, schema), "head")
+        command.upgrade(config, "head")
     except (*DATABASE_ERRORS, DBAPIError) as error:
         raise describe_connection_error(url, error) from None
+    before: str | None = config.attributes["before"]
+    revision = head_revision() if before is None or before in REVISIONS else before
+    return Migrated(before, revision, carried_over=config.attributes["carried_over"])
+
+
+def carry_over_sql(schema: str) -> str:
+    """Move relay's revision from the shared alembic_version into relay_alembic_version.
+
+    Relays before this one kept their revision in ``alembic_version``, the table an
+    application's own Alembic uses. It is relay's revision when the schema has no
+    relay_alembic_version yet, has relay's tables, and alembic_version holds one of relay's
+    revisions. The row is copied; alembic_version is dropped only when it held nothing else
+    (it was then relay's alone), and left as it is otherwise. A no-op on any other schema.
+    """
+    s = schema
+    revisions = ", ".join(f"'{revision}'" for revision in REVISIONS)
+    tables = "\n       ".join(
+        f"AND to_regclass('\"{s}\".{table}') IS NOT NULL" for table in RELAY_TABLES
+    )
+    return f"""DO $relay$
+BEGIN
+    IF to_regclass('"{s}".{VERSION_TABLE}') IS NULL
+       AND to_regclass('"{s}".{SHARED_VERSION_TABLE}') IS NOT NULL
+       {tables} THEN
+        IF EXISTS (SELECT FROM "{s}".{SHARED_VERSION_TABLE} WHERE version_num IN ({revisions})) THEN
+            CREATE TABLE "{s}".{VERSION_TABLE} (
+                version_num VARCHAR(32) NOT NULL,
+                CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num));
+            INSERT INTO "{s}".{VERSION_TABLE} (version_num)
+                SELECT version_num FROM "{s}".{SHARED_VERSION_TABLE}
+                WHERE version_num IN ({revisions});
+            IF NOT EXISTS (
+                SELECT FROM "{s}".{SHARED_VERSION_TABLE} WHERE version_num NOT IN ({revisions})
+            ) THEN
+                DROP TABLE "{s}".{SHARED_VERSION_TABLE};
+            END IF;
+        END IF;
+    END IF;
+END
+$relay$"""
 
 
 def migration_sql(schema: str) -> str:
-    """The DDL 'relay migrate' would run, for a DBA to review and apply by hand."""
+    """The SQL 'relay migrate' would run, for a DBA to review and apply by hand."""
     from alembic import command
 
     buffer = io.StringIO()
@@ -142,34 +214,132 @@ def head_revision() -> str:
     return known_revisions()[0]
 
 
+# The schema as the relay finds it, read without Alembic ---------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a schema holds of relay's, as far as the connected role may see."""
+
+    schema: str
+    role: str
+    exists: bool = False  # the schema
+    usable: bool = False  # the role has USAGE on it
+    versioned: bool = False  # relay_alembic_version exists
+    readable: bool = False  # and the role may read it
+    revision: str | None = None  # its revision
+    shared: bool = False  # an older relay's layout: relay's tables, no relay_alembic_version
+    shared_revision: str | None = None  # relay's revision in alembic_version, when readable
+
+    @property
+    def current(self) -> str:
+        """The revision found, in words: '0001', '0002 in alembic_version' or 'none'."""
+        if self.shared:
+            where = f"in {SHARED_VERSION_TABLE}, the application's Alembic table"
+            return f"{self.shared_revision or 'unknown'} {where}"
+        return self.revision or "none"
+
+    @property
+    def at_head(self) -> bool:
+        return self.revision == head_revision()
+
+    @property
+    def newer(self) -> bool:
+        """Migrated by a newer relay: this one runs against it (migrations only add)."""
+        return self.revision is not None and self.revision not in REVISIONS
+
+    def behind(self) -> str:
+        """Why the schema is older than this relay, as one line: current and needed revision."""
+        head = head_revision()
+        if self.shared:
+            return (
+                f'the outbox schema "{self.schema}" is at revision {self.current} '
+                f"(an older relay's layout), this relay needs {head} in {VERSION_TABLE}"
+            )
+        if self.revision is None:
+            return (
+                f'the outbox schema "{self.schema}" has no relay revision (no outbox table), '
+                f"this relay needs {head}"
+            )
+        return (
+            f'the outbox schema "{self.schema}" is at revision {self.revision}, '
+            f"this relay needs {head}"
+        )
+
+
+async def schema_state(connection: asyncpg.Connection | asyncpg.Pool, schema: str) -> SchemaState:
+    """Read relay's revision in ``schema``, and whether the role may read it."""
+    found = await connection.fetchrow(
+        "SELECT current_user::text AS role, n.oid IS NOT NULL AS exists, "
+        "coalesce(has_schema_privilege(n.oid, 'USAGE'), false) AS usable "
+        "FROM (SELECT) AS one LEFT JOIN pg_namespace n ON n.nspname = $1",
+        schema,
+    )
+    assert found is not None
+    state = SchemaState(schema, found["role"], found["exists"], found["usable"])
+    if not state.usable:
+        return state
+    tables_named = (VERSION_TABLE, SHARED_VERSION_TABLE, *RELAY_TABLES)
+    names = [f'"{schema}".{table}' for table in tables_named]
+    tables = await connection.fetchrow(
+        "SELECT v.oid IS NOT NULL AS versioned, "
+        "coalesce(has_table_privilege(v.oid, 'SELECT'), false) AS readable, "
+        "v.oid IS NULL AND a.oid IS NOT NULL AND o.oid IS NOT NULL AND p.oid IS NOT NULL "
+        "AS shared, coalesce(has_table_privilege(a.oid, 'SELECT'), false) AS shared_readable "
+        "FROM to_regclass($1) AS v(oid), to_regclass($2) AS a(oid), "
+        "to_regclass($3) AS o(oid), to_regclass($4) AS p(oid)",
+        *names,
+    )
+    assert tables is not None
+    revision = shared_revision = None
+    if tables["readable"]:
+        revision = await connection.fetchval(
+            f'SELECT version_num FROM "{schema}".{VERSION_TABLE} LIMIT 1'
+        )
+    if tables["shared"] and tables["shared_readable"]:
+        held = await connection.fetch(f'SELECT version_num FROM "{schema}".{SHARED_VERSION_TABLE}')
+        shared_revision = next(
+            (r for r in REVISIONS if r in {row["version_num"] for row in held}), None
+        )
+    return SchemaState(
+        schema,
+        state.role,
+        state.exists,
+        state.usable,
+        tables["versioned"],
+        tables["readable"],
+        revision,
+        tables["shared"],
+        shared_revision,
+    )
+
+
 async def current_revision(
     connection: asyncpg.Connection | asyncpg.Pool, schema: str
 ) -> str | None:
-    exists = await connection.fetchval(
-        "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".alembic_version'
-    )
-    if not exists:
-        return None
-    revision: str | None = await connection.fetchval(
-        f'SELECT version_num FROM "{schema}".alembic_version'
-    )
-    return revision
+    """relay's revision in ``schema`` (None: not migrated, or not in relay_alembic_version)."""
+    return (await schema_state(connection, schema)).revision
+
+
+def newer_than_relay() -> str:
+    return f"newer than this relay's {head_revision()}: nothing to do"
 
 
 async def check_schema(connection: asyncpg.Connection | asyncpg.Pool, schema: str) -> None:
     """Raise SchemaNotReady unless the outbox schema is at this relay's head revision."""
-    revision = await current_revision(connection, schema)
-    if revision is None:
+    state = await schema_state(connection, schema)
+    if not state.exists:
         raise SchemaNotReady(f'the outbox table does not exist in schema "{schema}"')
-    known = known_revisions()
-    if revision not in known:
+    if state.shared:
+        raise SchemaNotReady(state.behind())
+    if state.revision is None:
+        raise SchemaNotReady(f'the outbox table does not exist in schema "{schema}"')
+    if state.newer:
         # Migrations come first in an upgrade and only add: a replica still on the previous
         # release keeps running against the newer schema until it is replaced.
-        log.warning("schema.newer_than_relay", revision=revision, relay_head=known[0])
-    elif revision != known[0]:
-        raise SchemaNotReady(
-            f'the outbox schema "{schema}" is at revision {revision}, this relay needs {known[0]}'
-        )
+        log.warning("schema.newer_than_relay", revision=state.revision, relay_head=head_revision())
+    elif not state.at_head:
+        raise SchemaNotReady(state.behind())
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -272,11 +442,15 @@ __all__ = [
     "CONNECTION_ERRORS",
     "DATABASE_ERRORS",
     "MIGRATION_LOCK_KEY",
+    "VERSION_TABLE",
     "DatabaseCalls",
+    "Migrated",
+    "SchemaState",
     "asyncpg_dsn",
     "check_schema",
     "create_pool",
     "migrate",
     "migration_sql",
+    "schema_state",
     "sqlalchemy_url",
 ]
