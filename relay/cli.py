@@ -80,23 +80,55 @@ def main() -> None:
     """
 
 
+# relay migrate --check: the schema is older than this relay (the code of errors.SchemaBehind).
+BEHIND_EXIT_CODE = 3
+
+
 @main.command()
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (for a DBA).")
+@click.option(
+    "--from",
+    "start",
+    metavar="REVISION",
+    help="With --sql: the revision the database is at ('relay migrate --check' names it); "
+    "the SQL upgrades from there instead of from an empty schema.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Change nothing: exit 0 when the schema is at this relay's revision (or a newer "
+    f"relay's), {BEHIND_EXIT_CODE} when it is older, naming both revisions.",
+)
 @error_boundary
-def migrate(sql: bool) -> None:
+def migrate(sql: bool, start: str | None, check: bool) -> None:
     """Create or upgrade the outbox schema (RELAY_DATABASE_URL, RELAY_SCHEMA).
 
     Safe to run from several replicas at once; a no-op when the schema is current. Creates
     RELAY_SCHEMA if missing. The revision is kept in relay_alembic_version,
     apart from the application's own Alembic (alembic_version), whatever that one does; an
     older relay's revision found in alembic_version is moved over.
+
+    Exit codes: 0 done (with --check: current); 2 a setting or the database; 3 with --check:
+    the schema is older than this relay.
     """
+    if check and sql:
+        raise click.UsageError("--check reads the database and --sql needs none: pick one")
+    if start is not None and not sql:
+        raise click.UsageError("--from goes with --sql")
+    if start is not None and start not in database.REVISIONS:
+        known = ", ".join(reversed(database.REVISIONS))
+        raise click.BadParameter(
+            f"{start!r} is not a revision of this relay ({known})", param_hint="'--from'"
+        )
     settings = settings_from_env()
     configure_logging(settings, floor="warning")  # what it prints is the output
     if sql:
-        click.echo(database.migration_sql(settings.schema_name))
+        click.echo(database.migration_sql(settings.schema_name, start))
         return
     schema = settings.schema_name
+    if check:
+        click.echo(f"relay: {database.migration_check(settings.require_database_url(), schema)}")
+        return
     result = database.migrate(settings.require_database_url(), schema)
     line = f'relay: schema "{schema}" is at revision {result.revision}'
     if result.newer:

@@ -19,6 +19,7 @@ import structlog
 from relay.errors import (
     DatabaseRefused,
     DatabaseUnavailable,
+    SchemaBehind,
     SchemaNotReady,
 )
 
@@ -173,15 +174,16 @@ END
 $relay$"""
 
 
-def migration_sql(schema: str) -> str:
-    """The SQL 'relay migrate' would run, for a DBA to review and apply by hand."""
+def migration_sql(schema: str, start: str | None = None) -> str:
+    """The SQL 'relay migrate' would run, for a DBA to review and apply by hand: from an empty
+    schema, or from revision ``start`` (an installation already at that revision)."""
     from alembic import command
 
     buffer = io.StringIO()
     config = _alembic_config(None, schema)
     config.output_buffer = buffer
     with redirect_stdout(buffer):
-        command.upgrade(config, "head", sql=True)
+        command.upgrade(config, f"{start}:head" if start else "head", sql=True)
     return buffer.getvalue()
 
 
@@ -321,6 +323,31 @@ async def current_revision(
     return (await schema_state(connection, schema)).revision
 
 
+def migration_check(url: str, schema: str) -> str:
+    """'relay migrate --check': the line to print when the schema is at this relay's revision
+    (or a newer relay's); SchemaBehind naming both revisions when it is older. Changes nothing.
+    """
+
+    async def read() -> SchemaState:
+        try:
+            connection = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+        except DATABASE_ERRORS as error:
+            raise describe_connection_error(url, error) from None
+        try:
+            return await schema_state(connection, schema)
+        except DATABASE_ERRORS as error:
+            raise describe_connection_error(url, error) from None
+        finally:
+            await connection.close()
+
+    state = asyncio.run(read())
+    if state.newer:
+        return f'schema "{schema}" is at revision {state.revision}, {newer_than_relay()}'
+    if not state.at_head:
+        raise SchemaBehind(state.behind())
+    return f'schema "{schema}" is at revision {state.revision}'
+
+
 def newer_than_relay() -> str:
     return f"newer than this relay's {head_revision()}: nothing to do"
 
@@ -450,6 +477,7 @@ __all__ = [
     "check_schema",
     "create_pool",
     "migrate",
+    "migration_check",
     "migration_sql",
     "schema_state",
     "sqlalchemy_url",

@@ -25,6 +25,7 @@ from relay.database import (
     REVISIONS,
     Migrated,
     check_schema,
+    downgrade,
     head_revision,
     migrate,
     migration_sql,
@@ -32,7 +33,7 @@ from relay.database import (
 )
 from relay.errors import SchemaNotReady
 from tests.conftest import Databases, with_database
-from tests.helpers.commands import RELAY
+from tests.helpers.commands import RELAY, relay, relay_env
 from tests.integration.test_migrate import relations, schema_snapshot
 
 APPLICATION_ENV = """
@@ -286,7 +287,59 @@ async def test_the_older_layout_stops_relay_run_with_one_line(
     assert (state.shared, state.shared_revision, state.revision) == (True, "0002", None)
 
 
-# relay migrate --sql ---------------------------------------------------------------------------
+# relay migrate --check and --sql ---------------------------------------------------------------
+
+
+async def test_check_passes_at_head_and_changes_nothing(database_url: str) -> None:
+    before = schema_snapshot(database_url)
+    run = await relay(relay_env(database_url), "migrate", "--check")
+    assert (run.code, run.stdout, run.stderr) == (
+        0,
+        f'relay: schema "public" is at revision {head_revision()}\n',
+        "",
+    )
+    assert schema_snapshot(database_url) == before
+
+
+async def test_check_names_both_revisions_when_behind(database_url: str) -> None:
+    await asyncio.to_thread(downgrade, database_url, "public", "0001")
+    before = schema_snapshot(database_url)
+    run = await relay(relay_env(database_url), "migrate", "--check")
+    run.one_line(
+        3,
+        'relay: the outbox schema "public" is at revision 0001, this relay needs '
+        f"{head_revision()}: run 'relay migrate'",
+    )
+    assert run.stdout == ""
+    assert schema_snapshot(database_url) == before
+
+
+async def test_check_on_an_empty_database_and_on_an_older_layout(
+    tmp_path: Path, empty_database_url: str, fresh_url: str
+) -> None:
+    empty = await relay(relay_env(empty_database_url), "migrate", "--check")
+    empty.one_line(3, "has no relay revision (no outbox table), this relay needs")
+    assert relations(schema_snapshot(empty_database_url)) == set()
+
+    await asyncio.to_thread(older_relay_migrate, tmp_path / "older", empty_database_url, "0001")
+    older = await relay(relay_env(empty_database_url), "migrate", "--check")
+    older.one_line(3, "is at revision 0001 in alembic_version", "run 'relay migrate'")
+    assert read_versions(empty_database_url) == ["0001"]
+
+
+async def test_a_newer_relays_schema_is_left_as_it_is(database_url: str) -> None:
+    with psycopg.connect(database_url) as connection:
+        connection.execute("UPDATE relay_alembic_version SET version_num = '0099'")
+    before = schema_snapshot(database_url)
+    newer = f"newer than this relay's {head_revision()}: nothing to do"
+    checked, migrated = await asyncio.gather(
+        relay(relay_env(database_url), "migrate", "--check"),
+        relay(relay_env(database_url), "migrate"),
+    )
+    for run in (checked, migrated):
+        assert (run.code, run.stderr) == (0, ""), run
+        assert run.stdout == f'relay: schema "public" is at revision 0099, {newer}\n'
+    assert schema_snapshot(database_url) == before
 
 
 def apply(url: str, sql: str) -> None:
@@ -297,4 +350,13 @@ def apply(url: str, sql: str) -> None:
 
 def test_the_sql_for_a_dba_makes_the_same_schema(empty_database_url: str, fresh_url: str) -> None:
     apply(empty_database_url, migration_sql("public"))
+    assert schema_snapshot(empty_database_url) == schema_snapshot(fresh_url)
+
+
+def test_the_sql_from_a_revision_carries_an_older_layout_over(
+    tmp_path: Path, empty_database_url: str, fresh_url: str
+) -> None:
+    older_relay_migrate(tmp_path / "older", empty_database_url, "0001")
+    apply(empty_database_url, migration_sql("public", "0001"))
+    assert read_versions(empty_database_url) is None
     assert schema_snapshot(empty_database_url) == schema_snapshot(fresh_url)
