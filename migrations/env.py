@@ -8,8 +8,8 @@ application's own Alembic keeps, often in the same schema: relay migrates whatev
 says, before or after it. An installation made by an older relay, whose revision is still in
 ``alembic_version``, is carried over first (``relay.database.carry_over_sql``).
 
-Online, ``config.attributes`` gets back ``before`` (the revision found, after any carry-over)
-and ``carried_over``.
+Online, ``config.attributes`` gets back ``role`` (the role that migrated), ``before`` (the
+revision found, after any carry-over) and ``carried_over``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from relay.database import (
     REVISIONS,
     VERSION_TABLE,
     carry_over_sql,
+    create_schema_sql,
     sqlalchemy_url,
 )
+from relay.errors import PrivilegeMissing
 
 config = context.config
 schema: str = config.attributes["schema"]
@@ -42,9 +44,30 @@ OPTIONS: dict[str, Any] = {
 def run_offline() -> None:
     context.configure(url="postgresql://", dialect_name="postgresql", literal_binds=True, **OPTIONS)
     with context.begin_transaction():
-        context.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        context.execute(create_schema_sql(schema))
         context.execute(carry_over_sql(schema))
         context.run_migrations()
+
+
+def _create_schema_if_missing(connection: Connection, role: str) -> None:
+    """CREATE SCHEMA only when there is none: a role that owns the schema but may not create
+    schemas in the database migrates all the same."""
+    exists, may_create, database = connection.execute(
+        text(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = :schema), "
+            "has_database_privilege(current_database(), 'CREATE'), current_database()"
+        ),
+        {"schema": schema},
+    ).one()
+    if exists:
+        return
+    if not may_create:
+        raise PrivilegeMissing(
+            f"schema \"{schema}\" does not exist and the role '{role}' may not create it "
+            f'(no CREATE on database "{database}"): have it created for the role '
+            f"(CREATE SCHEMA {schema} AUTHORIZATION {role}), see docs/database.md"
+        )
+    connection.execute(text(f'CREATE SCHEMA "{schema}"'))
 
 
 def _revision(connection: Connection) -> str | None:
@@ -61,7 +84,9 @@ def _migrate(connection: Connection) -> None:
         # Several replicas may start at once and all run 'relay migrate': the first takes the
         # lock and migrates, the others wait here and then find the schema at head.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        role: str = connection.execute(text("SELECT current_user")).scalar_one()
+        config.attributes["role"] = role
+        _create_schema_if_missing(connection, role)
         versioned = _revision(connection) is not None
         connection.exec_driver_sql(carry_over_sql(schema))
         before = _revision(connection)

@@ -104,12 +104,13 @@ def migrate(sql: bool, start: str | None, check: bool) -> None:
     """Create or upgrade the outbox schema (RELAY_DATABASE_URL, RELAY_SCHEMA).
 
     Safe to run from several replicas at once; a no-op when the schema is current. Creates
-    RELAY_SCHEMA if missing. The revision is kept in relay_alembic_version,
+    RELAY_SCHEMA only when it does not exist. The revision is kept in relay_alembic_version,
     apart from the application's own Alembic (alembic_version), whatever that one does; an
-    older relay's revision found in alembic_version is moved over.
+    older relay's revision found in alembic_version is moved over. The roles and their grants:
+    docs/database.md.
 
-    Exit codes: 0 done (with --check: current); 2 a setting or the database; 3 with --check:
-    the schema is older than this relay.
+    Exit codes: 0 done (with --check: current); 2 a setting, the database, or a right the
+    role lacks; 3 with --check: the schema is older than this relay.
     """
     if check and sql:
         raise click.UsageError("--check reads the database and --sql needs none: pick one")

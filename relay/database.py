@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import io
+import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import redirect_stdout
@@ -19,6 +21,7 @@ import structlog
 from relay.errors import (
     DatabaseRefused,
     DatabaseUnavailable,
+    PrivilegeMissing,
     SchemaBehind,
     SchemaNotReady,
 )
@@ -106,6 +109,29 @@ SHARED_VERSION_TABLE = "alembic_version"
 # happens to be at a revision named like one of relay's has not got them.
 RELAY_TABLES = ("outbox", "relay_pause")
 
+# Where the grants are explained, for the one line a missing right gives.
+GRANTS_DOC = "docs/database.md"
+
+
+def _postgres_error(error: BaseException) -> BaseException:
+    """The asyncpg error under a SQLAlchemy one (``error.orig.__cause__``), else the error."""
+    original: BaseException = getattr(error, "orig", None) or error
+    cause = original.__cause__
+    return cause if isinstance(cause, asyncpg.PostgresError) else original
+
+
+def _role_in(url: str) -> str:
+    """The role a URL logs in as: its user, else libpq's default."""
+    return urlsplit(asyncpg_dsn(url)).username or os.environ.get("PGUSER") or getpass.getuser()
+
+
+def privilege_error(error: BaseException, role: str | None, grants: str) -> PrivilegeMissing:
+    """One line for a refused right: the server's message, then which grants include it."""
+    who = f"the role '{role}'" if role else "the role"
+    return PrivilegeMissing(
+        f"{describe_database_error(error)}: {who} needs the {grants} in {GRANTS_DOC}"
+    )
+
 
 @dataclass(frozen=True)
 class Migrated:
@@ -123,7 +149,7 @@ class Migrated:
 
 def migrate(url: str, schema: str) -> Migrated:
     """Upgrade the schema to head; a no-op when current (or migrated by a newer relay); safe
-    to run from several replicas."""
+    to run from several replicas. Raises PrivilegeMissing naming a right the role lacks."""
     from alembic import command
     from sqlalchemy.exc import DBAPIError
 
@@ -131,10 +157,26 @@ def migrate(url: str, schema: str) -> Migrated:
     try:
         command.upgrade(config, "head")
     except (*DATABASE_ERRORS, DBAPIError) as error:
+        original = _postgres_error(error)
+        if isinstance(original, asyncpg.InsufficientPrivilegeError):
+            role = config.attributes.get("role") or _role_in(url)
+            raise privilege_error(original, role, "migration grants") from None
         raise describe_connection_error(url, error) from None
     before: str | None = config.attributes["before"]
     revision = head_revision() if before is None or before in REVISIONS else before
     return Migrated(before, revision, carried_over=config.attributes["carried_over"])
+
+
+def create_schema_sql(schema: str) -> str:
+    """CREATE SCHEMA only when it is missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the
+    database even when the schema exists, which a role that owns the schema may not have."""
+    return f"""DO $relay$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{schema}') THEN
+        CREATE SCHEMA "{schema}";
+    END IF;
+END
+$relay$"""
 
 
 def carry_over_sql(schema: str) -> str:

@@ -63,3 +63,10 @@ class SchemaBehind(SchemaNotReady):
     """``relay migrate --check``: the schema is older than this relay; nothing was changed."""
 
     exit_code = 3
+
+
+class PrivilegeMissing(RelayError):
+    """The database role lacks a right the command needs; the message names the right and the
+    grants (docs/database.md) that include it."""
+
+    exit_code = 2
