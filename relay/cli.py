@@ -37,6 +37,13 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
                 cause = cause.__cause__
             click.echo(f"relay: {message}", err=True)
             sys.exit(error.exit_code)
+        except Exception as error:
+            # A right the role lacks, met after the start-up checks: one line, too.
+            refused = database.refused_right(error)
+            if refused is None:
+                raise
+            click.echo(f"relay: {refused}", err=True)
+            sys.exit(refused.exit_code)
 
     return wrapper
 

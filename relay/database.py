@@ -7,12 +7,12 @@ import getpass
 import io
 import os
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -22,6 +22,7 @@ from relay.errors import (
     DatabaseRefused,
     DatabaseUnavailable,
     PrivilegeMissing,
+    RelayError,
     SchemaBehind,
     SchemaNotReady,
 )
@@ -61,8 +62,11 @@ def _alembic_config(url: str | None, schema: str) -> Config:
     return config
 
 
-def describe_connection_error(url: str, error: BaseException) -> DatabaseUnavailable:
-    """A one-line error naming RELAY_DATABASE_URL, its host and database, never its password."""
+def describe_connection_error(url: str, error: BaseException) -> RelayError:
+    """A one-line error naming RELAY_DATABASE_URL, its host and database, never its password;
+    or, for a right the role lacks (SQLSTATE 42501), the right and the grants that include it."""
+    if isinstance(_postgres_error(error), asyncpg.InsufficientPrivilegeError):
+        return privilege_error(_postgres_error(error), _role_in(url), "grants")
     parts = urlsplit(asyncpg_dsn(url))
     where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
     original: BaseException = getattr(error, "orig", None) or error
@@ -131,6 +135,19 @@ def privilege_error(error: BaseException, role: str | None, grants: str) -> Priv
     return PrivilegeMissing(
         f"{describe_database_error(error)}: {who} needs the {grants} in {GRANTS_DOC}"
     )
+
+
+def refused_right(error: BaseException) -> PrivilegeMissing | None:
+    """A statement refused for want of a right (SQLSTATE 42501) anywhere in the error's chain,
+    as one line; None for any other error."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(original := _postgres_error(seen), asyncpg.InsufficientPrivilegeError):
+            return privilege_error(original, None, "grants")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -292,6 +309,19 @@ class SchemaState:
         """Migrated by a newer relay: this one runs against it (migrations only add)."""
         return self.revision is not None and self.revision not in REVISIONS
 
+    def missing_right(self) -> PrivilegeMissing | None:
+        """The right to see the schema's revision, when the role lacks it."""
+        if self.exists and not self.usable:
+            return self.lacks(f"USAGE on schema {self.schema}")
+        if self.versioned and not self.readable:
+            return self.lacks(f"SELECT on table {self.schema}.{VERSION_TABLE}")
+        return None
+
+    def lacks(self, rights: str) -> PrivilegeMissing:
+        return PrivilegeMissing(
+            f"the role '{self.role}' lacks {rights}: it needs the runtime grants in {GRANTS_DOC}"
+        )
+
     def behind(self) -> str:
         """Why the schema is older than this relay, as one line: current and needed revision."""
         head = head_revision()
@@ -383,6 +413,8 @@ def migration_check(url: str, schema: str) -> str:
             await connection.close()
 
     state = asyncio.run(read())
+    if (refused := state.missing_right()) is not None:
+        raise refused
     if state.newer:
         return f'schema "{schema}" is at revision {state.revision}, {newer_than_relay()}'
     if not state.at_head:
@@ -394,11 +426,91 @@ def newer_than_relay() -> str:
     return f"newer than this relay's {head_revision()}: nothing to do"
 
 
+@dataclass(frozen=True)
+class Grant:
+    """One GRANT statement: privileges on objects of one kind in the outbox schema."""
+
+    privileges: tuple[str, ...]
+    kind: Literal["SCHEMA", "TABLE", "SEQUENCE", "FUNCTION"]
+    names: tuple[str, ...] = ()  # in the schema; a function with its argument types
+
+    def targets(self, schema: str, *, quoted: bool = False) -> list[str]:
+        """The objects, as a GRANT names them (or, ``quoted``, as has_*_privilege wants them:
+        the schema's name as an identifier)."""
+        if self.kind == "SCHEMA":
+            return [schema]
+        prefix = f'"{schema}"' if quoted else schema
+        return [f"{prefix}.{name}" for name in self.names]
+
+    def sql(self, schema: str, role: str) -> str:
+        kind = "" if self.kind == "TABLE" else f"{self.kind} "
+        targets = ", ".join(self.targets(schema))
+        return f"GRANT {', '.join(self.privileges)} ON {kind}{targets} TO {role};"
+
+
+# What 'relay run' and the operator commands use, and nothing more (docs/database.md prints
+# these; a test runs every command with exactly them). Identity columns draw their values
+# without a grant on their sequence; the insert trigger draws keyed rows' ids with nextval, so
+# 'relay enqueue' needs USAGE on outbox_id_seq. Trigger functions run without EXECUTE; the
+# claim calls outbox_key_ready. Advisory locks, LISTEN/NOTIFY and pg_locks need no grant.
+RUNTIME_GRANTS = (
+    Grant(("USAGE",), "SCHEMA"),
+    Grant(("SELECT", "INSERT", "UPDATE", "DELETE"), "TABLE", ("outbox", "relay_pause")),
+    Grant(("SELECT", "INSERT", "DELETE"), "TABLE", ("outbox_delivery",)),
+    Grant(("SELECT",), "TABLE", (VERSION_TABLE,)),
+    Grant(("USAGE",), "SEQUENCE", ("outbox_id_seq",)),
+    Grant(("EXECUTE",), "FUNCTION", ("outbox_key_ready(text, bigint, boolean)",)),
+)
+# What an application that produces events uses: the producer's INSERT ... RETURNING id. The
+# insert trigger runs as the application's role and draws keyed rows' ids from outbox_id_seq.
+APPLICATION_GRANTS = (
+    Grant(("USAGE",), "SCHEMA"),
+    Grant(("INSERT", "SELECT (id)"), "TABLE", ("outbox",)),
+    Grant(("USAGE",), "SEQUENCE", ("outbox_id_seq",)),
+)
+
+_HAS_PRIVILEGE = """
+    SELECT c.privilege,
+           CASE c.kind
+               WHEN 'SCHEMA' THEN has_schema_privilege(c.target, c.privilege)
+               WHEN 'TABLE' THEN has_table_privilege(c.target, c.privilege)
+               WHEN 'SEQUENCE' THEN has_sequence_privilege(c.target, c.privilege)
+               WHEN 'FUNCTION' THEN has_function_privilege(c.target, c.privilege)
+           END AS held
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS c(kind, target, privilege, n)
+    ORDER BY c.n"""
+
+
+async def missing_grants(
+    connection: asyncpg.Connection | asyncpg.Pool, schema: str, grants: Sequence[Grant]
+) -> list[str]:
+    """The rights of ``grants`` the connected role lacks, one entry per object, in order:
+    'UPDATE, DELETE on table relay.outbox'."""
+    checks = [
+        (grant.kind, shown, quoted, privilege)
+        for grant in grants
+        for shown, quoted in zip(
+            grant.targets(schema), grant.targets(schema, quoted=True), strict=True
+        )
+        for privilege in grant.privileges
+    ]
+    kinds, shown, quoted, privileges = (list(column) for column in zip(*checks, strict=True))
+    rows = await connection.fetch(_HAS_PRIVILEGE, kinds, quoted, privileges)
+    lacking: dict[str, list[str]] = {}
+    for row, kind, target in zip(rows, kinds, shown, strict=True):
+        if not row["held"]:
+            lacking.setdefault(f"{kind.lower()} {target}", []).append(row["privilege"])
+    return [f"{', '.join(held)} on {target}" for target, held in lacking.items()]
+
+
 async def check_schema(connection: asyncpg.Connection | asyncpg.Pool, schema: str) -> None:
-    """Raise SchemaNotReady unless the outbox schema is at this relay's head revision."""
+    """Raise unless the outbox schema is at this relay's head revision (SchemaNotReady) and
+    the role holds the runtime grants (PrivilegeMissing, naming what it lacks)."""
     state = await schema_state(connection, schema)
     if not state.exists:
         raise SchemaNotReady(f'the outbox table does not exist in schema "{schema}"')
+    if (refused := state.missing_right()) is not None:
+        raise refused
     if state.shared:
         raise SchemaNotReady(state.behind())
     if state.revision is None:
@@ -409,6 +521,15 @@ async def check_schema(connection: asyncpg.Connection | asyncpg.Pool, schema: st
         log.warning("schema.newer_than_relay", revision=state.revision, relay_head=head_revision())
     elif not state.at_head:
         raise SchemaNotReady(state.behind())
+    try:
+        lacking = await missing_grants(connection, schema, RUNTIME_GRANTS)
+    except asyncpg.PostgresError as error:
+        if isinstance(error, CONNECTION_ERRORS):
+            raise
+        # An object of relay's is missing although the revision says otherwise.
+        raise SchemaNotReady(f'schema "{schema}": {describe_database_error(error)}') from None
+    if lacking:
+        raise state.lacks("; ".join(lacking))
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -508,11 +629,14 @@ class DatabaseCalls:
 
 
 __all__ = [
+    "APPLICATION_GRANTS",
     "CONNECTION_ERRORS",
     "DATABASE_ERRORS",
     "MIGRATION_LOCK_KEY",
+    "RUNTIME_GRANTS",
     "VERSION_TABLE",
     "DatabaseCalls",
+    "Grant",
     "Migrated",
     "SchemaState",
     "asyncpg_dsn",
@@ -521,6 +645,7 @@ __all__ = [
     "migrate",
     "migration_check",
     "migration_sql",
+    "missing_grants",
     "schema_state",
     "sqlalchemy_url",
 ]
