@@ -37,6 +37,13 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
                 cause = cause.__cause__
             click.echo(f"relay: {message}", err=True)
             sys.exit(error.exit_code)
+        except Exception as error:
+            # A right the role lacks, met after the start-up checks: one line, too.
+            refused = database.refused_right(error)
+            if refused is None:
+                raise
+            click.echo(f"relay: {refused}", err=True)
+            sys.exit(refused.exit_code)
 
     return wrapper
 
@@ -80,21 +87,66 @@ def main() -> None:
     """
 
 
+# relay migrate --check: the schema is older than this relay (the code of errors.SchemaBehind).
+BEHIND_EXIT_CODE = 3
+
+
 @main.command()
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (for a DBA).")
+@click.option(
+    "--from",
+    "start",
+    metavar="REVISION",
+    help="With --sql: the revision the database is at ('relay migrate --check' names it); "
+    "the SQL upgrades from there instead of from an empty schema.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Change nothing: exit 0 when the schema is at this relay's revision (or a newer "
+    f"relay's), {BEHIND_EXIT_CODE} when it is older, naming both revisions.",
+)
 @error_boundary
-def migrate(sql: bool) -> None:
+def migrate(sql: bool, start: str | None, check: bool) -> None:
     """Create or upgrade the outbox schema (RELAY_DATABASE_URL, RELAY_SCHEMA).
 
-    Safe to run from several replicas at once; a no-op when the schema is current.
+    Safe to run from several replicas at once; a no-op when the schema is current. Creates
+    RELAY_SCHEMA only when it does not exist. The revision is kept in relay_alembic_version,
+    apart from the application's own Alembic (alembic_version), whatever that one does; an
+    older relay's revision found in alembic_version is moved over. The roles and their grants:
+    docs/database.md.
+
+    Exit codes: 0 done (with --check: current); 2 a setting, the database, or a right the
+    role lacks; 3 with --check: the schema is older than this relay.
     """
+    if check and sql:
+        raise click.UsageError("--check reads the database and --sql needs none: pick one")
+    if start is not None and not sql:
+        raise click.UsageError("--from goes with --sql")
+    if start is not None and start not in database.REVISIONS:
+        known = ", ".join(reversed(database.REVISIONS))
+        raise click.BadParameter(
+            f"{start!r} is not a revision of this relay ({known})", param_hint="'--from'"
+        )
     settings = settings_from_env()
     configure_logging(settings, floor="warning")  # what it prints is the output
     if sql:
-        click.echo(database.migration_sql(settings.schema_name))
+        click.echo(database.migration_sql(settings.schema_name, start))
         return
-    database.migrate(settings.require_database_url(), settings.schema_name)
-    click.echo(f'relay: schema "{settings.schema_name}" is at revision {database.head_revision()}')
+    schema = settings.schema_name
+    if check:
+        click.echo(f"relay: {database.migration_check(settings.require_database_url(), schema)}")
+        return
+    result = database.migrate(settings.require_database_url(), schema)
+    line = f'relay: schema "{schema}" is at revision {result.revision}'
+    if result.newer:
+        line += f", {database.newer_than_relay()}"
+    elif result.carried_over:
+        line += (
+            f" (its revision moved from {database.SHARED_VERSION_TABLE}, the application's "
+            f"Alembic table, to {database.VERSION_TABLE})"
+        )
+    click.echo(line)
 
 
 @main.command()

@@ -57,3 +57,16 @@ class DatabaseUnavailable(RelayError):
 class DatabaseRefused(RelayError):
     """The database answered a statement with an error that retrying cannot fix (a missing
     table or right, a value it cannot store); the message names the operation and SQLSTATE."""
+
+
+class SchemaBehind(SchemaNotReady):
+    """``relay migrate --check``: the schema is older than this relay; nothing was changed."""
+
+    exit_code = 3
+
+
+class PrivilegeMissing(RelayError):
+    """The database role lacks a right the command needs; the message names the right and the
+    grants (docs/database.md) that include it."""
+
+    exit_code = 2

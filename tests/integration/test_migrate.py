@@ -19,6 +19,7 @@ import pytest
 
 from relay.database import (
     REVISIONS,
+    VERSION_TABLE,
     alembic_revisions,
     check_schema,
     current_revision,
@@ -82,17 +83,17 @@ _SNAPSHOT_QUERIES = {
 
 def schema_snapshot(url: str, schema: str = "public") -> dict[str, list[tuple[Any, ...]]]:
     """What a migration leaves in a schema, from the catalogue: tables and columns, constraints,
-    indexes, triggers, functions, sequences, comments and the Alembic revision."""
+    indexes, triggers, functions, sequences, comments and relay's revision."""
     with psycopg.connect(url) as connection:
         snapshot = {
             name: sorted(connection.execute(query, {"schema": schema}).fetchall(), key=repr)
             for name, query in _SNAPSHOT_QUERIES.items()
         }
         exists = connection.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".alembic_version',)
+            "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".{VERSION_TABLE}',)
         ).fetchone()
         if exists and exists[0]:
-            revisions = connection.execute(f'SELECT version_num FROM "{schema}".alembic_version')
+            revisions = connection.execute(f'SELECT version_num FROM "{schema}".{VERSION_TABLE}')
             snapshot["revision"] = revisions.fetchall()
     return snapshot
 
@@ -129,7 +130,7 @@ def test_upgrade_downgrade_upgrade_round_trips(empty_database_url: str) -> None:
 
     downgrade(empty_database_url, "public")
     emptied = schema_snapshot(empty_database_url)
-    assert relations(emptied) == {"alembic_version", "alembic_version_pkc"}
+    assert relations(emptied) == {VERSION_TABLE, f"{VERSION_TABLE}_pkc"}
     assert emptied["functions"] == []
     assert emptied["revision"] == []
 
@@ -158,10 +159,16 @@ def test_the_outbox_columns_are_the_documented_contract(database_url: str) -> No
 
 def test_the_offline_sql_is_what_migrate_runs() -> None:
     sql = migration_sql("events_out")
-    assert 'CREATE SCHEMA IF NOT EXISTS "events_out"' in sql
+    # The schema only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database.
+    assert "IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'events_out')" in sql
+    assert "CREATE SCHEMA IF NOT EXISTS" not in sql
     assert re.search(r'CREATE TABLE "events_out"\.outbox \(', sql)
     assert 'CREATE TRIGGER outbox_notify AFTER INSERT ON "events_out".outbox' in sql
-    assert "INSERT INTO events_out.alembic_version (version_num) VALUES ('0001')" in sql
+    assert "INSERT INTO events_out.relay_alembic_version (version_num) VALUES ('0001')" in sql
+    # The application's table is only read, by the carry-over of an older relay's layout.
+    assert "CREATE TABLE events_out.alembic_version" not in sql
+    assert "INSERT INTO events_out.alembic_version" not in sql
+    assert "UPDATE events_out.alembic_version" not in sql
     assert '"public"' not in sql
     assert sql.strip().endswith("COMMIT;")
 
