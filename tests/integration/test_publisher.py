@@ -161,8 +161,13 @@ async def test_sustained_load_in_real_time_with_short_tokens() -> None:
                 assert outcome.kind is OutcomeKind.PUBLISHED
 
         await asyncio.gather(*(worker() for _ in range(4)))
-    assert set(emulator.status_counts) == {201}
-    assert 3 <= len(emulator.token_requests) <= 4
+    # Every publish succeeded (asserted in worker). In real time, on a loaded machine, a
+    # request can leave with a token a few milliseconds from its end and arrive after it: it
+    # is refused once and retried with a fresh one. The fake-clock test above holds that no
+    # token is used past its local expiry; this one holds refreshes to once per lifetime.
+    sent = sum(emulator.status_counts.values())
+    assert emulator.status_counts[401] <= max(2, sent // 100)
+    assert 3 <= len(emulator.token_requests) <= 4 + emulator.status_counts[401]
 
 
 async def test_a_forced_401_costs_exactly_one_token_request() -> None:
