@@ -80,10 +80,20 @@ class Faults:
     error_content_type: str = "text/html"  # ... sent as this; a charset in it encodes the body
     echo_body: bool = False  # fault answers carry the request body (after error_body, if set)
     route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> fixed status
-    reject_tokens: bool = False  # every send answers 401, however fresh its token
-    # Receiving (relay.emulator_receive); none of the fields above touch receive calls.
+    reject_tokens: bool = False  # every send and receive answers 401, however fresh its token
+    # Receiving (relay.emulator_receive). Of the fields above only reject_tokens, retry_after,
+    # error_body, error_content_type and echo_body touch receive calls.
     receive_hold_seconds: float = 20.0  # how long a poll waits for events before an empty page
     receive_page_size: int = 100  # events per page, at most
+    receive_latency_ms: float = 0.0  # added before the receive endpoint answers
+    receive_status: int | None = None  # answer receive calls with this status ...
+    receive_status_next: int | None = None  # ... for this many, then clear it (None: until cleared)
+    receive_route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> status
+    receive_drop_next: int = 0  # the next N polls: headers and half the page, then a close
+    receive_malformed_next: int = 0  # the next N pages end with 42 and an item without an id
+    receive_foreign_next: int = 0  # the next N pages' links.next is on receive_foreign_origin
+    receive_foreign_origin: str = emulator_receive.FOREIGN_ORIGIN
+    receive_link_form: str = "absolute"  # links.next as: absolute, path, relative or query
 
 
 @dataclass
@@ -206,8 +216,9 @@ class Emulator:
         unknown = set(changes) - names
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
-        if "route_status" in changes:
-            changes["route_status"] = _route_status(changes["route_status"])
+        for name in ("route_status", "receive_route_status"):
+            if name in changes:
+                changes[name] = _route_status(changes[name], name)
         emulator_receive.check_faults(changes)
         self.faults = dataclasses.replace(self.faults, **changes)
         if for_seconds is not None:
@@ -310,14 +321,14 @@ class Emulator:
     # Token endpoint -------------------------------------------------------------------------
 
     async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
-        await self._sleep(self.faults.token_latency_ms, 0.0)
+        await self.delay(self.faults.token_latency_ms, 0.0)
         record: dict[str, Any] = {"auth_method": "none", "client_id": None}
         error: str | None = None
         try:
             status = self.faults.token_status
             if status is not None:
                 standard = oauth_error(status, "temporarily_unavailable", "fault")
-                raise await self._fault_reply(request, standard)
+                raise await self.fault_reply(request, standard)
             response = await self._grant(request, record)
         except Reply as reply:
             response, error = reply.response, reply.code
@@ -366,7 +377,7 @@ class Emulator:
         self._active += 1
         self.max_concurrency = max(self.max_concurrency, self._active)
         try:
-            await self._sleep(self.faults.latency_ms, self.faults.latency_jitter_ms)
+            await self.delay(self.faults.latency_ms, self.faults.latency_jitter_ms)
             if self._random.random() < self.faults.drop_rate:
                 self.dropped += 1
                 assert request.transport is not None
@@ -374,7 +385,7 @@ class Emulator:
                 return web.Response(status=499)
             status = self._fault_status(route)
             if status is not None:
-                raise await self._fault_reply(request, canned(status, request.path))
+                raise await self.fault_reply(request, canned(status, request.path))
             response = await self._accept(request)
         except Reply as reply:
             response = reply.response
@@ -400,7 +411,7 @@ class Emulator:
             status = faults.route_status.get(route)
         return status
 
-    async def _fault_reply(self, request: web.Request, standard: Reply) -> Reply:
+    async def fault_reply(self, request: web.Request, standard: Reply) -> Reply:
         """``standard`` (the partner's own words), or the raw body the faults ask for."""
         faults = self.faults
         reply = standard
@@ -471,7 +482,8 @@ class Emulator:
         )
         return web.json_response({"_id": event_id}, status=201)
 
-    async def _sleep(self, milliseconds: float, jitter: float) -> None:
+    async def delay(self, milliseconds: float, jitter: float) -> None:
+        """Sleep ``milliseconds`` plus a uniform random 0..``jitter``."""
         delay = milliseconds + self._random.uniform(0, jitter) if jitter else milliseconds
         if delay > 0:
             await asyncio.sleep(delay / 1000)
@@ -522,12 +534,12 @@ def _encoded(text: str, content_type: str) -> bytes:
         return text.encode("utf-8")
 
 
-def _route_status(value: object) -> dict[str, int]:
+def _route_status(value: object, name: str) -> dict[str, int]:
     if not isinstance(value, dict) or not all(
         isinstance(route, str) and isinstance(status, int) and not isinstance(status, bool)
         for route, status in value.items()
     ):
-        raise ValueError('route_status must map "country/tenant" to an HTTP status')
+        raise ValueError(f'{name} must map "country/tenant" to an HTTP status')
     return dict(value)
 
 

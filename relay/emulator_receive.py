@@ -14,6 +14,7 @@ Tests feed streams in-process::
     emulator.generate("dk", "abcinsurance", 250)      # realistic events, mixed types
     emulator.streams["dk/abcinsurance"].events         # StreamEvent values, stream order
     emulator.polls                                     # ReceivePoll values, answer order
+    emulator.set_faults(receive_drop_next=1, receive_malformed_next=1)
 
 or over HTTP: ``POST /_emulator/receive/{country}/{tenant}`` with a JSON list of events or
 ``{"generate": N, "type": "case_created"}``, ``GET /_emulator/receive`` for every route's
@@ -29,7 +30,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
     from relay.emulator import Emulator
 
 RECEIVE_PATH = "/api/events/v1/{country}/external/{tenant}/receive"
+# How links.next is written: a full URL (as the partner's notes show), or a reference the
+# client must resolve against the URL it asked: "/api/...receive?lastEventId=_5" (path),
+# "receive?lastEventId=_5" (relative) or "?lastEventId=_5" (query; "receive" at the start).
+LINK_FORMS = ("absolute", "path", "relative", "query")
+FOREIGN_ORIGIN = "http://elsewhere.example"
 MAX_GENERATE = 1_000_000  # events one control request may generate
 EVENT_TYPES = (
     "case_created",
@@ -55,6 +61,11 @@ EVENT_TYPES = (
     "payment_status_updated",
 )
 _FIELDS = frozenset({"id", "type", "timestamp", "attributes"})
+# The malformed-item fault: a page item that is not an object, and an object without an id.
+MALFORMED_ITEMS = (
+    b"42",
+    b'{"type":"case_created","timestamp":"2026-11-29T10:31:28.251Z","attributes":{}}',
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +87,8 @@ class ReceivePoll:
     route: str  # "dk/tenant"
     last_event_id: str | None  # as asked; None: from the stream's beginning
     status: int
-    events: int  # events in the page
-    outcome: str  # page, refused or abandoned (the client left first)
+    events: int  # events in the page (malformed items not counted)
+    outcome: str  # page, refused, dropped (mid-body) or abandoned (the client left first)
 
 
 class Stream:
@@ -97,6 +108,7 @@ class Stream:
         self.empty_pages = 0
         self.handed_out = 0  # events in the pages sent whole
         self.polls_refused = 0
+        self.polls_dropped = 0
         self.polls_abandoned = 0
         self.max_concurrent_polls = 0
 
@@ -156,6 +168,8 @@ class Stream:
             self.empty_pages += events == 0
         elif outcome == "refused":
             self.polls_refused += 1
+        elif outcome == "dropped":
+            self.polls_dropped += 1
         else:
             self.polls_abandoned += 1
 
@@ -168,6 +182,7 @@ class Stream:
             "empty_pages": self.empty_pages,
             "handed_out": self.handed_out,
             "polls_refused": self.polls_refused,
+            "polls_dropped": self.polls_dropped,
             "polls_abandoned": self.polls_abandoned,
             "concurrent_polls": sum(not gone(poll) for poll in self._polls),
             "max_concurrent_polls": self.max_concurrent_polls,
@@ -323,14 +338,40 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _status(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
+
+
+def _origin(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "receive_hold_seconds": (_seconds, "a number of seconds, 0 or more"),
+    "receive_page_size": (lambda value: _count(value) and value != 0, "a count, 1 or more"),
+    "receive_latency_ms": (_seconds, "a number of milliseconds, 0 or more"),
+    "receive_status": (lambda value: value is None or _status(value), "an HTTP status or null"),
+    "receive_status_next": (
+        lambda value: value is None or (_count(value) and value != 0),
+        "a count of polls, 1 or more, or null (every poll)",
+    ),
+    "receive_drop_next": (_count, "a count of polls, 0 or more"),
+    "receive_malformed_next": (_count, "a count of pages, 0 or more"),
+    "receive_foreign_next": (_count, "a count of pages, 0 or more"),
+    "receive_foreign_origin": (_origin, "an http:// or https:// origin"),
+    "receive_link_form": (lambda value: value in LINK_FORMS, " or ".join(LINK_FORMS)),
+}
+
+
 def check_faults(changes: Mapping[str, object]) -> None:
     """ValueError naming the first receive fault given a value it cannot take."""
-    hold = changes.get("receive_hold_seconds", 0)
-    if isinstance(hold, bool) or not isinstance(hold, int | float) or hold < 0:
-        raise ValueError("receive_hold_seconds must be a number of seconds, 0 or more")
-    size = changes.get("receive_page_size", 1)
-    if not _count(size) or size == 0:
-        raise ValueError("receive_page_size must be a count, 1 or more")
+    for name, (valid, expected) in _CHECKS.items():
+        if name in changes and not valid(changes[name]):
+            raise ValueError(f"{name} must be {expected}")
 
 
 # The endpoint ----------------------------------------------------------------------------------
@@ -407,6 +448,10 @@ class Receiving:
         self, request: web.Request, stream: Stream, asked: str | None
     ) -> tuple[web.StreamResponse, str, int]:
         emulator, faults = self._emulator, self._emulator.faults
+        await emulator.delay(faults.receive_latency_ms, 0.0)
+        status = self._fault_status(stream.route)
+        if status is not None:
+            raise await emulator.fault_reply(request, canned(status, request.path))
         emulator.authorize(request)
         if not emulator.serves(request.match_info["country"], request.match_info["tenant"]):
             raise canned(404, request.path)
@@ -424,8 +469,42 @@ class Receiving:
         size = 0 if stream.closed else faults.receive_page_size
         page = stream.events[position : position + size]
         last = page[-1].id if page else asked
-        body = _body(request, page, last)
+        if faults.receive_drop_next > 0:
+            faults.receive_drop_next -= 1
+            return await _drop(request, self._body(request, page, last, faults=False)), "dropped", 0
+        body = self._body(request, page, last, faults=True)
         return web.Response(body=body, content_type="application/json"), "page", len(page)
+
+    def _fault_status(self, route: str) -> int | None:
+        """The status a fault forces on this poll, or None to answer it normally."""
+        faults = self._emulator.faults
+        status = faults.receive_status
+        if status is not None and faults.receive_status_next is not None:
+            faults.receive_status_next -= 1
+            if faults.receive_status_next <= 0:
+                faults.receive_status = faults.receive_status_next = None
+        if status is None and faults.reject_tokens:
+            status = 401  # checked before the route, as the partner's security filter is
+        if status is None:
+            status = faults.receive_route_status.get(route)
+        return status
+
+    def _body(
+        self, request: web.Request, page: list[StreamEvent], last: str | None, *, faults: bool
+    ) -> bytes:
+        """The page's JSON; ``faults``: with the link and item faults due, counting them."""
+        current = self._emulator.faults
+        items = [event.item for event in page]
+        origin = None
+        if faults and current.receive_malformed_next > 0:
+            current.receive_malformed_next -= 1
+            items.extend(MALFORMED_ITEMS)
+        if faults and current.receive_foreign_next > 0:
+            current.receive_foreign_next -= 1
+            origin = current.receive_foreign_origin
+        link = next_link(request, last, current.receive_link_form, origin)
+        head = b'{"links":{"next":' + orjson.dumps(link) + b'},"meta":{},"data":['
+        return head + b",".join(items) + b"]}"
 
     # Control endpoints -----------------------------------------------------------------------
 
@@ -462,15 +541,29 @@ class Receiving:
         return web.json_response(self.stats())
 
 
-def _body(request: web.Request, page: list[StreamEvent], last: str | None) -> bytes:
-    """The page's JSON, its items exactly as they were fed."""
-    link = next_link(request, last)
-    head = b'{"links":{"next":' + orjson.dumps(link) + b'},"meta":{},"data":['
-    return head + b",".join(event.item for event in page) + b"]}"
-
-
-def next_link(request: web.Request, last: str | None) -> str:
-    """``links.next``: this endpoint after event ``last`` (at the beginning for None)."""
+def next_link(request: web.Request, last: str | None, form: str, origin: str | None) -> str:
+    """``links.next``: this endpoint after event ``last`` (at the beginning for None), on
+    ``origin`` when one is given, else in ``form`` (see LINK_FORMS)."""
     path = request.rel_url.raw_path
     query = "" if last is None else "?lastEventId=" + quote(last, safe="")
-    return f"{request.scheme}://{request.host}{path}{query}"
+    if origin is not None:
+        return origin.rstrip("/") + path + query
+    if form == "absolute":
+        return f"{request.scheme}://{request.host}{path}{query}"
+    if form == "path":
+        return path + query
+    if form == "query" and query:
+        return query
+    return path.rsplit("/", 1)[-1] + query
+
+
+async def _drop(request: web.Request, body: bytes) -> web.StreamResponse:
+    """Send the status line, headers (Content-Length the whole body's) and half the body,
+    then close the connection."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 import orjson
@@ -18,7 +18,7 @@ import pytest
 
 from relay import emulator_json
 from relay.emulator import Emulator
-from relay.emulator_receive import EVENT_TYPES
+from relay.emulator_receive import EVENT_TYPES, MALFORMED_ITEMS
 from relay.emulator_replies import INSUFFICIENT_SCOPE, UNAUTHORIZED
 from tests.helpers.partner import (
     CLIENT_ID,
@@ -237,6 +237,15 @@ async def test_poll_with_a_token_lacking_the_events_scope_is_403(
     assert (status, body) == (403, INSUFFICIENT_SCOPE)
 
 
+async def test_reject_tokens_refuses_polls_too(http: aiohttp.ClientSession) -> None:
+    async with running() as emulator:
+        token = await get_token(http, emulator)
+        await control(http, emulator, "POST", "/_emulator/faults", {"reject_tokens": True})
+        assert (await poll(http, at(emulator), token))[:2] == (401, UNAUTHORIZED)
+        emulator.set_faults(reject_tokens=False, receive_hold_seconds=0)
+        assert (await poll(http, at(emulator), token))[0] == 200
+
+
 async def test_an_unknown_last_event_id_is_a_spring_400(http: aiohttp.ClientSession) -> None:
     async with running() as emulator:
         emulator.generate(DK, TENANT, 2)
@@ -259,12 +268,173 @@ async def test_a_route_outside_the_allow_list_is_404(http: aiohttp.ClientSession
 # Faults --------------------------------------------------------------------------------------
 
 
+async def test_receive_status_for_the_next_polls_with_retry_after(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 1)
+        token = await get_token(http, emulator)
+        faults = {"receive_status": 503, "receive_status_next": 2, "retry_after": "2"}
+        assert (await control(http, emulator, "POST", "/_emulator/faults", faults))[0] == 200
+        answers = [await poll(http, at(emulator), token) for _ in range(3)]
+        await control(http, emulator, "POST", "/_emulator/faults", {"receive_status": 404})
+        persistent = [(await poll(http, at(emulator), token))[0] for _ in range(2)]
+    assert [status for status, _, _ in answers] == [503, 503, 200]
+    assert answers[0][1]["status"] == 503
+    assert answers[0][2].headers["Retry-After"] == "2"
+    assert persistent == [404, 404]
+    assert emulator.stats()["receive"][ROUTE]["polls_refused"] == 4
+
+
+async def test_receive_status_403_is_the_partners_own_body(http: aiohttp.ClientSession) -> None:
+    async with running() as emulator:
+        token = await get_token(http, emulator)
+        emulator.set_faults(receive_status=403)
+        assert (await poll(http, at(emulator), token))[:2] == (403, INSUFFICIENT_SCOPE)
+
+
+async def test_receive_route_status_answers_one_route_only(http: aiohttp.ClientSession) -> None:
+    other = PATH.replace(TENANT, "budget")
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 1)
+        emulator.generate(DK, "budget", 1)
+        token = await get_token(http, emulator)
+        faults = {"receive_route_status": {f"{DK}/budget": 404}}
+        assert (await control(http, emulator, "POST", "/_emulator/faults", faults))[0] == 200
+        assert (await poll(http, at(emulator, path=other), token))[0] == 404
+        assert (await poll(http, at(emulator), token))[0] == 200
+
+
+async def test_receive_latency_slows_the_answer(http: aiohttp.ClientSession) -> None:
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 1)
+        token = await get_token(http, emulator)
+        emulator.set_faults(receive_latency_ms=150)
+        started = time.monotonic()
+        status, page, _ = await poll(http, at(emulator), token)
+    assert (status, ids(page)) == (200, ["_1"])
+    assert time.monotonic() - started >= 0.15
+
+
+async def raw_get(emulator: Emulator, url: str, token: str) -> tuple[bytes, bytes]:
+    """The whole of what the server sent on a fresh connection, up to its close: the head and
+    the body bytes that came."""
+    target = url.removeprefix(emulator.base_url)
+    host = urlsplit(emulator.base_url).netloc
+    reader, writer = await asyncio.open_connection(*host.split(":"))
+    try:
+        request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        writer.write(request.encode())
+        async with asyncio.timeout(10):
+            received = await reader.read(-1)  # until the server closes
+    finally:
+        writer.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_receive_drop_next_cuts_the_page_mid_body(http: aiohttp.ClientSession) -> None:
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 5)
+        token = await get_token(http, emulator)
+        emulator.set_faults(receive_drop_next=2)
+        head, body = await raw_get(emulator, at(emulator), token)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await poll(http, at(emulator), token)
+        status, page, _ = await poll(http, at(emulator), token)
+        stats = emulator.stats()["receive"][ROUTE]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert 0 < len(body) < int(headers[b"Content-Length"])
+    assert body.startswith(b'{"links":')
+    assert (status, ids(page)) == (200, ["_1", "_2", "_3", "_4", "_5"])
+    assert (stats["polls_dropped"], stats["handed_out"]) == (2, 5)
+    assert [poll.outcome for poll in emulator.polls] == ["dropped", "dropped", "page"]
+
+
+async def test_receive_malformed_next_adds_bad_items_to_one_page(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 4)
+        emulator.set_faults(receive_page_size=2)
+        token = await get_token(http, emulator)
+        await control(http, emulator, "POST", "/_emulator/faults", {"receive_malformed_next": 1})
+        _, bad, _ = await poll(http, at(emulator), token)
+        _, good, _ = await poll(http, bad["links"]["next"], token)
+        stats = emulator.stats()["receive"][ROUTE]
+    assert [orjson.dumps(item) for item in bad["data"][2:]] == list(MALFORMED_ITEMS)
+    assert bad["data"][2] == 42
+    assert "id" not in bad["data"][3]
+    assert [item["id"] for item in bad["data"][:2]] == ["_1", "_2"]
+    assert last_event_id(bad["links"]["next"]) == "_2"
+    assert ids(good) == ["_3", "_4"]
+    assert stats["handed_out"] == 4
+
+
+async def test_receive_foreign_next_points_one_link_elsewhere(http: aiohttp.ClientSession) -> None:
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 2)
+        emulator.set_faults(receive_page_size=1)
+        token = await get_token(http, emulator)
+        emulator.set_faults(receive_foreign_next=1)
+        _, first, _ = await poll(http, at(emulator), token)
+        _, second, _ = await poll(http, at(emulator, "_1"), token)
+        emulator.set_faults(
+            receive_foreign_next=1, receive_foreign_origin="https://evil.example:8443"
+        )
+        _, third, _ = await poll(http, at(emulator, "_1"), token)
+    assert first["links"]["next"] == f"http://elsewhere.example{PATH}?lastEventId=_1"
+    assert second["links"]["next"] == at(emulator, "_2")
+    assert third["links"]["next"] == f"https://evil.example:8443{PATH}?lastEventId=_2"
+
+
+@pytest.mark.parametrize(
+    ("form", "link"),
+    [
+        ("path", f"{PATH}?lastEventId=_2"),
+        ("relative", "receive?lastEventId=_2"),
+        ("query", "?lastEventId=_2"),
+    ],
+)
+async def test_relative_links_resolve_against_the_url_asked(
+    http: aiohttp.ClientSession, form: str, link: str
+) -> None:
+    async with running() as emulator:
+        emulator.generate(DK, TENANT, 3)
+        emulator.set_faults(receive_page_size=2, receive_link_form=form)
+        token = await get_token(http, emulator)
+        asked = at(emulator)
+        _, first, _ = await poll(http, asked, token)
+        resolved = urljoin(asked, first["links"]["next"])
+        _, second, _ = await poll(http, resolved, token)
+    assert first["links"]["next"] == link
+    assert resolved == at(emulator, "_2")
+    assert ids(second) == ["_3"]
+
+
+async def test_relative_link_of_an_empty_page_at_the_beginning(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running() as emulator:
+        emulator.set_faults(receive_hold_seconds=0, receive_link_form="query")
+        token = await get_token(http, emulator)
+        _, page, _ = await poll(http, at(emulator), token)
+    assert page["links"]["next"] == "receive"
+    assert urljoin(at(emulator), page["links"]["next"]) == at(emulator)
+
+
 @pytest.mark.parametrize(
     ("faults", "named"),
     [
+        ({"receive_link_form": "sideways"}, "receive_link_form"),
         ({"receive_page_size": 0}, "receive_page_size"),
         ({"receive_hold_seconds": -1}, "receive_hold_seconds"),
-        ({"receive_hold_seconds": "5"}, "receive_hold_seconds"),
+        ({"receive_drop_next": True}, "receive_drop_next"),
+        ({"receive_status": 1000}, "receive_status"),
+        ({"receive_status_next": 0}, "receive_status_next"),
+        ({"receive_foreign_origin": "elsewhere.example"}, "receive_foreign_origin"),
+        ({"receive_route_status": {"dk/x": "404"}}, "receive_route_status"),
     ],
 )
 async def test_bad_receive_faults_are_refused(
