@@ -6,6 +6,7 @@ Every poll goes over a real socket on 127.0.0.1 with an aiohttp client, as the r
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -28,6 +29,7 @@ from tests.helpers.partner import (
     secret_config,
     wait_for,
 )
+from tests.helpers.process import RELAY
 
 DK, TENANT = "dk", "abcinsurance"
 ROUTE = f"{DK}/{TENANT}"
@@ -625,3 +627,68 @@ async def test_the_send_side_is_untouched_by_receiving(http: aiohttp.ClientSessi
         _, stats = await control(http, emulator, "GET", "/_emulator/stats")
     assert (stats["events"], stats["statuses"], stats["sends_by_route"]) == (0, {}, {})
     assert stats["receive"][ROUTE]["fed"] == 3
+
+
+# relay emulator ------------------------------------------------------------------------------
+
+
+async def test_relay_emulator_pre_feeds_routes_and_sets_the_hold(
+    http: aiohttp.ClientSession,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        RELAY,
+        "emulator",
+        "--port",
+        "0",
+        "--client",
+        f"{CLIENT_ID}:{CLIENT_SECRET}",
+        "--receive-route",
+        ROUTE,
+        "--receive-route",
+        "se/other",
+        "--receive-events",
+        "120",
+        "--receive-type",
+        "case_created",
+        "--receive-hold",
+        "0.2",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            lines = [(await process.stdout.readline()).decode() for _ in range(4)]
+        base_url = lines[1].split()[-1]
+        receive_url = lines[2].split()[-1]
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        }
+        async with http.post(base_url + "/connect/token", data=form) as response:
+            token = (await response.json())["access_token"]
+        _, first, _ = await poll(http, receive_url, token)
+        _, second, _ = await poll(http, first["links"]["next"], token)
+        started = time.monotonic()
+        _, empty, _ = await poll(http, second["links"]["next"], token)
+        took = time.monotonic() - started
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+    assert f"receive stream {ROUTE}: 120 events at {base_url}{PATH}" in lines[2]
+    assert "receive stream se/other: 120 events" in lines[3]
+    assert (len(first["data"]), len(second["data"]), empty["data"]) == (100, 20, [])
+    assert {item["type"] for item in first["data"]} == {"case_created"}
+    assert 0.2 <= took < 5
+
+
+async def test_relay_emulator_help_documents_receiving() -> None:
+    process = await asyncio.create_subprocess_exec(
+        RELAY, "emulator", "--help", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    text = out.decode()
+    for option in ("--receive-route", "--receive-events", "--receive-hold", "/_emulator/receive"):
+        assert option in text
