@@ -284,6 +284,40 @@ def check() -> None:
 @click.option("--error-rate", default=0.0, show_default=True, help="Fraction answered in error.")
 @click.option("--error-status", default=503, show_default=True, help="Status for --error-rate.")
 @click.option("--drop-rate", default=0.0, show_default=True, help="Fraction of dropped sends.")
+@click.option(
+    "--receive-route",
+    "receive_routes",
+    multiple=True,
+    metavar="COUNTRY/TENANT",
+    help="A route with a receive stream (repeatable); --receive-events pre-feeds each.",
+)
+@click.option(
+    "--receive-events",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 1_000_000),
+    help="Realistic events fed to each --receive-route before it listens.",
+)
+@click.option(
+    "--receive-type",
+    default=None,
+    metavar="EVENT_TYPE",
+    help="Type of the pre-fed events (e.g. case_created)  [default: every type in turn]",
+)
+@click.option(
+    "--receive-hold",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a receive poll waits for events before an empty page.",
+)
+@click.option(
+    "--receive-page-size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Events per receive page, at most.",
+)
 @error_boundary
 def emulator(
     host: str,
@@ -297,12 +331,25 @@ def emulator(
     error_rate: float,
     error_status: int,
     drop_rate: float,
+    receive_routes: tuple[str, ...],
+    receive_events: int,
+    receive_type: str | None,
+    receive_hold: float,
+    receive_page_size: int,
 ) -> None:
-    """Run a local stand-in for Scalepoint's token endpoint and EventApi.
+    """Run a local stand-in for Scalepoint's token endpoint and EventApi (send and receive).
 
     Faults can also be changed while it runs: POST /_emulator/faults with a JSON object,
     DELETE /_emulator/faults, POST /_emulator/revoke, POST /_emulator/reset,
     GET /_emulator/stats and GET /_emulator/events.
+
+    \b
+    Receiving: GET /api/events/v1/COUNTRY/external/TENANT/receive?lastEventId=ID
+    long-polls a route's stream. Feed it while it runs with
+    POST /_emulator/receive/COUNTRY/TENANT and a JSON list of events
+    ({"type", "attributes"}, optional "timestamp" and "id") or {"generate": N, "type": T};
+    GET /_emulator/receive reports each route's polls and events handed out.
+    Example: relay emulator --receive-route dk/abcinsurance --receive-events 1000
     """
     import asyncio
 
@@ -317,13 +364,23 @@ def emulator(
         error_rate=error_rate,
         error_status=error_status,
         drop_rate=drop_rate,
+        receive_hold_seconds=receive_hold,
+        receive_page_size=receive_page_size,
     )
     config = emulation.config_from_options(clients, certificates, routes, audience, faults)
+    partner = emulation.Emulator(config)
+    for route in receive_routes:
+        country, _, tenant = route.partition("/")
+        if not country or not tenant or "/" in tenant:
+            raise click.BadParameter(
+                f"{route!r} is not COUNTRY/TENANT", param_hint="--receive-route"
+            )
+        partner.generate(country, tenant, receive_events, receive_type)
 
     def announce(line: str) -> None:
         click.echo(f"relay emulator: {line}")
 
-    asyncio.run(emulation.serve(emulation.Emulator(config), host, port, announce))
+    asyncio.run(emulation.serve(partner, host, port, announce))
 
 
 # Operations: status, dead rows, requeue, purge ---------------------------------------------------

@@ -1,4 +1,5 @@
-"""A stand-in for Scalepoint: the token endpoint and the EventApi send endpoint, with faults.
+"""A stand-in for Scalepoint: the token endpoint and the EventApi send and receive endpoints,
+with faults.
 
 It behaves as the partner's documentation says (bodies from the seed page, RFC 6749 errors)
 so tests, the demo and benchmarks run without the partner. Start it in-process::
@@ -10,6 +11,7 @@ so tests, the demo and benchmarks run without the partner. Start it in-process::
         emulator.set_faults(status=502, error_body="<html>...", echo_body=True)
         emulator.events                            # ReceivedEvent values, arrival order
         emulator.refusals                          # Refusal values: every other answer
+        emulator.generate("dk", "abcinsurance", 250)  # events to receive (see emulator_receive)
 
 or as a process with ``relay emulator``; the same faults are set over HTTP by
 ``POST /_emulator/faults``, and ``GET /_emulator/stats`` reports what it saw.
@@ -26,7 +28,7 @@ import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,10 @@ import orjson
 from aiohttp import web
 from cryptography import x509
 
-from relay import emulator_json
+from relay import emulator_json, emulator_receive
 from relay.config import Settings, load_settings
 from relay.emulator_auth import ClientAuthentication
+from relay.emulator_receive import ReceivePoll, Receiving, Stream, StreamEvent
 from relay.emulator_replies import (
     INSUFFICIENT_SCOPE,
     UNAUTHORIZED,
@@ -77,7 +80,20 @@ class Faults:
     error_content_type: str = "text/html"  # ... sent as this; a charset in it encodes the body
     echo_body: bool = False  # fault answers carry the request body (after error_body, if set)
     route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> fixed status
-    reject_tokens: bool = False  # every send answers 401, however fresh its token
+    reject_tokens: bool = False  # every send and receive answers 401, however fresh its token
+    # Receiving (relay.emulator_receive). Of the fields above only reject_tokens, retry_after,
+    # error_body, error_content_type and echo_body touch receive calls.
+    receive_hold_seconds: float = 20.0  # how long a poll waits for events before an empty page
+    receive_page_size: int = 100  # events per page, at most
+    receive_latency_ms: float = 0.0  # added before the receive endpoint answers
+    receive_status: int | None = None  # answer receive calls with this status ...
+    receive_status_next: int | None = None  # ... for this many, then clear it (None: until cleared)
+    receive_route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> status
+    receive_drop_next: int = 0  # the next N polls: headers and half the page, then a close
+    receive_malformed_next: int = 0  # the next N pages end with 42 and an item without an id
+    receive_foreign_next: int = 0  # the next N pages' links.next is on receive_foreign_origin
+    receive_foreign_origin: str = emulator_receive.FOREIGN_ORIGIN
+    receive_link_form: str = "absolute"  # links.next as: absolute, path, relative or query
 
 
 @dataclass
@@ -151,9 +167,10 @@ class Emulator:
         """``clock`` times latency windows and token expiry; ``wall_clock`` is the time of day
         client assertions are checked against (a test may set it off the client's)."""
         self.config = config or EmulatorConfig()
-        self._wall_clock = wall_clock
+        self.wall_clock = wall_clock
         self.faults = copy.deepcopy(self.config.faults)
-        self._clock = clock
+        self.clock = clock
+        self.seed = seed
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -166,6 +183,7 @@ class Emulator:
         self.app.router.add_post("/_emulator/revoke", self._revoke_endpoint)
         self.app.router.add_get("/_emulator/stats", self._stats_endpoint)
         self.app.router.add_get("/_emulator/events", self._events_endpoint)
+        self._receiving = Receiving(self)
         self._clear_records()
 
     def _clear_records(self) -> None:
@@ -181,8 +199,9 @@ class Emulator:
         self._correlation_ids: set[str] = set()
         self._tokens: dict[str, _Issued] = {}
         self.access_tokens: list[str] = []  # every token issued, for leak tests
-        self._client_auth = ClientAuthentication(self.config, self._wall_clock)
+        self._client_auth = ClientAuthentication(self.config, self.wall_clock)
         self._next_id = 1
+        self._receiving.clear()
 
     # In-process control ---------------------------------------------------------------------
 
@@ -197,11 +216,13 @@ class Emulator:
         unknown = set(changes) - names
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
-        if "route_status" in changes:
-            changes["route_status"] = _route_status(changes["route_status"])
+        for name in ("route_status", "receive_route_status"):
+            if name in changes:
+                changes[name] = _route_status(changes[name], name)
+        emulator_receive.check_faults(changes)
         self.faults = dataclasses.replace(self.faults, **changes)
         if for_seconds is not None:
-            self.faults.status_until = self._clock() + float(for_seconds)
+            self.faults.status_until = self.clock() + float(for_seconds)
 
     def clear_faults(self) -> None:
         """Back to the configured faults (token lifetime included)."""
@@ -209,9 +230,47 @@ class Emulator:
         self.faults = copy.deepcopy(self.config.faults)
 
     def reset(self) -> None:
-        """Clear faults, records, issued tokens and the id counter."""
+        """Clear faults, records, issued tokens, the id counter and the receive streams."""
         self.clear_faults()
         self._clear_records()
+
+    # Receiving (see relay.emulator_receive) ----------------------------------------------------
+
+    def feed(
+        self, country: str, tenant: str, events: Iterable[Mapping[str, Any]]
+    ) -> list[StreamEvent]:
+        """Append events (``type``, ``attributes``; ``timestamp`` and ``id`` optional) to a
+        route's stream and wake its waiting polls; returns them with their ids."""
+        return self._receiving.feed(country, tenant, events)
+
+    def generate(
+        self, country: str, tenant: str, count: int, event_type: str | None = None
+    ) -> list[StreamEvent]:
+        """Feed ``count`` realistic events of ``event_type`` (None: every type in turn)."""
+        return self._receiving.generate(country, tenant, count, event_type)
+
+    def stream(self, country: str, tenant: str) -> Stream:
+        """A route's stream (an empty one if nothing was fed or polled there yet)."""
+        return self._receiving.stream(country, tenant)
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """Every route fed or polled, "dk/tenant" -> its stream."""
+        return self._receiving.streams
+
+    @property
+    def polls(self) -> list[ReceivePoll]:
+        """Every receive request, in the order they were answered."""
+        return self._receiving.polls
+
+    def receive_url(self, country: str, tenant: str) -> str:
+        """The receive endpoint of a route (after ``start``)."""
+        path = emulator_receive.RECEIVE_PATH.format(country=country, tenant=tenant)
+        return self.base_url + path
+
+    def serves(self, country: str, tenant: str) -> bool:
+        """Whether the configured routes include this one."""
+        return self.config.routes is None or (country, tenant) in self.config.routes
 
     def revoke_tokens(self) -> None:
         """Forget every issued token: the next send with one gets 401."""
@@ -230,6 +289,7 @@ class Emulator:
             "token_auth_methods": dict(Counter(item.auth_method for item in self.token_requests)),
             "statuses": {str(status): n for status, n in sorted(self.status_counts.items())},
             "sends_by_route": dict(self.sends_by_route),
+            "receive": self._receiving.stats(),
         }
 
     async def start(
@@ -245,7 +305,8 @@ class Emulator:
         return self.base_url
 
     async def stop(self) -> None:
-        """Close the listening socket and open connections."""
+        """Close the listening socket and open connections; held polls end at once."""
+        self._receiving.end_holds()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -260,14 +321,14 @@ class Emulator:
     # Token endpoint -------------------------------------------------------------------------
 
     async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
-        await self._sleep(self.faults.token_latency_ms, 0.0)
+        await self.delay(self.faults.token_latency_ms, 0.0)
         record: dict[str, Any] = {"auth_method": "none", "client_id": None}
         error: str | None = None
         try:
             status = self.faults.token_status
             if status is not None:
                 standard = oauth_error(status, "temporarily_unavailable", "fault")
-                raise await self._fault_reply(request, standard)
+                raise await self.fault_reply(request, standard)
             response = await self._grant(request, record)
         except Reply as reply:
             response, error = reply.response, reply.code
@@ -275,7 +336,7 @@ class Emulator:
             TokenRequest(
                 status=response.status,
                 error=error,
-                at=self._clock(),
+                at=self.clock(),
                 **record,
             )
         )
@@ -298,7 +359,7 @@ class Emulator:
         granted = requested or allowed
         value = secrets.token_urlsafe(32)
         lifetime = self.faults.token_lifetime
-        self._tokens[value] = _Issued(client_id, granted, self._clock() + lifetime)
+        self._tokens[value] = _Issued(client_id, granted, self.clock() + lifetime)
         self.access_tokens.append(value)
         body = {
             "access_token": value,
@@ -316,7 +377,7 @@ class Emulator:
         self._active += 1
         self.max_concurrency = max(self.max_concurrency, self._active)
         try:
-            await self._sleep(self.faults.latency_ms, self.faults.latency_jitter_ms)
+            await self.delay(self.faults.latency_ms, self.faults.latency_jitter_ms)
             if self._random.random() < self.faults.drop_rate:
                 self.dropped += 1
                 assert request.transport is not None
@@ -324,7 +385,7 @@ class Emulator:
                 return web.Response(status=499)
             status = self._fault_status(route)
             if status is not None:
-                raise await self._fault_reply(request, canned(status, request.path))
+                raise await self.fault_reply(request, canned(status, request.path))
             response = await self._accept(request)
         except Reply as reply:
             response = reply.response
@@ -332,14 +393,14 @@ class Emulator:
             self._active -= 1
         self.status_counts[response.status] += 1
         if response.status != 201:
-            self.refusals.append(Refusal(self._clock(), route, response.status))
+            self.refusals.append(Refusal(self.clock(), route, response.status))
         return response
 
     def _fault_status(self, route: str) -> int | None:
         """The status a fault forces on this send, or None to answer it normally."""
         faults = self.faults
         status = faults.status
-        expired = faults.status_until is not None and self._clock() >= faults.status_until
+        expired = faults.status_until is not None and self.clock() >= faults.status_until
         if status is not None and expired:
             faults.status = faults.status_until = status = None
         if status is None and self._random.random() < faults.error_rate:
@@ -350,7 +411,7 @@ class Emulator:
             status = faults.route_status.get(route)
         return status
 
-    async def _fault_reply(self, request: web.Request, standard: Reply) -> Reply:
+    async def fault_reply(self, request: web.Request, standard: Reply) -> Reply:
         """``standard`` (the partner's own words), or the raw body the faults ask for."""
         faults = self.faults
         reply = standard
@@ -365,9 +426,9 @@ class Emulator:
         return reply
 
     async def _accept(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        self.authorize(request)
         country, tenant = request.match_info["country"], request.match_info["tenant"]
-        if self.config.routes is not None and (country, tenant) not in self.config.routes:
+        if not self.serves(country, tenant):
             raise canned(404, request.path)
         event_type = request.headers.get("Event-Type", "")
         if not event_type:
@@ -389,12 +450,13 @@ class Emulator:
         body = _payload(raw, event_type, request.path)
         return self._record(country, tenant, event_type, body, raw, content_type)
 
-    def _authorize(self, request: web.Request) -> None:
+    def authorize(self, request: web.Request) -> None:
+        """401 for an unknown or expired bearer token, 403 for one without scope events."""
         header = request.headers.get("Authorization", "")
         issued = (
             self._tokens.get(header.removeprefix("Bearer ")) if header[:7] == "Bearer " else None
         )
-        if issued is None or self._clock() >= issued.expires_at:
+        if issued is None or self.clock() >= issued.expires_at:
             raise Reply(401, UNAUTHORIZED, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if "events" not in issued.scopes:
             raise Reply(403, INSUFFICIENT_SCOPE)
@@ -415,12 +477,13 @@ class Emulator:
         self._correlation_ids.add(correlation_id)
         self.events.append(
             ReceivedEvent(
-                country, tenant, event_type, body, event_id, self._clock(), content_type, raw
+                country, tenant, event_type, body, event_id, self.clock(), content_type, raw
             )
         )
         return web.json_response({"_id": event_id}, status=201)
 
-    async def _sleep(self, milliseconds: float, jitter: float) -> None:
+    async def delay(self, milliseconds: float, jitter: float) -> None:
+        """Sleep ``milliseconds`` plus a uniform random 0..``jitter``."""
         delay = milliseconds + self._random.uniform(0, jitter) if jitter else milliseconds
         if delay > 0:
             await asyncio.sleep(delay / 1000)
@@ -471,12 +534,12 @@ def _encoded(text: str, content_type: str) -> bytes:
         return text.encode("utf-8")
 
 
-def _route_status(value: object) -> dict[str, int]:
+def _route_status(value: object, name: str) -> dict[str, int]:
     if not isinstance(value, dict) or not all(
         isinstance(route, str) and isinstance(status, int) and not isinstance(status, bool)
         for route, status in value.items()
     ):
-        raise ValueError('route_status must map "country/tenant" to an HTTP status')
+        raise ValueError(f'{name} must map "country/tenant" to an HTTP status')
     return dict(value)
 
 
@@ -529,6 +592,10 @@ async def serve(emulator: Emulator, host: str, port: int, announce: Callable[[st
     try:
         announce(f"token endpoint {emulator.token_url}")
         announce(f"API base URL   {emulator.base_url}")
+        for route, stream in emulator.streams.items():
+            country, _, tenant = route.partition("/")
+            url = emulator.receive_url(country, tenant)
+            announce(f"receive stream {route}: {len(stream.events)} events at {url}")
         await stop.wait()
     finally:
         await emulator.stop()

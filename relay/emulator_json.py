@@ -7,16 +7,22 @@ emulator reads bodies with the standard library instead: floats as ``Decimal`` (
 integers as ``int`` (``Decimal`` past the digits ``int()`` accepts), ``NaN`` and ``Infinity``
 refused as Jackson refuses them. A body nested deeper than the C decoder may recurse is read
 by a small iterative parser that builds the same values without recursing at all.
+
+``dump`` writes such values back (for the events the emulator hands out): exactly, at any
+depth, and as fast as orjson when orjson can write them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from json import decoder
 from typing import Any
+
+import orjson
 
 # int() refuses strings of more than 4300 digits (sys.int_info.default_max_str_digits).
 _MAX_INT_DIGITS = 4000
@@ -153,3 +159,70 @@ def _parse_iteratively(text: str) -> Any:
         done, whole = reader.place(value)
         if done:
             return whole
+
+
+def dump(value: Any) -> bytes:
+    """``value`` (what ``parse`` returns: dicts, lists, strings, int, Decimal, float, bool,
+    None) as compact JSON: numbers exactly as they are, nesting as deep as it is."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # a Decimal, an int past 64 bits, deep nesting, a surrogate
+        return _dump_iteratively(value).encode("ascii")
+
+
+def _number(value: object) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        return str(value)  # exactly as read: 1E+400 is JSON too
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    raise TypeError(f"{value!r} is not a JSON value")
+
+
+def _scalar_text(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        # Everything outside ASCII escaped: a lone surrogate (parse accepts its escape) too.
+        return json.encoder.encode_basestring_ascii(value)
+    return _number(value)
+
+
+def _dump_iteratively(value: object) -> str:
+    """As ``json.dumps`` (compact, Decimal exact), for any depth."""
+    out: list[str] = []
+    # Each open container: its items, its closing bracket, whether an item was written.
+    stack: list[tuple[Iterator[Any], str, list[bool]]] = []
+    while True:
+        if isinstance(value, dict):
+            out.append("{")
+            stack.append((iter(value.items()), "}", [False]))
+        elif isinstance(value, list | tuple):
+            out.append("[")
+            stack.append((iter(value), "]", [False]))
+        else:
+            out.append(_scalar_text(value))
+        while True:  # the next value to write, closing every container that ends first
+            if not stack:
+                return "".join(out)
+            items, closer, written = stack[-1]
+            item: Any = next(items, _END)
+            if item is _END:
+                stack.pop()
+                out.append(closer)
+                continue
+            if written[0]:
+                out.append(",")
+            written[0] = True
+            if closer == "}":
+                key, value = item
+                if not isinstance(key, str):
+                    raise TypeError(f"object key {key!r} is not a string")
+                out.append(json.encoder.encode_basestring_ascii(key) + ":")
+            else:
+                value = item
+            break
+
+
+_END = object()
