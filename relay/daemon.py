@@ -83,6 +83,7 @@ class Daemon:
         settings = self.settings
         url = settings.require_database_url()
         settings.require_partner()
+        self.metrics.expect_route(settings.country, settings.tenant)
         async with AsyncExitStack() as stack:
             pool = await self._open_pool(url)
             stack.push_async_callback(self._close_pool, pool)

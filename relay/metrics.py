@@ -1,38 +1,173 @@
 """Every Prometheus metric the relay exports, declared once.
 
 Metrics live on an instance with its own registry, so each process (and each test) owns one.
+
+The exposition follows Prometheus' conventions, because alerts depend on them:
+
+- No ``*_created`` series: they double the series of every counter and histogram and no
+  dashboard or alert reads them. The registry drops them itself rather than through
+  ``prometheus_client.disable_created_metrics()``, which would switch them off for the whole
+  process, an application's own metrics included.
+- A series exists, at 0, before its first event whenever its labels can be known: every
+  ``reason``, pause ``kind``, circuit ``state`` and database ``operation`` from the start, and
+  for each (event type, route) the relay meets, every outcome class of docs/classification.md
+  at once. ``increase()`` sees nothing of a series' first sample, so a counter born at 1 would
+  hide its first dead letter.
+- Labels stay few: routes and event types come from rows, so they are folded into ``other``
+  past ``ROUTE_LIMIT`` and ``EVENT_TYPE_LIMIT`` distinct values, and whatever is not a valid
+  route or a plausible event type is ``other`` at once.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+import re
+from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 
-CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics_core import Metric
+
+from relay import DISTRIBUTION
+from relay.routes import route_problem
+
+# Route label sets (country, tenant) kept before the rest fold into other/other; 100 routes
+# of 15 latency series each is the most the publish latency histogram can grow to.
+ROUTE_LIMIT = 100
+EVENT_TYPE_LIMIT = 100
+# (event type, route) label sets whose outcome series are created at 0 when first met. Each
+# costs len(DEAD_CLASSES) + len(RETRY_CLASSES) series; past the limit a series is born with
+# its first event (the alerts in docs/operations.md catch that too).
+ZERO_INIT_LIMIT = 50
+OTHER = "other"
+GLOBAL = "*"  # the route of a pause that holds every route
+# Scalepoint's event types are words such as payment_status_updated; anything else (a buggy
+# producer's UUID, a megabyte of text) is counted as other.
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+CIRCUIT_STATES = ("closed", "half_open", "open")
+PAUSE_KINDS = ("retry_after", "circuit", "configuration")
+GIVE_BACK_REASONS = ("paused", "lease_too_short", "liveness_lost", "shutdown")
+TOKEN_FAILURE_REASONS = ("unavailable", "rejected")
+DATABASE_OPERATIONS = (
+    "claim",
+    "record",
+    "extend",
+    "rescue",
+    "pauses",
+    "pause",
+    "blocked",
+    "unpark_stale",
+    "park_behind_dead",
+    "park_route",
+    "unpark_route",
+    "unpark_probe",
+)
+# The error_class values of docs/classification.md (a unit test holds them together). A row is
+# retried after a transient answer or a refusal of its route; it dies of those once it is old
+# and tried enough, and at once of a permanent one. Refusals of our client on every route
+# (token_rejected, token_not_accepted, tls_certificate) defer the row: neither counter moves.
+# http_NNN classes of statuses the table does not list appear when they first happen.
+RETRY_CLASSES = (
+    "bad_response",
+    "http_204",
+    "http_408",
+    "http_425",
+    "http_429",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "timeout",
+    "connection",
+    "unexpected",
+    "token_unavailable",
+    "http_403",
+    "http_404",
+    "redirect",
+)
+DEAD_CLASSES = (
+    *RETRY_CLASSES,
+    "invalid_payload",
+    "missing_header",
+    "http_400",
+    "http_405",
+    "http_409",
+    "http_410",
+    "http_413",
+    "http_415",
+    "http_422",
+    "invalid_event_type",
+    "invalid_route",
+    "invalid_event",
+)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def relay_version() -> str:
+    """The installed release, as ``relay --version`` prints it."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+class _Registry(CollectorRegistry):
+    """A registry whose exposition has no ``*_created`` samples."""
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in super().collect():
+            created = f"{metric.name}_created"
+            metric.samples = [item for item in metric.samples if item.name != created]
+            yield metric
+
+
+class _Folding:
+    """Label values as they come, up to ``limit`` distinct ones; then ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.known: set[tuple[str, ...]] = set()
+
+    def __call__(self, value: tuple[str, ...], valid: Callable[[], bool]) -> bool:
+        """Whether ``value`` may be a label value of its own; ``valid`` is asked only for a
+        value not yet known."""
+        if value in self.known:
+            return True
+        if len(self.known) >= self.limit or not valid():
+            return False
+        self.known.add(value)
+        return True
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or _Registry()
         r = self.registry
+        route = ["country", "tenant"]
         self.published = Counter(
-            "relay_events_published", "Events Scalepoint accepted.", ["event_type"], registry=r
+            "relay_events_published",
+            "Events Scalepoint accepted.",
+            ["event_type", *route],
+            registry=r,
         )
         self.retried = Counter(
             "relay_events_retried",
             "Delivery attempts that failed and were scheduled again.",
-            ["event_type", "outcome_class"],
+            ["event_type", *route, "outcome_class"],
             registry=r,
         )
         self.dead = Counter(
             "relay_events_dead_lettered",
             "Events given up on, with the class of their last error.",
-            ["event_type", "outcome_class"],
+            ["event_type", *route, "outcome_class"],
             registry=r,
         )
         self.publish_latency = Histogram(
             "relay_publish_latency_seconds",
             "Duration of one publish request, token included.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            route,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(
@@ -53,7 +188,10 @@ class Metrics:
             "relay_token_failures", "Failed token requests.", ["reason"], registry=r
         )
         self.circuit_state = Gauge(
-            "relay_circuit_state", "0 closed, 1 half-open (probing), 2 open.", registry=r
+            "relay_circuit_state",
+            "1 for the circuit's current state (closed, half_open: probing, open), else 0.",
+            ["state"],
+            registry=r,
         )
         self.claim_batch_size = Histogram(
             "relay_claim_batch_size",
@@ -75,7 +213,7 @@ class Metrics:
         self.route_paused = Gauge(
             "relay_route_paused",
             "1 while a pause of this kind holds the route (country/tenant; * for all).",
-            ["country", "tenant", "kind"],
+            [*route, "kind"],
             registry=r,
         )
         self.given_back = Counter(
@@ -94,3 +232,93 @@ class Metrics:
             "Rows of stopped relays whose lease was ended early so they are sent again.",
             registry=r,
         )
+        self.build_info = Info("relay_build", "The running release.", registry=r)
+        self.build_info.info({"version": relay_version(), "python": platform.python_version()})
+        self._routes = _Folding(ROUTE_LIMIT)
+        self._event_types = _Folding(EVENT_TYPE_LIMIT)
+        self._outcome_sets: set[tuple[str, str, str]] = set()
+        self._zero_initialise()
+
+    def _zero_initialise(self) -> None:
+        for reason in TOKEN_FAILURE_REASONS:
+            self.token_failures.labels(reason)
+        for reason in GIVE_BACK_REASONS:
+            self.given_back.labels(reason)
+        for operation in DATABASE_OPERATIONS:
+            self.db_errors.labels(operation)
+        for kind in PAUSE_KINDS:
+            self.paused.labels(kind).set(0)
+        self.show_circuit("closed")
+
+    # Labels ---------------------------------------------------------------------------------
+
+    def route_labels(self, country: str | None, tenant: str | None) -> tuple[str, str]:
+        """(country, tenant) as labels: a valid route among the first ROUTE_LIMIT, else
+        (other, other)."""
+        value = (country or "", tenant or "")
+        if self._routes(value, lambda: route_problem(country, tenant) is None):
+            return value
+        return OTHER, OTHER
+
+    def _route(self, route: str | None) -> tuple[str, str]:
+        country, _, tenant = (route or "").partition("/")
+        return self.route_labels(country, tenant)
+
+    def event_type_label(self, event_type: str) -> str:
+        """``event_type`` as a label: a plausible one among the first EVENT_TYPE_LIMIT, else
+        other."""
+
+        def valid() -> bool:
+            return _EVENT_TYPE.fullmatch(event_type) is not None
+
+        return event_type if self._event_types((event_type,), valid) else OTHER
+
+    def _outcome_labels(self, event_type: str, route: str | None) -> tuple[str, str, str]:
+        """The labels of one event's outcome; the first time they are met (within
+        ZERO_INIT_LIMIT), every outcome class gets its series at 0."""
+        labels = (self.event_type_label(event_type), *self._route(route))
+        if labels not in self._outcome_sets and len(self._outcome_sets) < ZERO_INIT_LIMIT:
+            self._outcome_sets.add(labels)
+            self.published.labels(*labels)
+            for outcome_class in RETRY_CLASSES:
+                self.retried.labels(*labels, outcome_class)
+            for outcome_class in DEAD_CLASSES:
+                self.dead.labels(*labels, outcome_class)
+        return labels
+
+    # What the engine reports ----------------------------------------------------------------
+
+    def expect_route(self, country: str | None, tenant: str | None) -> None:
+        """Create the series of a route known before its first publish (RELAY_COUNTRY and
+        RELAY_TENANT), so its latency is there from the start."""
+        if country is not None and tenant is not None:
+            self.publish_latency.labels(*self.route_labels(country, tenant))
+
+    def count_published(self, event_type: str, route: str | None) -> None:
+        """One event accepted; ``route`` is ``country/tenant``."""
+        self.published.labels(*self._outcome_labels(event_type, route)).inc()
+
+    def count_retried(self, event_type: str, route: str | None, outcome_class: str) -> None:
+        self.retried.labels(*self._outcome_labels(event_type, route), outcome_class).inc()
+
+    def count_dead(self, event_type: str, route: str | None, outcome_class: str) -> None:
+        self.dead.labels(*self._outcome_labels(event_type, route), outcome_class).inc()
+
+    def observe_publish(self, country: str, tenant: str, seconds: float) -> None:
+        self.publish_latency.labels(*self.route_labels(country, tenant)).observe(seconds)
+
+    def show_circuit(self, state: str) -> None:
+        """``relay_circuit_state{state}``: 1 for ``state``, 0 for the others."""
+        for known in CIRCUIT_STATES:
+            self.circuit_state.labels(known).set(1 if known == state else 0)
+
+    def show_pauses(self, held: Iterable[str], routes: Iterable[tuple[str, str]]) -> None:
+        """The pauses in force: ``held``, the kinds of pause of every route; ``routes``,
+        (route, kind) of each pause (route ``*`` for every route)."""
+        held = set(held)
+        for kind in PAUSE_KINDS:
+            self.paused.labels(kind).set(1 if kind in held else 0)
+        self.route_paused.clear()
+        for route, kind in routes:
+            labels = (GLOBAL, GLOBAL) if route == GLOBAL else self._route(route)
+            self.route_paused.labels(*labels, kind).set(1)

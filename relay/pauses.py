@@ -20,7 +20,7 @@ from relay.circuit import Change
 from relay.database import DatabaseCalls
 from relay.decide import is_throttle
 from relay.gate import GLOBAL, Gate
-from relay.metrics import CIRCUIT_STATES, Metrics
+from relay.metrics import Metrics
 from relay.outbox import Store
 from relay.parking import Parker
 from relay.publisher import Outcome, OutcomeKind
@@ -82,13 +82,8 @@ class Pauses:
         active = {(route, p.kind) for route, p in self.gate.pauses.items() if p.remaining > 0}
         # relay_paused is what holds the whole relay; a route's pause shows per route.
         held = {kind for route, kind in active if route == GLOBAL}
-        for kind in ("retry_after", "circuit", "configuration"):
-            self.metrics.paused.labels(kind).set(1 if kind in held else 0)
-        self.metrics.route_paused.clear()
-        for route, kind in active:
-            country, _, tenant = route.partition("/")
-            self.metrics.route_paused.labels(country, tenant or "*", kind).set(1)
-        self.metrics.circuit_state.set(CIRCUIT_STATES[self.gate.circuit.state])
+        self.metrics.show_pauses(held, active)
+        self.metrics.show_circuit(self.gate.circuit.state)
 
     async def react(self, outcome: Outcome, route: str, probe: bool) -> None:
         """Update the circuit, the route's ramp and the shared pauses after one outcome.

@@ -434,7 +434,7 @@ class Publisher:
             latency = time.perf_counter() - started
             if self._metrics is not None:
                 self._metrics.in_flight.dec()
-                self._metrics.publish_latency.observe(latency)
+                self._metrics.observe_publish(country, tenant, latency)
         return replace(outcome, latency=latency)
 
     async def _publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:

@@ -526,7 +526,7 @@ class Worker:
             return  # given back unsent: counted when it happened
         if result.status == "published":
             self.published += 1
-            self.metrics.published.labels(row.event_type).inc()
+            self.metrics.count_published(row.event_type, item.route or self._route_of(row))
             if not fenced:
                 # The common case logs nothing: the delivery log holds the row's history, and
                 # a line per event would cost more CPU than the rest of its bookkeeping.
@@ -543,7 +543,9 @@ class Worker:
             bound.warning("outbox.fence_lost", outcome=result.outcome)
         elif result.status == "dead":
             self.dead += 1
-            self.metrics.dead.labels(row.event_type, result.outcome).inc()
+            self.metrics.count_dead(
+                row.event_type, item.route or self._route_of(row), result.outcome
+            )
             # The relay's own reasons are logged; the partner's words are not (an error body
             # may echo the payload): they are in the row and its delivery log.
             reason = result.error if result.outcome == "invalid_event" else None
@@ -554,7 +556,9 @@ class Worker:
                 reason=reason,
             )
         elif result.attempts >= row.attempts:
-            self.metrics.retried.labels(row.event_type, result.outcome).inc()
+            self.metrics.count_retried(
+                row.event_type, item.route or self._route_of(row), result.outcome
+            )
             bound.info(
                 "publish.retry_scheduled",
                 outcome=result.outcome,

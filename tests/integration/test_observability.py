@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import platform
 import sys
 import uuid
 from collections import Counter, defaultdict
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.admin import open_admin
 from relay.config import load_settings
 from relay.emulator import Emulator, Faults
+from relay.metrics import relay_version
 from tests.helpers.engine import (
     engine_settings,
     insert_rows,
@@ -86,6 +88,53 @@ async def test_metrics_counters_move_during_a_run(
     assert after["relay_requests_in_flight"] == 0
     assert after["relay_events_dead_lettered_total"] == 0
     assert await status_counts(db) == {"published": 50}
+
+
+async def test_metrics_follow_prometheus_conventions_and_name_the_route(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    async with running() as emulator:
+        settings = engine_settings(database_url, emulator)
+        async with running_daemon(settings) as daemon:
+            _, before = await get(f"http://127.0.0.1:{daemon.http_port}/metrics")
+            await insert_rows(db, 3)
+            invalid = await insert_invalid(db)  # on route dk/budget: dead, never sent
+
+            async def finished() -> bool:
+                return await status_counts(db) == {"published": 3, "dead": 1}
+
+            await eventually(finished)
+            _, after = await get(f"http://127.0.0.1:{daemon.http_port}/metrics")
+    assert invalid
+    values = {
+        (item.name, frozenset(item.labels.items())): item.value
+        for family in text_string_to_metric_families(after)
+        for item in family.samples
+    }
+
+    def at(name: str, **labels: str) -> float | None:
+        return values.get((name, frozenset(labels.items())))
+
+    # Before any event: no _created series, the build, the circuit as one series per state,
+    # and a latency histogram for the default route.
+    assert "_created" not in before + after
+    build = f'relay_build_info{{python="{platform.python_version()}",version="{relay_version()}"}}'
+    assert f"{build} 1.0" in before
+    assert 'relay_circuit_state{state="closed"} 1.0' in before
+    assert 'relay_circuit_state{state="open"} 0.0' in before
+    assert 'relay_publish_latency_seconds_count{country="dk",tenant="abcinsurance"} 0.0' in before
+    assert 'relay_rows_given_back_total{reason="shutdown"} 0.0' in before
+    event = {"event_type": "payment_status_updated"}
+    default = {**event, "country": "dk", "tenant": "abcinsurance"}
+    budget = {**event, "country": "dk", "tenant": "budget"}
+    assert at("relay_events_published_total", **default) == 3
+    assert at("relay_publish_latency_seconds_count", country="dk", tenant="abcinsurance") == 3
+    assert at("relay_events_dead_lettered_total", **budget, outcome_class="invalid_event") == 1
+    # Every other class of both routes' label sets is there at 0, ready for increase().
+    assert at("relay_events_dead_lettered_total", **budget, outcome_class="http_400") == 0
+    assert at("relay_events_dead_lettered_total", **default, outcome_class="http_400") == 0
+    assert at("relay_events_retried_total", **default, outcome_class="http_503") == 0
+    assert at("relay_circuit_state", state="closed") == 1
 
 
 async def test_a_route_refused_with_403_is_paused_per_route_and_the_process_stays_ready(

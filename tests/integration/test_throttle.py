@@ -34,7 +34,7 @@ class Throttled:
     refused: int  # answers with the throttle's status
     statuses: dict[str, int]  # rows by status at the end
     circuit_opened: int  # circuit.opened log events
-    circuit_states: set[float | None]  # relay_circuit_state as /metrics showed it
+    circuit_states: set[float | None]  # relay_circuit_state{state="open"} as /metrics showed
 
 
 async def throttled(
@@ -69,7 +69,7 @@ async def throttled(
         refused=emulator.status_counts[status],
         statuses=await status_counts(db),
         circuit_opened=sum(1 for entry in logged if entry["event"] == "circuit.opened"),
-        circuit_states=set(watch.values("relay_circuit_state")),
+        circuit_states=set(watch.values("relay_circuit_state", state="open")),
     )
 
 
