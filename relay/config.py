@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     tenant: str | None = Field(default=None, description="default tenant, e.g. abcinsurance")
     scope: str = Field(default="events", description="OAuth scope(s), space separated")
     ca_bundle: Path | None = Field(default=None, description="extra CA bundle (PEM) for TLS")
+    https_proxy: str | None = Field(
+        default=None,
+        description="http:// proxy for every request to Scalepoint; wins over HTTPS_PROXY",
+    )
 
     # Client authentication
     client_id: str | None = Field(default=None, description="OAuth client id")
@@ -204,6 +208,16 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL with a host")
         return value.rstrip("/")
 
+    @field_validator("https_proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        problem = proxy_problem(value.strip())
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip()
+
     @field_validator("country")
     @classmethod
     def _check_country(cls, value: str | None) -> str | None:
@@ -271,9 +285,10 @@ class Settings(BaseSettings):
         return list(self._warnings)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        # The database URL may carry a password; repr() and str() must not show it.
+        # The database and proxy URLs may carry a password; repr() and str() must not show it.
         for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "database_url" and value else value
+            secret = name in ("database_url", "https_proxy") and value
+            yield name, redact_url(value) if secret else value
 
     # Derived values -------------------------------------------------------------------------
 
@@ -333,6 +348,21 @@ class Settings(BaseSettings):
                 f"{env_name('certificate_file')}: is not set (private_key_jwt needs the "
                 "certificate for the kid and x5t headers)"
             )
+
+
+def proxy_problem(url: str) -> str | None:
+    """Why ``url`` cannot be used as an HTTP proxy, without quoting it (it may hold a
+    password); None when it can."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return "must be an http:// proxy URL, e.g. http://proxy.internal:3128"
+    if not parts.hostname:
+        return "must name the proxy's host, e.g. http://proxy.internal:3128"
+    try:
+        _ = parts.port
+    except ValueError:
+        return "has a port that is not a number"
+    return None
 
 
 def check_database_url(value: str) -> str:

@@ -26,6 +26,7 @@ from relay.keys import load_key_material
 from relay.liveness import Liveness
 from relay.metrics import Metrics
 from relay.outbox import Defaults, Store
+from relay.proxy import proxy_for
 from relay.publisher import Publisher, create_session, create_token_session
 from relay.retry import GiveUpPolicy, RetryPolicy
 from relay.token import TokenProvider
@@ -101,6 +102,7 @@ class Daemon:
             stack.push_async_callback(_cancel_all, [warm_up])
             api_base = settings.resolved_api_base_url
             assert api_base is not None  # require_partner() checked it
+            proxy = proxy_for(api_base, settings)
             publisher = Publisher(
                 session,
                 self.tokens,
@@ -108,6 +110,7 @@ class Daemon:
                 settings.request_timeout,
                 self.metrics,
                 retry_after_cap=settings.retry_after_cap,
+                proxy=proxy,
             )
             defaults = Defaults(settings.country, settings.tenant)
             store = Store(pool, settings.schema_name, settings.worker_id, defaults)
@@ -128,6 +131,7 @@ class Daemon:
                 environment=settings.environment,
                 api_base_url=api_base,
                 token_url=settings.resolved_token_url,
+                proxy=str(proxy) if proxy is not None else None,
                 http=address,
                 drain=drain,
             )

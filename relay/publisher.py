@@ -29,6 +29,7 @@ import structlog
 from relay.config import Settings, env_name
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.metrics import Metrics
+from relay.proxy import Proxy, proxy_for
 from relay.routes import route_problem
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ STATUS_TABLE: dict[int, OutcomeKind] = {
 }
 CLASS_DEFAULTS: dict[int, OutcomeKind] = {1: T, 2: T, 3: C, 4: P, 5: T}
 PUBLISHED_STATUSES = frozenset({200, 201, 202})
+PROXY_AUTHENTICATION_REQUIRED = 407
 
 
 def classify(
@@ -286,26 +288,34 @@ USER_AGENT = "relay (outbox relay for Scalepoint EventApi)"
 
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     """The session for publishes: ``RELAY_CONCURRENCY`` pooled keep-alive connections, TLS
-    always verified."""
-    return _session(settings, settings.concurrency)
+    always verified, through the proxy the settings and the environment name for the API."""
+    return _session(settings, settings.concurrency, settings.resolved_api_base_url)
 
 
 def create_token_session(settings: Settings) -> aiohttp.ClientSession:
-    """The session for token requests: its own small pool, the same TLS trust and timeouts.
+    """The session for token requests: its own small pool, the same TLS trust and timeouts,
+    and the proxy for the token endpoint.
 
     With one pool for both, a token request waited for a connection behind a full round of
     publishes, which all wait for that token when it has expired, and timed out.
     """
-    return _session(settings, TOKEN_POOL_SIZE)
+    return _session(settings, TOKEN_POOL_SIZE, settings.resolved_token_url)
 
 
-def _session(settings: Settings, limit: int) -> aiohttp.ClientSession:
+def _session(settings: Settings, limit: int, url: str | None) -> aiohttp.ClientSession:
+    proxy = proxy_for(url, settings) if url is not None else None
     connector = aiohttp.TCPConnector(
         limit=limit, ssl=_tls_context(settings), keepalive_timeout=30, enable_cleanup_closed=True
     )
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout.total_seconds())
+    # trust_env stays off: it would read the environment again on every request (in a
+    # thread), and add ~/.netrc credentials to requests. relay.proxy reads it once.
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
+        connector=connector,
+        timeout=timeout,
+        headers={"User-Agent": USER_AGENT},
+        trust_env=False,
+        proxy=proxy.url if proxy is not None else None,
     )
 
 
@@ -345,6 +355,41 @@ def untrusted_message(url: str, problem: str) -> str:
         f"TLS certificate of {urlsplit(url).hostname} not accepted ({problem}); if the "
         f"endpoint is right, set {env_name('ca_bundle')} to a PEM file with the CA that "
         "issued its certificate"
+    )
+
+
+def unreachable(
+    error: aiohttp.ClientError, url: str, setting: str, proxy: Proxy | None
+) -> str | None:
+    """Why a request to ``url`` got no answer, naming the host and what to fix: ``setting``
+    (the variable holding ``url``), or the proxy and the variable it came from. None when
+    ``error`` is no failure to reach anything."""
+    host = urlsplit(url).hostname
+    if isinstance(error, aiohttp.ClientProxyConnectionError):
+        where = proxy or f"{error.host}:{error.port}"
+        return f"cannot connect to the proxy {where}: {type(error.os_error).__name__}"
+    if isinstance(error, aiohttp.ClientHttpProxyError):
+        if error.status == PROXY_AUTHENTICATION_REQUIRED:
+            return proxy_refusal(error.status, error.message, proxy)
+        where = f"the proxy {proxy}" if proxy is not None else "the proxy"
+        return f"{where} refused a tunnel to {host}: HTTP {error.status} {error.message}"
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        if proxy is not None and error.host != host:
+            return f"cannot resolve {error.host}, the host of the proxy {proxy}"
+        return f"cannot resolve {error.host}, the host of {setting}: check {setting}"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        reason = type(error.os_error).__name__
+        return f"cannot connect to {error.host}:{error.port} ({setting}): {reason}"
+    return None
+
+
+def proxy_refusal(status: int, reason: str | None, proxy: Proxy | None) -> str:
+    """A 407: a proxy wants credentials. Never Scalepoint's answer, so never the event's fault."""
+    where = f"the proxy {proxy}" if proxy is not None else "a proxy"
+    fix = proxy.variable if proxy is not None else "RELAY_HTTPS_PROXY"
+    return (
+        f"{where} answered HTTP {status} {reason or 'Proxy Authentication Required'}: "
+        f"give it a user and password in {fix} (http://user:password@host:port)"
     )
 
 
@@ -407,8 +452,11 @@ class Publisher:
         metrics: Metrics | None = None,
         *,
         retry_after_cap: timedelta = DEFAULT_RETRY_AFTER_CAP,
+        proxy: Proxy | None = None,
     ) -> None:
+        """``proxy``: the one ``session`` goes through, named in errors."""
         self._session = session
+        self._proxy = proxy
         self._tokens = tokens
         self._base = api_base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout.total_seconds())
@@ -458,6 +506,10 @@ class Publisher:
             if not isinstance(second, tuple):
                 return second
             _, status, headers, answer = second
+        if status == PROXY_AUTHENTICATION_REQUIRED:
+            # A proxy's answer, not Scalepoint's: the event is not at fault, so it is retried.
+            message = proxy_refusal(status, None, self._proxy)
+            return Outcome(T, "connection", http_status=status, error=message)
         return classify(status, headers, answer, retry_after_cap=self._retry_after_cap)
 
     async def _attempt(
@@ -493,6 +545,9 @@ class Publisher:
             # Retrying cannot help and every route shares the host: ask for the setting.
             message = untrusted_message(url, problem)
             return Outcome(C, "tls_certificate", error=message, for_all_routes=True)
+        cause = unreachable(error, url, env_name("api_base_url"), self._proxy)
+        if cause is not None:
+            return Outcome(T, "connection", error=cause)
         if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
             return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
         return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 import structlog
 
-from relay.config import Settings
+from relay.config import Settings, env_name
 from relay.errors import (
     ConfigurationError,
     KeyMaterialError,
@@ -44,12 +44,16 @@ from relay.errors import (
 )
 from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
 from relay.metrics import Metrics
+from relay.proxy import proxy_for
 from relay.publisher import (
+    PROXY_AUTHENTICATION_REQUIRED,
     certificate_problem,
     exception_origin,
     parse_retry_after,
+    proxy_refusal,
     read_bounded,
     storable,
+    unreachable,
     untrusted_message,
 )
 
@@ -149,6 +153,8 @@ class TokenProvider:
                 "RELAY_CERTIFICATE_FILE"
             )
         self.token_url = settings.resolved_token_url
+        # Named in errors; the session goes through it (create_token_session).
+        self._proxy = proxy_for(self.token_url, settings)
         self._token: AccessToken | None = None
         self._refresh: asyncio.Task[AccessToken] | None = None
         self._failures = 0
@@ -290,8 +296,9 @@ class TokenProvider:
         if problem is not None:
             # Not an outage: no retry helps until someone sets the CA bundle.
             return _Rejected(untrusted_message(self.token_url, problem), "tls_certificate")
+        cause = unreachable(error, self.token_url, env_name("token_url"), self._proxy)
         return _Unavailable(
-            f"cannot reach the token endpoint {self.token_url}: {type(error).__name__}",
+            f"cannot reach the token endpoint {self.token_url}: {cause or type(error).__name__}",
             "connection",
         )
 
@@ -327,6 +334,10 @@ class TokenProvider:
             return _token_from(body, started)
         cap = self._settings.retry_after_cap
         label = f"http_{status}"
+        if status == PROXY_AUTHENTICATION_REQUIRED:
+            # A proxy's answer, not the token endpoint's: our client is not refused.
+            message = f"token endpoint not reached: {proxy_refusal(status, None, self._proxy)}"
+            raise _Unavailable(message, label, status=status)
         if status in _TRANSIENT_STATUSES or status >= 500:
             message = f"token endpoint answered HTTP {status}"
             raise _Unavailable(

@@ -26,6 +26,11 @@ from relay.database import migrate
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+# The relay honours HTTPS_PROXY and HTTP_PROXY; the tests' servers are all on 127.0.0.1, which a
+# proxy from the developer's environment could not reach. Tests that want a proxy set one.
+for _variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+    os.environ.pop(_variable, None)
+
 
 def _answers(host: str, port: int) -> bool:
     try:

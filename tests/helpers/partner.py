@@ -16,6 +16,7 @@ from relay.config import Settings, load_settings
 from relay.emulator import Emulator, EmulatorConfig
 from relay.keys import KeyMaterial
 from relay.metrics import Metrics
+from relay.proxy import proxy_for
 from relay.publisher import Publisher, create_session, create_token_session
 from relay.token import TokenProvider
 
@@ -111,6 +112,7 @@ async def client(
             settings.request_timeout,
             metrics,
             retry_after_cap=settings.retry_after_cap,
+            proxy=proxy_for(settings.api_base_url, settings),
         )
         try:
             yield Client(session, token_session, tokens, publisher, metrics)

@@ -352,6 +352,28 @@ async def test_refused_connection_is_transient() -> None:
     assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "connection")
 
 
+@pytest.mark.parametrize(
+    ("base_url", "message"),
+    [
+        ("http://127.0.0.1:9", "cannot connect to 127.0.0.1:9 (RELAY_API_BASE_URL): "),
+        (
+            "http://relay-test.invalid",
+            "cannot resolve relay-test.invalid, the host of RELAY_API_BASE_URL: check "
+            "RELAY_API_BASE_URL",
+        ),
+    ],
+)
+async def test_an_unreachable_api_is_named_with_the_setting_to_check(
+    base_url: str, message: str
+) -> None:
+    async with running() as emulator, client(partner_settings(emulator)) as relay:
+        unreachable = Publisher(relay.session, relay.tokens, base_url, timedelta(seconds=5))
+        outcome = await unreachable.publish(EVENT, event_body(), "dk", "abcinsurance")
+    assert (outcome.kind, outcome.error_class) == (OutcomeKind.TRANSIENT, "connection")
+    assert outcome.error is not None
+    assert outcome.error.startswith(message), outcome.error
+
+
 async def test_unreadable_answer_is_transient() -> None:
     # A truncated body: the emulator always answers well, so a raw socket server does this.
     async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -81,6 +81,7 @@ PARSES = [
     Case("tenant", "abc-insurance.budget_1", "abc-insurance.budget_1"),
     Case("scope", "events claims", "events claims"),
     Case("ca_bundle", "/etc/relay/ca.pem", Path("/etc/relay/ca.pem")),
+    Case("https_proxy", "http://proxy.internal:3128", "http://proxy.internal:3128"),
     Case("client_id", "abc_client", "abc_client"),
     Case("client_auth_method", "client_secret_basic", "client_secret_basic"),
     Case("private_key_file", "/run/keys/key.pem", Path("/run/keys/key.pem")),
