@@ -238,25 +238,54 @@ def enqueue(
     click.echo(asyncio.run(write()))
 
 
-@main.command()
-@error_boundary
-def check() -> None:
-    """Check the partner settings: load key material and fetch a token; send no event.
+def _route_option(
+    context: click.Context, parameter: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    from relay.check import parse_route
 
-    Prints the token endpoint, client id, auth method, scope, token lifetime and the default
-    publish URL. Exits non-zero with the fix in one line when anything is wrong.
+    routes = []
+    for value in values:
+        try:
+            routes.append(parse_route(value))
+        except ValueError as problem:
+            raise click.BadParameter(f"{value!r}: {problem}") from None
+    return routes
+
+
+@main.command()
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    metavar="COUNTRY/TENANT",
+    callback=_route_option,
+    help="Also prove this route (repeat for more); RELAY_COUNTRY/RELAY_TENANT are optional then.",
+)
+@error_boundary
+def check(routes: list[tuple[str, str]]) -> None:
+    """Prove the partner settings: fetch a token, then prove each route; publish nothing.
+
+    Each route (RELAY_COUNTRY/RELAY_TENANT, and every --route) gets a POST to its publish URL
+    without the Event-Type header, which Scalepoint's EventApi answers with its 400 "Missing
+    request header 'Event-Type'" when the route exists and the token is accepted. Any other
+    answer (404: no such route, 401: token and API do not belong together, 403: missing scope
+    or right, ...) is shown with its fix. Exits non-zero when anything is wrong.
     """
     import asyncio
 
     from relay.check import run_check
 
     settings = settings_from_env()
-    # The report and the one-line error are the output; log lines only when asked for, but for
-    # the settings' own warnings.
+    # The report and the one-line errors are the output; log lines only when asked for, but
+    # for the settings' own warnings.
     configure_logging(settings, floor="error")
-    report = asyncio.run(run_check(settings))
+    report = asyncio.run(run_check(settings, routes))
     for line in report.lines():
         click.echo(line)
+    if not report.passed:
+        for failed in report.failures:
+            click.echo(f"relay: route {failed.route}: {failed.finding}", err=True)
+        sys.exit(1)
     click.echo("relay: check passed")
 
 

@@ -313,8 +313,9 @@ class Settings(BaseSettings):
             raise ConfigurationError(f"{env_name('database_url')}: is not set")
         return self.database_url
 
-    def require_partner(self) -> None:
-        """Check the settings needed to talk to the EventApi, naming the first one missing."""
+    def require_partner(self, *, route: bool = True) -> None:
+        """Check the settings needed to talk to the EventApi, naming the first one missing;
+        ``route``: RELAY_COUNTRY and RELAY_TENANT among them."""
         if not self.client_id:
             raise ConfigurationError(f"{env_name('client_id')}: is not set")
         if self.resolved_api_base_url is None:
@@ -322,7 +323,7 @@ class Settings(BaseSettings):
                 f"{env_name('api_base_url')}: is not set (required in the sandbox environment:"
                 " the hostname of your assigned project server)"
             )
-        for name in ("country", "tenant"):
+        for name in ("country", "tenant") if route else ():
             if getattr(self, name) is None:
                 raise ConfigurationError(f"{env_name(name)}: is not set")
         if self.uses_private_key_jwt:

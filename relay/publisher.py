@@ -359,12 +359,21 @@ def untrusted_message(url: str, problem: str) -> str:
 
 
 def unreachable(
-    error: aiohttp.ClientError, url: str, setting: str, proxy: Proxy | None
+    error: aiohttp.ClientError,
+    url: str,
+    setting: str,
+    proxy: Proxy | None,
+    *,
+    default: str | None = None,
 ) -> str | None:
     """Why a request to ``url`` got no answer, naming the host and what to fix: ``setting``
-    (the variable holding ``url``), or the proxy and the variable it came from. None when
-    ``error`` is no failure to reach anything."""
+    (the variable holding ``url``; ``default`` says where ``url`` came from while it is not
+    set), or the proxy and the variable it came from. None when ``error`` is no failure to
+    reach anything."""
     host = urlsplit(url).hostname
+    variable = setting
+    if default is not None:
+        setting = f"{setting} (not set: {default})"
     if isinstance(error, aiohttp.ClientProxyConnectionError):
         where = proxy or f"{error.host}:{error.port}"
         return f"cannot connect to the proxy {where}: {type(error.os_error).__name__}"
@@ -376,7 +385,8 @@ def unreachable(
     if isinstance(error, aiohttp.ClientConnectorDNSError):
         if proxy is not None and error.host != host:
             return f"cannot resolve {error.host}, the host of the proxy {proxy}"
-        return f"cannot resolve {error.host}, the host of {setting}: check {setting}"
+        fix = "set" if default is not None else "check"
+        return f"cannot resolve {error.host}, the host of {setting}: {fix} {variable}"
     if isinstance(error, aiohttp.ClientConnectorError):
         reason = type(error.os_error).__name__
         return f"cannot connect to {error.host}:{error.port} ({setting}): {reason}"

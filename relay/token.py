@@ -296,7 +296,12 @@ class TokenProvider:
         if problem is not None:
             # Not an outage: no retry helps until someone sets the CA bundle.
             return _Rejected(untrusted_message(self.token_url, problem), "tls_certificate")
-        cause = unreachable(error, self.token_url, env_name("token_url"), self._proxy)
+        default = None
+        if self._settings.token_url is None:
+            default = f"the default for {env_name('environment')}={self._settings.environment}"
+        cause = unreachable(
+            error, self.token_url, env_name("token_url"), self._proxy, default=default
+        )
         return _Unavailable(
             f"cannot reach the token endpoint {self.token_url}: {cause or type(error).__name__}",
             "connection",

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.emulator import Emulator, EmulatorConfig
+from relay.emulator import Emulator, EmulatorConfig, Faults
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem, write_pkcs12
-from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running
+from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running, secret_config
+from tests.helpers.proxy import PASSWORD, forward_proxy
 
 RELAY = str(Path(sys.executable).parent / "relay")
 
@@ -33,10 +34,11 @@ def environment(emulator: Emulator | str, **variables: str) -> dict[str, str]:
     return env
 
 
-async def relay_check(env: dict[str, str]) -> tuple[int, str, str]:
+async def relay_check(env: dict[str, str], *options: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         RELAY,
         "check",
+        *options,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -187,3 +189,166 @@ async def test_check_against_a_relay_emulator_process() -> None:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await process.wait() == 0
+
+
+# Proving the route ----------------------------------------------------------------------------
+
+SEND = "/api/events/v1/{}/external/{}/send"
+
+
+async def test_check_proves_the_route_and_publishes_nothing() -> None:
+    async with running() as emulator:
+        code, out, err = await relay_check(environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET))
+    assert code == 0, err
+    assert (
+        "route dk/abcinsurance: ok: the API knows the route and accepts the token (HTTP 400: "
+        "Bad Request; Missing request header 'Event-Type' for method parameter of type String; "
+        "nothing published)"
+    ) in out
+    assert out.endswith("relay: check passed\n")
+    assert emulator.sends_by_route == {"dk/abcinsurance": 1}
+    assert emulator.status_counts == {400: 1}
+    assert emulator.events == []
+
+
+async def test_check_fails_for_a_wrong_api_base_url() -> None:
+    async with running() as emulator:
+        env = environment(
+            emulator,
+            RELAY_CLIENT_SECRET=CLIENT_SECRET,
+            RELAY_API_BASE_URL=emulator.base_url + "/eventapi",
+        )
+        code, out, err = await relay_check(env)
+    assert code == 1
+    assert "route dk/abcinsurance: FAILED: no such route (HTTP 404: " in out
+    assert err.splitlines() == [
+        "relay: route dk/abcinsurance: "
+        + out.split("route dk/abcinsurance: FAILED: ", 1)[1].splitlines()[0]
+    ]
+    assert err.rstrip().endswith("check RELAY_API_BASE_URL, RELAY_COUNTRY and RELAY_TENANT")
+    assert "check passed" not in out
+
+
+@pytest.mark.parametrize(
+    ("config", "variables", "expected"),
+    [
+        (
+            secret_config(routes=frozenset({("dk", "other")})),
+            {},
+            "no such route (HTTP 404: Not Found; injected by the emulator): check "
+            "RELAY_API_BASE_URL, RELAY_COUNTRY and RELAY_TENANT",
+        ),
+        (
+            secret_config(faults=Faults(reject_tokens=True)),
+            {},
+            "token not accepted by the API (HTTP 401: unauthorized; Full authentication is "
+            "required to access this resource): the token endpoint ",
+        ),
+        (
+            secret_config(scopes={CLIENT_ID: frozenset({"events", "claims"})}),
+            {"RELAY_SCOPE": "claims"},
+            "missing scope or right (HTTP 403: insufficient_scope; Insufficient scope for this "
+            "resource; events): the client needs the events scope (RELAY_SCOPE is 'claims')",
+        ),
+        (
+            secret_config(faults=Faults(route_status={"dk/abcinsurance": 503})),
+            {},
+            "the API is failing (HTTP 503: Service Unavailable; injected by the emulator): "
+            "try again later",
+        ),
+        (
+            secret_config(faults=Faults(route_status={"dk/abcinsurance": 418})),
+            {},
+            "unexpected answer (HTTP 418: I'm a Teapot; injected by the emulator): check "
+            "RELAY_API_BASE_URL",
+        ),
+    ],
+    ids=["404", "401", "403", "503", "418"],
+)
+async def test_check_names_the_fix_for_each_refusal(
+    config: EmulatorConfig, variables: dict[str, str], expected: str
+) -> None:
+    async with running(config) as emulator:
+        env = environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET, **variables)
+        code, out, err = await relay_check(env)
+    assert code == 1, err
+    assert f"route dk/abcinsurance: FAILED: {expected}" in out
+    assert err.startswith(f"relay: route dk/abcinsurance: {expected}")
+    assert err.count("\n") == 1
+    assert emulator.events == []
+
+
+async def test_check_proves_every_route_given_and_names_the_failing_one() -> None:
+    routes = frozenset({("dk", "abcinsurance"), ("se", "budget")})
+    async with running(secret_config(routes=routes)) as emulator:
+        env = environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET)
+        code, out, err = await relay_check(env, "--route", "se/budget", "--route", "no/typo")
+        without_default = {
+            k: v for k, v in env.items() if k not in ("RELAY_COUNTRY", "RELAY_TENANT")
+        }
+        alone, alone_out, alone_err = await relay_check(without_default, "--route", "se/budget")
+    assert code == 1
+    assert "route dk/abcinsurance: ok: " in out
+    assert "route se/budget: ok: " in out
+    assert err.splitlines() == [
+        "relay: route no/typo: no such route (HTTP 404: Not Found; injected by the emulator): "
+        "check RELAY_API_BASE_URL, --route no/typo"
+    ]
+    assert alone == 0, alone_err
+    assert f"publish URL:    {emulator.base_url}{SEND.format('se', 'budget')}" in alone_out
+    assert emulator.sends_by_route == {"dk/abcinsurance": 1, "se/budget": 2, "no/typo": 1}
+
+
+@pytest.mark.parametrize("route", ["dk", "dk/..", "DK/abc", "dk/"])
+async def test_a_route_that_breaks_the_rule_is_a_usage_error(route: str) -> None:
+    code, out, err = await relay_check(environment("http://127.0.0.1:9"), "--route", route)
+    assert code == 2
+    assert "--route" in err
+    assert out == ""
+
+
+async def test_an_api_host_that_does_not_resolve_names_the_setting() -> None:
+    async with running() as emulator:
+        env = environment(
+            emulator,
+            RELAY_CLIENT_SECRET=CLIENT_SECRET,
+            RELAY_API_BASE_URL="http://relay-check.invalid",
+        )
+        code, out, err = await relay_check(env)
+    assert code == 1
+    assert err == (
+        "relay: route dk/abcinsurance: cannot resolve relay-check.invalid, the host of "
+        "RELAY_API_BASE_URL: check RELAY_API_BASE_URL\n"
+    )
+    assert "token lifetime: 3600 s" in out  # the token endpoint was fine
+
+
+async def test_a_token_host_that_does_not_resolve_names_the_setting() -> None:
+    async with running() as emulator:
+        env = environment(
+            emulator,
+            RELAY_CLIENT_SECRET=CLIENT_SECRET,
+            RELAY_TOKEN_URL="http://relay-check.invalid/connect/token",
+        )
+        code, out, err = await relay_check(env)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert (
+        "cannot resolve relay-check.invalid, the host of RELAY_TOKEN_URL: check RELAY_TOKEN_URL"
+        in err
+    )
+
+
+async def test_check_through_a_proxy(tmp_path: Path) -> None:
+    with forward_proxy(tmp_path / "proxy", credentials=True) as proxy:
+        async with running() as emulator:
+            port = emulator.base_url.rsplit(":", 1)[1]
+            env = environment(
+                emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET, RELAY_HTTPS_PROXY=proxy.url
+            )
+            code, out, err = await relay_check(env)
+            proxy.wait_for("POST", f"127.0.0.1:{port}{SEND.format('dk', 'abcinsurance')}")
+            proxy.wait_for("POST", f"127.0.0.1:{port}/connect/token")
+    assert code == 0, err
+    assert f"proxy:          {proxy.shown} (RELAY_HTTPS_PROXY)" in out
+    assert PASSWORD not in out + err

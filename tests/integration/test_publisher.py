@@ -28,6 +28,7 @@ from relay.publisher import (
     create_session,
     create_token_session,
     path_segment,
+    unreachable,
 )
 from relay.routes import route_problem
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
@@ -715,3 +716,20 @@ async def test_a_token_endpoints_refusal_text_is_never_logged() -> None:
     assert PERSONAL not in repr(structured)  # ... never logged
     assert CLIENT_SECRET not in repr(structured)
     assert [entry.get("status") for entry in failures] == [400, 503]
+
+
+async def test_a_host_from_a_default_says_which_setting_to_set() -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectorDNSError) as failed:
+            await session.post("http://relay-check.invalid/connect/token")
+    message = unreachable(
+        failed.value,
+        "http://relay-check.invalid/connect/token",
+        "RELAY_TOKEN_URL",
+        None,
+        default="the default for RELAY_ENVIRONMENT=sandbox",
+    )
+    assert message == (
+        "cannot resolve relay-check.invalid, the host of RELAY_TOKEN_URL (not set: the default "
+        "for RELAY_ENVIRONMENT=sandbox): set RELAY_TOKEN_URL"
+    )
