@@ -32,6 +32,11 @@ from relay.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
+MONITORING = ROOT / "deploy" / "monitoring"
+RULES = "prometheusrule.yaml"
+RULE_TESTS = MONITORING / "prometheusrule.test.yaml"
+DASHBOARD = MONITORING / "relay-dashboard.json"
+OPERATIONS = ROOT / "docs" / "operations.md"
 SYSTEMD = ROOT / "deploy" / "systemd"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -439,6 +444,296 @@ def check_k8s_selectors() -> str:
     return "selectors take the relay pods and not the migration pods; Service and PDB as required"
 
 
+# --- monitoring ---------------------------------------------------------------------------
+
+# Labels a series gets from its scrape target, not from the relay.
+TARGET_LABELS = frozenset(
+    {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
+)
+# Series of other exporters the alerts and the dashboard may use.
+FOREIGN_METRICS = frozenset({"up"})
+_RELAY_NAME = re.compile(r"\b(relay_[A-Za-z0-9_:]+)")
+_SELECTOR = re.compile(r"\b(relay_[A-Za-z0-9_:]+)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+@cache
+def monitoring_documents(name: str) -> tuple[dict[str, Any], ...]:
+    path = MONITORING / name
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    except yaml.YAMLError as error:
+        raise CheckFailed(f"{relative(path)}: not valid YAML: {error}") from None
+    return tuple(documents)
+
+
+def monitoring_resource(name: str, kind: str) -> dict[str, Any]:
+    (document,) = monitoring_documents(name)
+    require(
+        document.get("kind") == kind and document.get("apiVersion") == "monitoring.coreos.com/v1",
+        f"deploy/monitoring/{name}: not a monitoring.coreos.com/v1 {kind}",
+    )
+    return document
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    """spec.groups of the PrometheusRule: a Prometheus rule file's content."""
+    groups: list[dict[str, Any]] = monitoring_resource(RULES, "PrometheusRule")["spec"]["groups"]
+    return groups
+
+
+def runbook_rule_groups() -> list[dict[str, Any]]:
+    """The groups of the YAML under "Alerts worth setting" in docs/operations.md."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    section = text[text.index("### Alerts worth setting") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    require(block is not None, "docs/operations.md: no YAML under 'Alerts worth setting'")
+    assert block is not None
+    groups: list[dict[str, Any]] = yaml.safe_load(block.group(1))["groups"]
+    return groups
+
+
+def check_runbook_alerts() -> str:
+    ours, documented = rule_groups(), runbook_rule_groups()
+    names = [rule["alert"] for group in ours for rule in group["rules"]]
+    differ = [
+        f"{a.get('alert')}"
+        for g, h in zip(ours, documented, strict=False)
+        for a, b in zip(g["rules"], h["rules"], strict=False)
+        if a != b
+    ]
+    require(
+        ours == documented,
+        f"{RULES} and docs/operations.md's alerts differ"
+        + (f" in {', '.join(differ)}" if differ else " (groups or rules added or left out)"),
+    )
+    return f"{len(names)} alerts in {RULES} are the runbook's"
+
+
+@cache
+def exported_series() -> dict[str, frozenset[str]]:
+    """Every sample name the relay's /metrics can show, with its label names: a Metrics
+    registry made to show one series of each metric, scraped."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from relay.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.count_published("payment_status_updated", "dk/abcinsurance")
+    metrics.count_retried("payment_status_updated", "dk/abcinsurance", "http_503")
+    metrics.count_dead("payment_status_updated", "dk/abcinsurance", "http_400")
+    metrics.observe_publish("dk", "abcinsurance", 0.1)
+    metrics.show_pauses({"circuit"}, {("*", "circuit"), ("dk/abcinsurance", "configuration")})
+    metrics.claim_batch_size.observe(1)
+    series: dict[str, set[str]] = {}
+    text = generate_latest(metrics.registry).decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return {name: frozenset(labels) for name, labels in series.items()}
+
+
+def expression_problems(expression: str) -> list[str]:
+    """Metric and label names in ``expression`` the relay does not export."""
+    exported = exported_series()
+    problems = [
+        f"no metric {name}"
+        for name in _RELAY_NAME.findall(expression)
+        if name not in exported and name not in FOREIGN_METRICS
+    ]
+    used = [name for name in _RELAY_NAME.findall(expression) if name in exported]
+    for name, matchers in _SELECTOR.findall(expression):
+        for label in _MATCHER.findall(matchers):
+            if name in exported and label not in exported[name] | TARGET_LABELS:
+                problems.append(f"{name} has no label {label}")
+    known = TARGET_LABELS.union(*(exported[name] for name in used)) | {"le"}
+    for grouping in _GROUPING.findall(expression):
+        for label in (item.strip() for item in grouping.split(",")):
+            if label and label not in known:
+                problems.append(f"no label {label} on {', '.join(sorted(set(used)))}")
+    return problems
+
+
+def rule_expressions() -> dict[str, str]:
+    return {
+        rule.get("alert") or rule.get("record"): rule["expr"]
+        for group in rule_groups()
+        for rule in group["rules"]
+    }
+
+
+@cache
+def dashboard() -> dict[str, Any]:
+    try:
+        document: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckFailed(f"{relative(DASHBOARD)}: not JSON: {error}") from None
+    return document
+
+
+def dashboard_expressions() -> dict[str, str]:
+    """Each query of the dashboard, named by its panel and refId."""
+    expressions = {}
+    for panel in dashboard()["panels"]:
+        if panel.get("type") == "row":
+            continue
+        targets = panel.get("targets") or []
+        require(bool(targets), f"{relative(DASHBOARD)}: panel {panel.get('title')!r} has no query")
+        for target in targets:
+            where = f"panel {panel['title']!r} query {target.get('refId')}"
+            require(bool(target.get("expr")), f"{relative(DASHBOARD)}: {where} is empty")
+            expressions[where] = target["expr"]
+    return expressions
+
+
+def check_monitoring_metrics() -> str:
+    problems = [
+        f"{where}: {problem}"
+        for source, expressions in (
+            (RULES, rule_expressions()),
+            (relative(DASHBOARD), dashboard_expressions()),
+        )
+        for name, expression in expressions.items()
+        for where in [f"{source} {name}"]
+        for problem in expression_problems(expression)
+    ]
+    require(not problems, "; ".join(problems))
+    names = {
+        name
+        for expression in [*rule_expressions().values(), *dashboard_expressions().values()]
+        for name in _RELAY_NAME.findall(expression)
+    }
+    return (
+        f"{len(names)} metric names in {len(rule_expressions())} alerts and "
+        f"{len(dashboard_expressions())} dashboard queries are exported by relay/metrics.py"
+    )
+
+
+def check_dashboard() -> str:
+    board = dashboard()
+    for key in ("uid", "title", "panels", "templating", "schemaVersion"):
+        require(key in board, f"{relative(DASHBOARD)}: no {key}")
+    variables = {item["name"]: item for item in board["templating"]["list"]}
+    require(
+        variables.get("datasource", {}).get("type") == "datasource",
+        f"{relative(DASHBOARD)}: no datasource variable (a fixed data source breaks on import)",
+    )
+    panels = [panel for panel in board["panels"] if panel.get("type") != "row"]
+    for panel in panels:
+        source = panel.get("datasource", {})
+        require(
+            source.get("uid") == "${datasource}",
+            f"{relative(DASHBOARD)}: panel {panel.get('title')!r} has a fixed data source",
+        )
+    ids = [panel["id"] for panel in board["panels"]]
+    require(len(ids) == len(set(ids)), f"{relative(DASHBOARD)}: panel ids repeat")
+    return f"{len(panels)} panels, data source and namespace chosen by variables"
+
+
+def check_monitoring_component() -> str:
+    (component,) = monitoring_documents("kustomization.yaml")
+    require(
+        component.get("kind") == "Component"
+        and component.get("apiVersion") == "kustomize.config.k8s.io/v1alpha1",
+        "deploy/monitoring/kustomization.yaml: not a kustomize Component",
+    )
+    listed = list(component.get("resources", []))
+    files = {path.name for path in MONITORING.glob("*.yaml")}
+    unlisted = sorted(files - set(listed) - {"kustomization.yaml", RULE_TESTS.name})
+    require(not unlisted, f"deploy/monitoring: not in kustomization.yaml: {', '.join(unlisted)}")
+    generated = [
+        name
+        for generator in component.get("configMapGenerator", [])
+        for name in generator.get("files", [])
+    ]
+    require(DASHBOARD.name in generated, "deploy/monitoring: the dashboard is not generated")
+    monitor = monitoring_resource("servicemonitor.yaml", "ServiceMonitor")["spec"]
+    service = resource("Service", "relay")
+    require(
+        selects(monitor["selector"]["matchLabels"], service["metadata"]["labels"]),
+        "ServiceMonitor: its selector misses the relay Service",
+    )
+    ports = {port["name"] for port in service["spec"]["ports"]}
+    endpoints = [endpoint.get("port") for endpoint in monitor["endpoints"]]
+    require(set(endpoints) <= ports, f"ServiceMonitor: port {endpoints} is not the Service's")
+    require(
+        all(endpoint.get("path") == "/metrics" for endpoint in monitor["endpoints"]),
+        "ServiceMonitor: path is not /metrics",
+    )
+    rule = monitoring_resource(RULES, "PrometheusRule")
+    require(bool(rule["spec"]["groups"]), "PrometheusRule: no groups")
+    return "Component lists every file; ServiceMonitor takes the relay Service's http port"
+
+
+def check_monitoring_build() -> str:
+    kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
+    if not kubectl and not kustomize:
+        raise Skipped("skipped: neither kustomize nor kubectl installed")
+    with tempfile.TemporaryDirectory() as directory:
+        overlay = Path(directory)
+        # Paths relative to the overlay: kustomize refuses absolute ones.
+        base = os.path.relpath(K8S, overlay)
+        monitoring = os.path.relpath(MONITORING, overlay)
+        (overlay / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n  - {base}\ncomponents:\n  - {monitoring}\n",
+            encoding="utf-8",
+        )
+        if kustomize:
+            command = [kustomize, "build", str(overlay)]
+        else:
+            assert kubectl is not None
+            command = [kubectl, "kustomize", str(overlay)]
+        result = run(command)
+    require(result.returncode == 0, f"{' '.join(command[:2])}: {first_lines(result.stderr)}")
+    kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout) if d]
+    for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap", "Deployment"):
+        require(kind in kinds, f"the base with deploy/monitoring renders no {kind}")
+    return f"base + component render {len(kinds)} resources with {' '.join(command[:2])}"
+
+
+def promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        raise Skipped("skipped: promtool not installed (Debian: apt-get install prometheus)")
+    return tool
+
+
+def write_rules(directory: Path) -> Path:
+    path = directory / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule_groups()}, sort_keys=False), "utf-8")
+    return path
+
+
+def check_promtool_rules() -> str:
+    tool = promtool()
+    with tempfile.TemporaryDirectory() as directory:
+        rules = write_rules(Path(directory))
+        result = run([tool, "check", "rules", str(rules)])
+    output = (result.stdout + result.stderr).replace(str(rules), f"{RULES} spec")
+    require(result.returncode == 0, first_lines(output))
+    found = re.search(r"SUCCESS: (\d+) rules found", output)
+    return f"{promtool_version(tool)}: {found.group(1) if found else '?'} rules valid"
+
+
+def check_promtool_tests() -> str:
+    tool = promtool()
+    with tempfile.TemporaryDirectory() as directory:
+        write_rules(Path(directory))
+        shutil.copy(RULE_TESTS, directory)
+        result = run([tool, "test", "rules", RULE_TESTS.name], cwd=Path(directory))
+    require(result.returncode == 0, first_lines(result.stdout + result.stderr, 12))
+    tests = len(yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"])
+    return f"{promtool_version(tool)}: {tests} test groups of {RULE_TESTS.name} pass"
+
+
+def promtool_version(tool: str) -> str:
+    words = run([tool, "--version"]).stdout.split()
+    return f"promtool {words[2]}" if len(words) > 2 else "promtool"
+
+
 # --- systemd ------------------------------------------------------------------------------
 
 Unit = dict[str, dict[str, list[str]]]
@@ -699,6 +994,13 @@ def checks() -> list[tuple[str, Callable[[], str]]]:
         ("kubernetes workloads", check_k8s_workloads),
         ("kubernetes selectors", check_k8s_selectors),
         ("kubernetes settings", check_k8s_settings),
+        ("monitoring component", check_monitoring_component),
+        ("kustomize build with monitoring", check_monitoring_build),
+        ("runbook alerts", check_runbook_alerts),
+        ("promtool check rules", check_promtool_rules),
+        ("promtool test rules", check_promtool_tests),
+        ("grafana dashboard", check_dashboard),
+        ("monitoring metric names", check_monitoring_metrics),
         ("systemd directives", check_systemd_units),
         ("systemd settings", check_systemd_settings),
         ("systemd-analyze verify", check_systemd_verify),

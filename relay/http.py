@@ -26,6 +26,9 @@ def create_app(metrics: Metrics, not_ready_reason: ReadinessCheck) -> web.Applic
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
 
     async def metrics_view(_: web.Request) -> web.Response:
+        # Readiness as /readyz would answer now, so dashboards and alerts see it without a
+        # probe of their own (and outside Kubernetes).
+        metrics.ready.set(1 if not_ready_reason() is None else 0)
         body = generate_latest(metrics.registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -232,6 +232,9 @@ class Metrics:
             "Rows of stopped relays whose lease was ended early so they are sent again.",
             registry=r,
         )
+        self.ready = Gauge(
+            "relay_ready", "1 while /readyz answers ready, else 0 (set when scraped).", registry=r
+        )
         self.build_info = Info("relay_build", "The running release.", registry=r)
         self.build_info.info({"version": relay_version(), "python": platform.python_version()})
         self._routes = _Folding(ROUTE_LIMIT)

@@ -124,6 +124,7 @@ async def test_metrics_follow_prometheus_conventions_and_name_the_route(
     assert 'relay_circuit_state{state="open"} 0.0' in before
     assert 'relay_publish_latency_seconds_count{country="dk",tenant="abcinsurance"} 0.0' in before
     assert 'relay_rows_given_back_total{reason="shutdown"} 0.0' in before
+    assert "relay_ready 1.0" in after
     event = {"event_type": "payment_status_updated"}
     default = {**event, "country": "dk", "tenant": "abcinsurance"}
     budget = {**event, "country": "dk", "tenant": "budget"}
@@ -160,6 +161,7 @@ async def test_a_route_refused_with_403_is_paused_per_route_and_the_process_stay
 
             await eventually(route_paused)
             # Written while the route is paused: held back, not sent.
+            assert await sample(daemon.http_port, "relay_ready") == 1
             await insert_rows(db, 2)
             # One route's trouble is not the process's: it can still deliver every other route.
             status, body = await get(readyz)
@@ -342,3 +344,17 @@ async def test_json_log_lines_of_a_run_carry_context_and_no_secrets(
     assert "secret-status-never-logged" in stdout  # the payload, shown on stdout only
     assert "delivery log (1 attempts):" in stdout
     assert "invalid_event" in stdout
+
+
+async def test_relay_ready_is_what_readyz_answers(database_url: str) -> None:
+    async with running() as emulator:
+        settings = engine_settings(database_url, emulator, client_secret="not-the-secret")
+        async with running_daemon(settings) as daemon:
+            readyz = f"http://127.0.0.1:{daemon.http_port}/readyz"
+
+            async def refused() -> bool:
+                return (await get(readyz))[0] == 503
+
+            await eventually(refused)
+            not_ready = await sample(daemon.http_port, "relay_ready")
+    assert not_ready == 0
