@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -176,13 +177,16 @@ def run(drain: bool) -> None:
 
 
 def _read_payload(value: str) -> object:
+    """The --payload JSON (or @FILE). Numbers with a fraction or exponent are read as Decimal,
+    so they are stored digit for digit, as the producer API stores a Decimal; a float would
+    turn 12345678901234567.89 into 12345678901234568."""
     if value.startswith("@"):
         try:
             value = Path(value[1:]).read_text(encoding="utf-8")
         except OSError as error:
             raise click.BadParameter(f"cannot read {value[1:]}: {error.strerror}") from None
     try:
-        return json.loads(value)
+        return json.loads(value, parse_float=Decimal)
     except json.JSONDecodeError as error:
         raise click.BadParameter(f"not valid JSON: {error}") from None
 
