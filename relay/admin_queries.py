@@ -230,17 +230,20 @@ class AdminQueries:
 
     @property
     def requeue(self) -> str:
-        """Give dead rows a fresh start: pending now, attempts back to 0, ids kept.
+        """Give dead rows a fresh start: pending now, attempts and stops back to 0, ids kept.
 
-        Ids are kept so a requeued row keeps its place in its ordering key. last_error and
-        last_http_status stay until the next attempt overwrites them (the delivery log keeps
-        every attempt anyway). Parameters as in ``requeue_preview``; ``status = 'dead'`` is
-        checked again on the locked row, so a concurrent requeue cannot reset a row twice.
+        Ids are kept so a requeued row keeps its place in its ordering key. Stops are reset
+        with the attempts: a row dead because relays kept stopping while sending it would
+        otherwise be dead-lettered again, unsent, by the first claim after the requeue.
+        last_error and last_http_status stay until the next attempt overwrites them (the
+        delivery log keeps every attempt anyway). Parameters as in ``requeue_preview``;
+        ``status = 'dead'`` is checked again on the locked row, so a concurrent requeue cannot
+        reset a row twice.
         """
         return f"""
             WITH chosen AS ({_dead_rows(self.schema, "o.id")})
             UPDATE "{self.schema}".outbox o
-            SET status = 'pending', attempts = 0, available_at = now(),
+            SET status = 'pending', attempts = 0, stops = 0, available_at = now(),
                 claimed_by = NULL, lease_until = NULL
             FROM chosen
             WHERE o.id = chosen.id AND o.status = 'dead'

@@ -441,3 +441,31 @@ async def test_the_daemon_purges_after_relay_retention(
     left = await db.fetch("SELECT id FROM outbox ORDER BY id")
     assert [row["id"] for row in left] == [young, dead]
     assert await db.fetchval("SELECT count(*) FROM outbox_delivery") == 1  # the dead row's
+
+
+async def test_a_requeued_row_that_stopped_relays_gets_a_fresh_count_of_stops(
+    db: asyncpg.Connection, database_url: str, admin: Admin
+) -> None:
+    # Dead because every claim of it ended with the relay stopping; the operator looked at it
+    # and requeues it. Its stops start again from 0, as its attempts do, or the next claim
+    # would dead-letter it unsent.
+    row_id = await add_dead(db)
+    await db.execute(
+        "UPDATE outbox SET stops = 3, last_error = 'the relay stopped while sending it 3 times' "
+        "WHERE id = $1",
+        row_id,
+    )
+    await admin.requeue(DeadSelector(ids=(row_id,)))
+    assert await db.fetchval("SELECT stops FROM outbox WHERE id = $1", row_id) == 0
+
+    async def finished() -> bool:
+        status = await db.fetchval("SELECT status FROM outbox WHERE id = $1", row_id)
+        return status in ("published", "dead")
+
+    async with (
+        running() as emulator,
+        running_daemon(engine_settings(database_url, emulator, max_attempts=3)),
+    ):
+        await eventually(finished)
+    assert await db.fetchval("SELECT status FROM outbox WHERE id = $1", row_id) == "published"
+    assert len(emulator.events) == 1
