@@ -622,10 +622,11 @@ def purge(older_than: Moment, batch_size: int, as_json: bool) -> None:
     help="How many events to enqueue (a handful of them invalid on purpose).",
 )
 @click.option(
-    "--keep-server/--stop-server",
-    default=True,
-    show_default=True,
-    help="Leave the embedded PostgreSQL running afterwards, for the commands the summary lists.",
+    "--keep",
+    "keep_server",
+    is_flag=True,
+    help="Leave the embedded PostgreSQL running afterwards, for the commands the summary "
+    "lists; 'relay demo --stop' stops it. Without it the demo stops the server when done.",
 )
 @click.option(
     "--stop",
@@ -640,8 +641,9 @@ def demo(events: int, keep_server: bool, stop_only: bool) -> None:
     Without RELAY_DATABASE_URL it starts an embedded PostgreSQL in .relay-demo/pgdata (the
     'embedded' extra) and re-creates database relay_demo in it; with RELAY_DATABASE_URL it
     re-creates schema relay_demo in that database and touches no other schema. The emulator
-    adds latency and a few failures; a live progress bar and a summary follow. Ctrl-C stops
-    cleanly (exit code 130).
+    adds latency and a few failures; a live progress bar and a summary follow. The embedded
+    PostgreSQL is stopped at the end, unless --keep leaves it running for a closer look
+    ('relay demo --stop' stops it then). Ctrl-C stops cleanly (exit code 130).
     """
     try:
         from relay import demo as demonstration

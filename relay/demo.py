@@ -10,6 +10,9 @@ failures, migrates, enqueues a realistic mix of events through the producer API 
 of invalid rows written with plain SQL, which must end dead), runs the relay until the queue is
 drained with a live progress bar, and prints a summary.
 
+At the end the embedded server is stopped, unless ``--keep`` asks to leave it running for the
+commands the summary lists (``relay demo --stop`` stops it then).
+
 Ctrl-C leaves nothing half-written: the enqueue commits whole transactions only, the relay
 finishes the requests in flight and gives the rest back, and the embedded server is stopped
 (exit code 130). A second Ctrl-C stops without waiting for requests in flight; the rows they
@@ -116,6 +119,11 @@ class Run:
     def check(self) -> None:
         if self.interrupted:
             raise Interrupted
+
+    @property
+    def server_left_running(self) -> bool:
+        """The embedded server stays up afterwards: asked for with --keep, and not interrupted."""
+        return self.target.embedded is not None and self.keep_server and not self.interrupted
 
 
 class _Stderr(io.TextIOBase):
@@ -324,8 +332,15 @@ def run_demo(events: int, *, keep_server: bool, console: Console | None = None) 
         except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C
             run.interrupted = True
         print_report(run, asyncio.run(_summarise(run)))
-        if target.embedded is not None and keep_server and not run.interrupted:
+        if run.server_left_running:
             target.embedded.cleanup_mode = None  # leave it running for the commands above
+    # The stack has stopped the embedded server (unless another process still uses it).
+    if target.embedded is not None and not run.server_left_running:
+        console.print(
+            f"relay demo: stopped the embedded PostgreSQL in {DEMO_DIRECTORY / 'pgdata'} "
+            "('relay demo --keep' leaves it running, to look further with 'relay status')",
+            soft_wrap=True,
+        )
     return INTERRUPTED if run.interrupted else 0
 
 

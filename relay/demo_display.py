@@ -198,9 +198,8 @@ def _dead_table(tally: Tally) -> Table:
 
 def _next_steps(run: Run, tally: Tally) -> list[str]:
     target = run.target
-    server_left_running = target.embedded is not None and run.keep_server and not run.interrupted
-    if target.embedded is not None and not server_left_running:
-        return ["relay demo: the embedded PostgreSQL is stopped"]
+    if target.embedded is not None and not run.server_left_running:
+        return []  # run_demo says so once it has stopped it
     lines = ["Look further:"]
     if target.embedded is None:
         lines.append(f"  export RELAY_SCHEMA={target.schema}   # RELAY_DATABASE_URL is already set")
@@ -210,7 +209,7 @@ def _next_steps(run: Run, tally: Tally) -> list[str]:
     lines += [f"  {relay} status", f"  {relay} dead list"]
     if tally.dead:
         lines.append(f"  {relay} dead show {tally.dead[0][2]}")
-    if server_left_running:
+    if run.server_left_running:
         lines.append(f"  {relay} demo --stop   # stops the embedded PostgreSQL when you are done")
     return lines
 

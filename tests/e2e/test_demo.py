@@ -127,11 +127,11 @@ def process_exists(pid: int) -> bool:
     return state != "Z"
 
 
-def test_demo_on_an_embedded_postgresql(tmp_path: Path) -> None:
+def test_demo_on_an_embedded_postgresql_kept_running_and_stopped(tmp_path: Path) -> None:
     env = environment()
     pgdata = tmp_path / ".relay-demo" / "pgdata"
     try:
-        run = relay_demo(tmp_path, env, "--events", "300")
+        run = relay_demo(tmp_path, env, "--events", "300", "--keep")
         output = run.stdout + run.stderr
         assert run.returncode == 0, output
         assert "using an embedded PostgreSQL in .relay-demo/pgdata" in output
@@ -139,15 +139,62 @@ def test_demo_on_an_embedded_postgresql(tmp_path: Path) -> None:
         assert_complete(output, 300)
         for command in ("relay status", "relay dead list", "relay dead show ", "relay demo --stop"):
             assert command in run.stdout
-        # The server is left running for the commands the summary lists, at the URL it gives.
+        # --keep leaves the server running for the commands the summary lists, at its URL.
         exported = EXPORTED_URL.search(run.stdout)
         assert exported is not None
+        server = postmaster_pid(pgdata)
+        assert server is not None
+        assert process_exists(server)
         assert_no_payload_contents(exported.group(1), "public", output)
     finally:
         stop = relay_demo(tmp_path, env, "--stop")
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert "stopped the embedded PostgreSQL" in stop.stdout
     assert postmaster_pid(pgdata) is None
+    wait_for(lambda: not process_exists(server), within=10)
+
+
+def run_watching_the_postmaster(cwd: Path, *args: str) -> tuple[int, str, int]:
+    """``relay demo`` as a process; its exit code, its output, and the pid of the embedded
+    postmaster it ran on (read while it delivered)."""
+    with subprocess.Popen(
+        [RELAY, "demo", *args],
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        try:
+            assert demo.stdout is not None
+            lines = []
+            for line in demo.stdout:
+                lines.append(line)
+                if line.startswith("relay demo: emulated EventApi"):
+                    break
+            server = postmaster_pid(cwd / ".relay-demo" / "pgdata")
+            assert server is not None, "".join(lines)
+            output = "".join(lines) + demo.stdout.read()
+            code = demo.wait(timeout=90)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                relay_demo(cwd, environment(), "--stop")
+    return code, output, server
+
+
+def test_demo_stops_its_embedded_postgresql_when_it_is_done(tmp_path: Path) -> None:
+    code, output, server = run_watching_the_postmaster(tmp_path, "--events", "300")
+    assert code == 0, output
+    assert_complete(output, 300)
+    assert "relay demo: stopped the embedded PostgreSQL" in output
+    assert "relay demo --keep" in output  # how to look further next time
+    assert "export RELAY_DATABASE_URL" not in output  # nothing to connect to any more
+    assert postmaster_pid(tmp_path / ".relay-demo" / "pgdata") is None
+    # pg_ctl stop returns once the pid file is gone, a moment before the process has exited.
+    wait_for(lambda: not process_exists(server), within=10)
+    again = relay_demo(tmp_path, environment(), "--stop")
+    assert "no embedded PostgreSQL is running" in again.stdout
 
 
 def test_ctrl_c_stops_the_embedded_server(tmp_path: Path) -> None:
@@ -178,7 +225,7 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path: Path) -> None:
                 demo.kill()
                 relay_demo(tmp_path, environment(), "--stop")
     assert "relay demo: interrupted" in output
-    assert "the embedded PostgreSQL is stopped" in output
+    assert "relay demo: stopped the embedded PostgreSQL" in output
     assert postmaster_pid(pgdata) is None
     # pg_ctl stop returns once the pid file is gone, a moment before the process has exited.
     wait_for(lambda: not process_exists(server), within=10)
