@@ -38,7 +38,7 @@ from relay.admin_reports import (
     jsonable,
 )
 from relay.config import Settings, parse_duration
-from relay.errors import RelayError
+from relay.errors import DatabaseRefused, UsageError
 from relay.outbox import Store
 
 log = structlog.get_logger("relay.admin")
@@ -52,14 +52,12 @@ DEFAULT_PURGE_BATCH = 1000
 Moment = timedelta | datetime
 
 
-class NoSuchRow(RelayError):
+class NoSuchRow(UsageError):
     """The outbox holds no row with that id."""
 
 
-class NoSelector(RelayError):
+class NoSelector(UsageError):
     """A requeue named no rows; it never means "everything" by accident."""
-
-    exit_code = 2
 
 
 # Times the operator gives --------------------------------------------------------------------
@@ -299,7 +297,7 @@ class Admin:
         now = await self.now()
         cutoff = resolve(older_than, now)
         if cutoff > now:
-            raise RelayError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
+            raise UsageError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
         store = Store(self.pool, self.schema, f"admin:{self.operator}")
         base = (now - cutoff).total_seconds()
         started = time.monotonic()
@@ -330,10 +328,19 @@ async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
     url = settings.require_database_url()
     try:
         pool = await database.create_pool(url, min_size=1, max_size=2)
-    except database.CONNECTION_ERRORS as error:
+    except database.DATABASE_ERRORS as error:  # unreachable, or refused: login, database
         raise database.describe_connection_error(url, error) from None
     try:
         await database.check_schema(pool, settings.schema_name)
         yield Admin(pool, settings.schema_name, operator_name())
+    except asyncpg.PostgresError as error:
+        if isinstance(error, database.CONNECTION_ERRORS):
+            raise database.describe_connection_error(url, error) from None
+        # A right missing, a statement refused: one line, its SQLSTATE, never a value.
+        raise DatabaseRefused(
+            f"the database refused: {database.describe_database_error(error)}"
+        ) from None
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as error:
+        raise database.describe_connection_error(url, error) from None
     finally:
         await pool.close()

@@ -15,16 +15,23 @@ import click
 
 from relay import DISTRIBUTION, database
 from relay.config import Settings, load_settings
-from relay.errors import ConfigurationError, InvalidEvent, RelayError, SchemaNotReady
+from relay.errors import (
+    ConfigurationError,
+    ExitCode,
+    InvalidEvent,
+    RelayError,
+    SchemaNotReady,
+    UsageError,
+)
 
 P = ParamSpec("P")
-# relay run --drain: finished, but rows wait behind dead rows (requeue them to move on).
-BLOCKED_EXIT_CODE = 3
 R = TypeVar("R")
 
 
 def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
-    """Print a RelayError as one line (with its causes) and exit with its code; no traceback."""
+    """Print a RelayError as one line (with its causes) and exit with its class's code (see
+    relay.errors.ExitCode); no traceback. Ctrl-C exits 130. Anything else is unexpected: Python
+    prints its traceback and exits 1."""
 
     @wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -38,6 +45,9 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
                 cause = cause.__cause__
             click.echo(f"relay: {message}", err=True)
             sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("relay: interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
         except Exception as error:
             # A right the role lacks, met after the start-up checks: one line, too.
             refused = database.refused_right(error)
@@ -173,7 +183,7 @@ def run(drain: bool) -> None:
     if report is not None:
         click.echo(report.line())
         if report.blocked:
-            sys.exit(BLOCKED_EXIT_CODE)
+            sys.exit(ExitCode.ATTENTION)  # requeue the dead rows (or delete them) to move on
 
 
 def _read_payload(value: str) -> object:
@@ -413,7 +423,10 @@ def emulator(
     def announce(line: str) -> None:
         click.echo(f"relay emulator: {line}")
 
-    asyncio.run(emulation.serve(partner, host, port, announce))
+    try:
+        asyncio.run(emulation.serve(partner, host, port, announce))
+    except OSError as error:  # the address is taken, or not this machine's
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 # Operations: status, dead rows, requeue, purge ---------------------------------------------------
@@ -547,6 +560,8 @@ def requeue(
     selector.check()  # before connecting: a bad selection needs no database
     result = _with_admin(lambda admin: admin.requeue(selector, dry_run=dry_run))
     _emit(result.to_json(), result.lines(), as_json)
+    if result.not_dead:  # rows named by id that were left alone
+        sys.exit(ExitCode.ATTENTION)
 
 
 @main.group()
@@ -587,6 +602,10 @@ def pause_clear(routes: tuple[str, ...], clear_all: bool, as_json: bool) -> None
     selected = None if clear_all else list(routes)
     cleared = _with_admin(lambda admin: admin.clear_pauses(selected, defaults=defaults))
     _emit([fields_of(p) for p in cleared], pause_lines(cleared, "lifted:"), as_json)
+    unpaused = sorted(set(routes) - {pause.route for pause in cleared})
+    if unpaused:  # a typo, or lifted already: either way, not what was asked for
+        click.echo(f"relay: no pause to lift on: {', '.join(unpaused)}", err=True)
+        sys.exit(ExitCode.ATTENTION)
 
 
 @main.command()

@@ -163,7 +163,7 @@ async def connect(url: str) -> asyncpg.Connection:
     """One connection to ``url``; a failure explained as the relay explains it."""
     try:
         return await asyncpg.connect(database.asyncpg_dsn(url), timeout=10)
-    except database.CONNECTION_ERRORS as error:
+    except database.DATABASE_ERRORS as error:  # unreachable, or refused: login, database
         raise database.describe_connection_error(url, error) from None
 
 

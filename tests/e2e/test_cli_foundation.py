@@ -199,8 +199,6 @@ def batch(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ("key", "fragments"),
     [
         ("malformed url", ["RELAY_DATABASE_URL: must be a postgresql:// URL"]),
-        ("unreachable port", ["RELAY_DATABASE_URL: cannot use the database at 127.0.0.1:"]),
-        ("missing database", ["RELAY_DATABASE_URL: cannot use the database", "does not exist"]),
         ("concurrency 0", ["RELAY_CONCURRENCY: ", "greater than or equal to 1"]),
         (
             "url and url file",
@@ -217,6 +215,22 @@ def test_a_bad_setting_exits_2_with_one_line(batch: Batch, key: str, fragments: 
     line = assert_one_line(run, 2, *fragments)
     assert line.startswith("relay: RELAY_")
     assert run.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "fragments"),
+    [
+        ("unreachable port", ["RELAY_DATABASE_URL: cannot use the database at 127.0.0.1:"]),
+        ("missing database", ["RELAY_DATABASE_URL: cannot use the database", "does not exist"]),
+    ],
+)
+def test_a_database_that_cannot_be_used_exits_4_with_one_line(
+    batch: Batch, key: str, fragments: list[str]
+) -> None:
+    run = batch.runs[key]
+    line = assert_one_line(run, 4, *fragments)
+    assert run.stdout == ""
+    assert line.startswith("relay: RELAY_DATABASE_URL: ")
 
 
 # relay --version -------------------------------------------------------------------------------
@@ -344,7 +358,7 @@ def test_enqueue_reads_the_payload_from_a_file(batch: Batch) -> None:
     ("key", "code", "fragment"),
     [
         ("enqueue not json", 2, "not valid JSON"),
-        ("enqueue bad country", 1, "relay: country 'DK' is not a lower-case two-letter code"),
+        ("enqueue bad country", 2, "relay: country 'DK' is not a lower-case two-letter code"),
     ],
 )
 def test_a_bad_payload_exits_non_zero_with_a_clear_line(
@@ -365,4 +379,4 @@ def test_refused_events_write_nothing(batch: Batch) -> None:
 
 
 def test_enqueue_before_migrate_says_to_migrate(batch: Batch) -> None:
-    assert_one_line(batch.runs["enqueue unmigrated"], 1, "run 'relay migrate'")
+    assert_one_line(batch.runs["enqueue unmigrated"], 5, "run 'relay migrate'")

@@ -106,7 +106,7 @@ async def test_check_reports_a_rejected_secret_in_one_line() -> None:
         code, out, err = await relay_check(
             environment(emulator, RELAY_CLIENT_SECRET="not-the-secret")
         )
-    assert code == 1
+    assert code == 2  # configuration: our client is refused
     assert out == ""
     assert err.count("\n") == 1
     assert err.startswith(f"relay: token endpoint refused client '{CLIENT_ID}'")
@@ -124,7 +124,7 @@ async def test_check_names_the_ca_bundle_when_the_certificate_is_not_trusted(
         env = environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET)
         code, out, err = await relay_check(env)
         trusted, _, trusted_err = await relay_check({**env, "RELAY_CA_BUNDLE": str(ca_file)})
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")  # configuration: RELAY_CA_BUNDLE
     assert err.count("\n") == 1
     assert "RELAY_CA_BUNDLE" in err
     assert trusted == 0, trusted_err
@@ -147,7 +147,7 @@ async def test_check_refuses_a_key_that_does_not_match_its_certificate(tmp_path:
     [
         ({"RELAY_CLIENT_ID": ""}, 2, "RELAY_CLIENT_ID: is not set"),
         ({}, 2, "RELAY_CLIENT_SECRET: is not set"),
-        ({"RELAY_CLIENT_SECRET": "x"}, 1, "cannot reach the token endpoint"),
+        ({"RELAY_CLIENT_SECRET": "x"}, 6, "cannot reach the token endpoint"),
     ],
 )
 async def test_check_fails_clearly_without_a_partner(
