@@ -1,10 +1,14 @@
 """What an operator does to a running outbox: look, find dead rows, requeue them, purge.
 
-Behind ``relay status``, ``relay dead list|show``, ``relay requeue`` and ``relay purge``. Every
-function here is safe while relays run: the reports read one snapshot and lock nothing,
-requeue touches only dead rows (which no relay claims) and wakes the relays with the same
-notification an insert sends, and purge deletes published rows in small batches, each in its
-own transaction, so producers inserting meanwhile never wait long.
+Behind ``relay status``, ``relay dead list|show``, ``relay requeue``, ``relay pause``,
+``relay purge`` and ``relay audit``. Every function here is safe while relays run: the reports
+read one snapshot and lock nothing, requeue touches only dead rows (which no relay claims) and
+wakes the relays with the same notification an insert sends, and purge deletes published rows
+in small batches, each in its own transaction, so producers inserting meanwhile never wait long.
+
+Every change (not a dry run) is recorded in the audit log, ``relay_admin_log``, in the
+transaction that makes it, with the operator's name: a change that cannot be recorded is not
+made. It also writes an ``admin.*`` log line, to the caller's standard error.
 
 Times are measured against the database's clock. A time given by the operator is either a
 duration counted back from now (``30d``, ``2h``) or an ISO 8601 timestamp.
@@ -12,7 +16,10 @@ duration counted back from now (``30d``, ``2h``) or an ISO 8601 timestamp.
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,8 +34,10 @@ from relay import database
 from relay.admin_queries import AdminQueries
 from relay.admin_reports import (
     ActivePause,
+    AuditEntry,
     DeadRow,
     Delivery,
+    PauseClearResult,
     PurgeResult,
     RequeueResult,
     RetryingRow,
@@ -39,13 +48,14 @@ from relay.admin_reports import (
 )
 from relay.config import Settings, parse_duration
 from relay.errors import DatabaseRefused, UsageError
-from relay.outbox import Store
+from relay.queries import Queries
 
 log = structlog.get_logger("relay.admin")
 
 STATUSES = ("pending", "in_flight", "published", "dead", "blocked")
-# The audit line names at most this many ids; the count is always exact.
+# The audit log and line name at most this many ids; the count is always exact.
 MAX_LOGGED_IDS = 1000
+MAX_OPERATOR_LENGTH = 200
 DEFAULT_PURGE_BATCH = 1000
 
 # A point in time as the operator gave it: a duration back from now, or a timestamp.
@@ -90,9 +100,27 @@ def resolve(moment: Moment, now: datetime) -> datetime:
     return now - moment if isinstance(moment, timedelta) else moment
 
 
-def operator_name() -> str:
-    """Who is running the command, for the audit line: $USER, else $LOGNAME, else the uid."""
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid:{os.getuid()}"
+def operator_name(given: str | None = None) -> str:
+    """Who is running the command, for the audit log: ``given`` (--operator), else $USER,
+    else $LOGNAME, else the operating system's name for this process's user, else its uid.
+
+    Under ``kubectl exec`` there is no $USER and the OS user is the image's: pass --operator.
+    """
+    if given is not None:
+        name = given.strip()
+        if not name or len(name) > MAX_OPERATOR_LENGTH or not name.isprintable():
+            raise UsageError(
+                f"--operator: give your name, 1-{MAX_OPERATOR_LENGTH} printable characters"
+            )
+        return name
+    for variable in ("USER", "LOGNAME"):
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return value
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no entry in /etc/passwd, as in many containers
+        return f"uid:{os.getuid()}"
 
 
 # Which dead rows to requeue ------------------------------------------------------------------
@@ -150,7 +178,33 @@ class Admin:
         self.pool = pool
         self.schema = schema
         self.operator = operator
+        self.host = socket.gethostname()
         self.queries = AdminQueries(schema)
+
+    async def _record(
+        self,
+        connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        action: str,
+        parameters: dict[str, Any],
+        *,
+        rows: int,
+        ids: list[int] | None,
+        outcome: str,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Write one audit-log entry on ``connection``, inside the transaction of the change."""
+        entry: int = await connection.fetchval(
+            self.queries.audit_record,
+            self.operator,
+            self.host,
+            action,
+            json.dumps(jsonable(parameters)),
+            rows,
+            None if ids is None else ids[:MAX_LOGGED_IDS],
+            outcome,
+            None if detail is None else json.dumps(jsonable(detail)),
+        )
+        return entry
 
     async def now(self) -> datetime:
         """The database's clock."""
@@ -224,6 +278,7 @@ class Admin:
         Wakes every relay listening on this schema. Writes the ``admin.requeued`` audit line.
         """
         selector.check()
+        entry = None
         async with self.pool.acquire() as connection, connection.transaction():
             now = await connection.fetchval(self.queries.now)
             parameters = selector.parameters(now)
@@ -234,14 +289,27 @@ class Admin:
                 keys = sorted({row["ordering_key"] for row in rows if row["ordering_key"]})
                 if keys:
                     await connection.execute(self.queries.unpark_keys, keys)
+            ids = sorted(row["id"] for row in rows)
+            not_dead = sorted(set(selector.ids) - set(ids))
+            if not dry_run:
+                entry = await self._record(
+                    connection,
+                    "requeue",
+                    selector.describe(now),
+                    rows=len(ids),
+                    ids=ids,
+                    outcome="partial" if not_dead else "done",
+                    detail={"not_dead": not_dead} if not_dead else None,
+                )
                 # Delivered at COMMIT, like the insert trigger's notification.
                 await connection.execute(self.queries.notify, self.schema)
-        ids = sorted(row["id"] for row in rows)
         result = RequeueResult(
             ids=ids,
-            not_dead=sorted(set(selector.ids) - set(ids)),
+            not_dead=not_dead,
             selector=selector.describe(now),
             dry_run=dry_run,
+            audit_id=entry,
+            operator=self.operator,
         )
         if not dry_run:
             log.info(
@@ -251,6 +319,7 @@ class Admin:
                 selector=result.selector,
                 operator=self.operator,
                 schema=self.schema,
+                audit_id=entry,
             )
         return result
 
@@ -261,30 +330,46 @@ class Admin:
 
     async def clear_pauses(
         self, routes: list[str] | None, *, defaults: tuple[str | None, str | None]
-    ) -> list[ActivePause]:
+    ) -> PauseClearResult:
         """Lift the pauses of ``routes`` (every pause when None): delete their rows, let
         their parked rows go, and wake the relays, which pick the change up at once.
 
-        Writes the ``admin.pauses_cleared`` audit line.
+        Records it in the audit log; writes the ``admin.pauses_cleared`` audit line.
         """
         async with self.pool.acquire() as connection, connection.transaction():
             before = {
                 row["route"]: ActivePause(**dict(row))
                 for row in await connection.fetch(self.queries.active_pauses)
             }
-            cleared = [row["route"] for row in await connection.fetch(
-                self.queries.clear_pauses, routes
-            )]  # fmt: skip
+            cleared = sorted(
+                row["route"] for row in await connection.fetch(self.queries.clear_pauses, routes)
+            )
             if cleared:
                 await connection.execute(self.queries.unpark_routes, cleared, *defaults)
                 await connection.execute(self.queries.notify, self.schema)
+            not_paused = sorted(set(routes or ()) - set(cleared))
+            entry = await self._record(
+                connection,
+                "pause_clear",
+                {"all": True} if routes is None else {"routes": routes},
+                rows=len(cleared),
+                ids=None,
+                outcome="partial" if not_paused else "done",
+                detail={"lifted": cleared, "not_paused": not_paused},
+            )
         log.info(
             "admin.pauses_cleared",
-            routes=sorted(cleared),
+            routes=cleared,
             operator=self.operator,
             schema=self.schema,
+            audit_id=entry,
         )
-        return [before[route] for route in sorted(cleared) if route in before]
+        return PauseClearResult(
+            lifted=[before[route] for route in cleared if route in before],
+            not_paused=not_paused,
+            audit_id=entry,
+            operator=self.operator,
+        )
 
     async def purge(
         self, older_than: Moment, *, batch_size: int = DEFAULT_PURGE_BATCH
@@ -292,24 +377,46 @@ class Admin:
         """Delete published rows (and their delivery log) published before ``older_than``.
 
         Small batches, each its own transaction, through the same statement the daemon's
-        RELAY_RETENTION uses. Dead rows are never purged.
+        RELAY_RETENTION uses. Dead rows are never purged. The audit-log entry is written with
+        the first batch and brought up to date in each batch's transaction, so it counts what
+        was deleted even when the purge is stopped half-way (its outcome stays ``running``).
         """
         now = await self.now()
-        cutoff = resolve(older_than, now)
-        if cutoff > now:
-            raise UsageError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
-        store = Store(self.pool, self.schema, f"admin:{self.operator}")
+        cutoff = self._cutoff(older_than, now)
+        purge_batch = Queries(self.schema).purge_published
         base = (now - cutoff).total_seconds()
+        parameters = {"older_than": cutoff, "batch_size": batch_size}
         started = time.monotonic()
         rows = batches = 0
-        while True:
-            # The statement counts back from the database's now(), which moves on while we
-            # purge; widen the window as it does, so the cut-off stays where it was.
-            deleted = await store.purge_published(base + time.monotonic() - started, batch_size)
-            if deleted == 0:
-                break
-            rows += deleted
-            batches += 1
+        entry: int | None = None
+        async with self.pool.acquire() as connection:
+            while True:
+                async with connection.transaction():
+                    # The statement counts back from the database's now(), which moves on
+                    # while we purge; widen the window as it does, so the cut-off stays put.
+                    window = base + time.monotonic() - started
+                    status = await connection.execute(purge_batch, window, batch_size)
+                    deleted = int(status.split()[-1])
+                    outcome = "running" if deleted else "done"
+                    detail = {"batches": batches + (1 if deleted else 0)}
+                    if entry is None:
+                        entry = await self._record(
+                            connection,
+                            "purge",
+                            parameters,
+                            rows=deleted,
+                            ids=None,
+                            outcome=outcome,
+                            detail=detail,
+                        )
+                    else:
+                        await connection.execute(
+                            self.queries.audit_progress, entry, deleted, outcome, json.dumps(detail)
+                        )
+                if deleted == 0:
+                    break
+                rows += deleted
+                batches += 1
         seconds = time.monotonic() - started
         log.info(
             "admin.purged",
@@ -318,13 +425,36 @@ class Admin:
             cutoff=iso(cutoff),
             operator=self.operator,
             schema=self.schema,
+            audit_id=entry,
         )
-        return PurgeResult(cutoff=cutoff, rows=rows, batches=batches, seconds=seconds)
+        return PurgeResult(
+            cutoff=cutoff,
+            rows=rows,
+            batches=batches,
+            seconds=seconds,
+            audit_id=entry,
+            operator=self.operator,
+        )
+
+    @staticmethod
+    def _cutoff(older_than: Moment, now: datetime) -> datetime:
+        cutoff = resolve(older_than, now)
+        if cutoff > now:
+            raise UsageError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
+        return cutoff
+
+    async def audit(self, *, since: Moment | None = None, limit: int = 50) -> list[AuditEntry]:
+        """The audit log, newest first."""
+        after = None if since is None else resolve(since, await self.now())
+        rows = await self.pool.fetch(self.queries.audit_list, after, limit)
+        return [AuditEntry.from_row(dict(row)) for row in rows]
 
 
 @asynccontextmanager
-async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
-    """A small pool on RELAY_DATABASE_URL, the schema checked, closed afterwards."""
+async def open_admin(settings: Settings, operator: str | None = None) -> AsyncIterator[Admin]:
+    """A small pool on RELAY_DATABASE_URL, the schema checked, closed afterwards. ``operator``
+    names who acts (--operator); by default :func:`operator_name` finds out."""
+    name = operator_name(operator)
     url = settings.require_database_url()
     try:
         pool = await database.create_pool(url, min_size=1, max_size=2)
@@ -332,7 +462,7 @@ async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
         raise database.describe_connection_error(url, error) from None
     try:
         await database.check_schema(pool, settings.schema_name)
-        yield Admin(pool, settings.schema_name, operator_name())
+        yield Admin(pool, settings.schema_name, name)
     except asyncpg.PostgresError as error:
         if isinstance(error, database.CONNECTION_ERRORS):
             raise database.describe_connection_error(url, error) from None

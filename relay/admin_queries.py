@@ -1,8 +1,9 @@
 """Every SQL statement the operator commands run, named and commented.
 
-``relay status``, ``relay dead``, ``relay requeue``, ``relay pause`` and ``relay purge`` (which
-reuses the engine's ``Queries.purge_published``). Statements are written for asyncpg (``$n``
-parameters) and formatted once per schema. Only ``relay.admin`` runs them.
+``relay status``, ``relay dead``, ``relay requeue``, ``relay pause``, ``relay purge`` (which
+reuses the engine's ``Queries.purge_published``) and ``relay audit``, and the audit log every
+change writes. Statements are written for asyncpg (``$n`` parameters) and formatted once per
+schema. Only ``relay.admin`` runs them.
 """
 
 from __future__ import annotations
@@ -253,3 +254,40 @@ class AdminQueries:
     def notify(self) -> str:
         """Wake every listening relay of schema $1, as an insert does (sent at COMMIT)."""
         return f"SELECT pg_notify('{NOTIFY_CHANNEL}', $1)"
+
+    # The audit log (migration 0003) -------------------------------------------------------
+
+    @property
+    def audit_record(self) -> str:
+        """Record one operator action, in the transaction of the change it describes, so the
+        two commit (or roll back) together. $1 operator, $2 host, $3 action, $4 parameters
+        (JSON text: the selection, never a payload), $5 rows affected, $6 their ids (at most
+        ``MAX_LOGGED_IDS``, NULL for none), $7 outcome, $8 detail (JSON text, or NULL).
+        Returns the entry's id."""
+        return f"""
+            INSERT INTO "{self.schema}".relay_admin_log
+                (operator, host, action, parameters, rows_affected, row_ids, outcome, detail)
+            VALUES ($1, $2, $3, $4::jsonb, $5, $6::bigint[], $7, $8::jsonb)
+            RETURNING id"""
+
+    @property
+    def audit_progress(self) -> str:
+        """Add one more batch of a purge to its entry $1, in that batch's transaction: $2 rows
+        it deleted, $3 outcome (``running`` until the last, empty, batch says ``done``), $4
+        detail."""
+        return f"""
+            UPDATE "{self.schema}".relay_admin_log
+            SET rows_affected = rows_affected + $2, outcome = $3, detail = $4::jsonb
+            WHERE id = $1"""
+
+    @property
+    def audit_list(self) -> str:
+        """The audit log, newest first: entries written at or after $1 (NULL: all), at most
+        $2. The table holds a handful of rows a day; its primary key orders it."""
+        return f"""
+            SELECT id, at, operator, host, action, parameters::text AS parameters,
+                   rows_affected, row_ids, outcome, detail::text AS detail
+            FROM "{self.schema}".relay_admin_log
+            WHERE $1::timestamptz IS NULL OR at >= $1::timestamptz
+            ORDER BY id DESC
+            LIMIT $2"""

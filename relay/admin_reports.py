@@ -1,5 +1,6 @@
 """What the operator commands answer: ``relay status``, ``relay dead list|show``, ``relay
-requeue`` and ``relay purge`` results, each as lines for people and as JSON for scripts.
+requeue``, ``relay pause clear``, ``relay purge`` and ``relay audit`` results, each as lines for
+people and as JSON for scripts.
 
 Timestamps print in UTC with millisecond precision and a Z, ages and waits in their two largest
 units (``3d 4h``).
@@ -311,6 +312,21 @@ class RowDetail:
 # Requeue and purge ----------------------------------------------------------------------------
 
 
+def id_list(ids: Sequence[int], shown: int = 50) -> str:
+    """``4711, 4712, ... (3 more)``: the first ``shown`` ids and how many more there are."""
+    text = ", ".join(str(row_id) for row_id in ids[:shown])
+    if len(ids) > shown:
+        text += f", ... ({len(ids) - shown} more)"
+    return text
+
+
+def recorded_line(audit_id: int | None, operator: str) -> list[str]:
+    """Where a change was recorded, under which name; nothing for a dry run."""
+    if audit_id is None:
+        return []
+    return [f"relay: recorded as audit log entry {audit_id}, operator {operator}"]
+
+
 @dataclass(frozen=True, slots=True)
 class RequeueResult:
     """What a requeue did (or, with ``dry_run``, would do)."""
@@ -319,6 +335,13 @@ class RequeueResult:
     not_dead: list[int]  # ids asked for by number that are missing or not dead
     selector: dict[str, Any]
     dry_run: bool
+    audit_id: int | None = None  # its audit-log entry; None for a dry run
+    operator: str = ""
+
+    @property
+    def needs_attention(self) -> bool:
+        """Rows named by id were left alone."""
+        return bool(self.not_dead)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values."""
@@ -329,19 +352,49 @@ class RequeueResult:
             "not_dead": self.not_dead,
             "selector": self.selector,
             "dry_run": self.dry_run,
+            "audit_id": self.audit_id,
+            "operator": self.operator,
         }
 
     def lines(self) -> list[str]:
-        """One summary line, and the ids asked for that were left alone."""
-        shown = ", ".join(str(row_id) for row_id in self.ids[:50])
-        if len(self.ids) > 50:
-            shown += f", ... ({len(self.ids) - 50} more)"
+        """One summary line, the ids asked for that were left alone, where it was recorded."""
+        shown = id_list(self.ids)
         verb = "would requeue" if self.dry_run else "requeued"
         lines = [f"relay: {verb} {len(self.ids)} dead rows" + (f": {shown}" if shown else "")]
         if self.not_dead:
-            left = ", ".join(str(row_id) for row_id in self.not_dead)
-            lines.append(f"relay: not dead (left alone): {left}")
-        return lines
+            lines.append(f"relay: not dead (left alone): {id_list(self.not_dead)}")
+        return lines + recorded_line(self.audit_id, self.operator)
+
+
+@dataclass(frozen=True, slots=True)
+class PauseClearResult:
+    """What ``relay pause clear`` lifted, and the routes named that had no pause."""
+
+    lifted: list[ActivePause]
+    not_paused: list[str]
+    audit_id: int
+    operator: str
+
+    @property
+    def needs_attention(self) -> bool:
+        """A route was named that had no pause: a typo, or lifted already."""
+        return bool(self.not_paused)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "lifted": [fields_of(pause) for pause in self.lifted],
+            "not_paused": self.not_paused,
+            "audit_id": self.audit_id,
+            "operator": self.operator,
+        }
+
+    def lines(self) -> list[str]:
+        """The pauses lifted, the routes that had none, where it was recorded."""
+        lines = pause_lines(self.lifted, "lifted:")
+        if self.not_paused:
+            lines.append(f"relay: no pause to lift on: {', '.join(self.not_paused)}")
+        return lines + recorded_line(self.audit_id, self.operator)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,14 +405,79 @@ class PurgeResult:
     rows: int
     batches: int
     seconds: float
+    audit_id: int | None = None
+    operator: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values."""
         return fields_of(self)
 
     def lines(self) -> list[str]:
-        """One summary line."""
+        """One summary line, and where it was recorded."""
         return [
             f"relay: purged {self.rows} published rows (published before {iso(self.cutoff)}) "
-            f"in {self.batches} batches, {self.seconds:.1f}s"
+            f"in {self.batches} batches, {self.seconds:.1f}s",
+            *recorded_line(self.audit_id, self.operator),
         ]
+
+
+# relay audit ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the audit log: who changed what, when, from where, with what effect."""
+
+    id: int
+    at: datetime
+    operator: str
+    host: str
+    action: str
+    parameters: dict[str, Any]
+    rows_affected: int
+    row_ids: list[int] | None
+    outcome: str
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> AuditEntry:
+        """From an ``audit_list`` row (its JSON columns as text)."""
+        values = dict(row)
+        values["parameters"] = json.loads(values["parameters"])
+        values["detail"] = None if values["detail"] is None else json.loads(values["detail"])
+        values["row_ids"] = None if values["row_ids"] is None else list(values["row_ids"])
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return fields_of(self)
+
+    def lines(self) -> list[str]:
+        """The entry for people: one line, then its selection, ids and details indented."""
+        lines = [
+            f"{self.id:>6}  {iso(self.at)}  {self.operator} on {self.host}  {self.action}  "
+            f"{self.rows_affected:,} rows  {self.outcome}"
+        ]
+        chosen = ", ".join(f"{key} {_compact(value)}" for key, value in self.parameters.items())
+        lines.append(f"        selection: {chosen or '-'}")
+        if self.row_ids:
+            lines.append(f"        ids: {id_list(self.row_ids, 20)}")
+        for key, value in (self.detail or {}).items():
+            if value not in ([], None):
+                lines.append(f"        {key.replace('_', ' ')}: {_compact(value)}")
+        return lines
+
+
+def _compact(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value[:20]) + (
+            f", ... ({len(value) - 20} more)" if len(value) > 20 else ""
+        )
+    return str(value)
+
+
+def audit_lines(entries: Sequence[AuditEntry]) -> list[str]:
+    """``relay audit`` for people: newest first."""
+    if not entries:
+        return ["relay: the audit log holds no entries in that range"]
+    return [line for entry in entries for line in entry.lines()]

@@ -461,22 +461,36 @@ class MomentType(click.ParamType["Moment"]):
 
 MOMENT = MomentType()
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+OPERATOR_OPTION = click.option(
+    "--operator",
+    default=None,
+    metavar="NAME",
+    help="Who you are, for the audit log (default: $USER, $LOGNAME, else the OS user). Under "
+    "kubectl exec there is no $USER: give your name.",
+)
 
 
-def _with_admin(work: Callable[[Admin], Awaitable[T]]) -> T:
-    """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA."""
+def _with_admin(work: Callable[[Admin], Awaitable[T]], operator: str | None = None) -> T:
+    """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA, as ``operator``."""
     import asyncio
 
-    from relay.admin import open_admin
+    from relay.admin import open_admin, operator_name
 
+    name = operator_name(operator)  # a bad --operator needs no database
     settings = settings_from_env()
     configure_logging(settings)
 
     async def go() -> T:
-        async with open_admin(settings) as admin:
+        async with open_admin(settings, name) as admin:
             return await work(admin)
 
     return asyncio.run(go())
+
+
+def _attention(needed: bool) -> None:
+    """Exit 3 when the command finished but left something for the operator to look at."""
+    if needed:
+        sys.exit(ExitCode.ATTENTION)
 
 
 def _emit(document: object, lines: list[str], as_json: bool) -> None:
@@ -537,6 +551,7 @@ def dead_show(row_id: int, as_json: bool) -> None:
 @click.option("--until", type=MOMENT, default=None, help="Dead rows that died before then.")
 @click.option("--all-dead", is_flag=True, help="Every dead row (alone, without filters).")
 @click.option("--dry-run", is_flag=True, help="Print what would be requeued; change nothing.")
+@OPERATOR_OPTION
 @JSON_OPTION
 @error_boundary
 def requeue(
@@ -546,22 +561,22 @@ def requeue(
     until: Moment | None,
     all_dead: bool,
     dry_run: bool,
+    operator: str | None,
     as_json: bool,
 ) -> None:
     """Send dead rows again: pending now, attempts back to 0, ids (and so ordering) kept.
 
     Choose rows by ID, --event-type and --since/--until (combined: all must match), or
-    --all-dead. Running relays are woken at once. Writes an 'admin.requeued' audit line
-    (with $USER) to the log.
+    --all-dead. Running relays are woken at once. Recorded in the audit log (relay audit)
+    with the operator's name. Exit code 3 when ids named were left alone (not dead).
     """
     from relay.admin import DeadSelector
 
     selector = DeadSelector(ids, event_type, since, until, all_dead)
     selector.check()  # before connecting: a bad selection needs no database
-    result = _with_admin(lambda admin: admin.requeue(selector, dry_run=dry_run))
+    result = _with_admin(lambda admin: admin.requeue(selector, dry_run=dry_run), operator)
     _emit(result.to_json(), result.lines(), as_json)
-    if result.not_dead:  # rows named by id that were left alone
-        sys.exit(ExitCode.ATTENTION)
+    _attention(result.needs_attention)
 
 
 @main.group()
@@ -584,28 +599,27 @@ def pause_list(as_json: bool) -> None:
 @pause.command("clear")
 @click.argument("routes", nargs=-1, metavar="[COUNTRY/TENANT | *]...")
 @click.option("--all", "clear_all", is_flag=True, help="Lift every pause.")
+@OPERATOR_OPTION
 @JSON_OPTION
 @error_boundary
-def pause_clear(routes: tuple[str, ...], clear_all: bool, as_json: bool) -> None:
+def pause_clear(
+    routes: tuple[str, ...], clear_all: bool, operator: str | None, as_json: bool
+) -> None:
     """Lift pauses now: running relays resume the route (probing it first) within one poll.
 
-    Name the routes (dk/abcinsurance; * is the pause of every route), or --all. Writes an
-    'admin.pauses_cleared' audit line.
+    Name the routes (dk/abcinsurance; * is the pause of every route), or --all. Recorded in
+    the audit log (relay audit). Exit code 3 when a route named had no pause.
     """
     from relay.admin import NoSelector
-    from relay.admin_reports import fields_of, pause_lines
 
     if bool(routes) == clear_all:
         raise NoSelector("name the routes to lift (dk/abcinsurance, *), or --all; not both")
     settings = settings_from_env()
     defaults = (settings.country, settings.tenant)
     selected = None if clear_all else list(routes)
-    cleared = _with_admin(lambda admin: admin.clear_pauses(selected, defaults=defaults))
-    _emit([fields_of(p) for p in cleared], pause_lines(cleared, "lifted:"), as_json)
-    unpaused = sorted(set(routes) - {pause.route for pause in cleared})
-    if unpaused:  # a typo, or lifted already: either way, not what was asked for
-        click.echo(f"relay: no pause to lift on: {', '.join(unpaused)}", err=True)
-        sys.exit(ExitCode.ATTENTION)
+    result = _with_admin(lambda admin: admin.clear_pauses(selected, defaults=defaults), operator)
+    _emit(result.to_json(), result.lines(), as_json)
+    _attention(result.needs_attention)
 
 
 @main.command()
@@ -622,14 +636,31 @@ def pause_clear(routes: tuple[str, ...], clear_all: bool, as_json: bool) -> None
     show_default=True,
     help="Rows per transaction.",
 )
+@OPERATOR_OPTION
 @JSON_OPTION
 @error_boundary
-def purge(older_than: Moment, batch_size: int, as_json: bool) -> None:
+def purge(older_than: Moment, batch_size: int, operator: str | None, as_json: bool) -> None:
     """Delete published rows (and their delivery log) published before --older-than, in
-    small batches. Dead rows are never purged. RELAY_RETENTION makes the relay do this hourly.
+    small batches. Dead rows are never purged. Recorded in the audit log (relay audit).
+    RELAY_RETENTION makes the relay do this hourly.
     """
-    result = _with_admin(lambda admin: admin.purge(older_than, batch_size=batch_size))
+    result = _with_admin(lambda admin: admin.purge(older_than, batch_size=batch_size), operator)
     _emit(result.to_json(), result.lines(), as_json)
+
+
+@main.command()
+@click.option("--since", type=MOMENT, default=None, help="Only entries written since then.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@JSON_OPTION
+@error_boundary
+def audit(since: Moment | None, limit: int, as_json: bool) -> None:
+    """Show the audit log, newest first: every requeue, replay, purge and pause clear, who ran
+    it (and from which host), its selection, the rows it changed and its outcome.
+    """
+    from relay.admin_reports import audit_lines
+
+    entries = _with_admin(lambda admin: admin.audit(since=since, limit=limit))
+    _emit([entry.to_json() for entry in entries], audit_lines(entries), as_json)
 
 
 @main.command()

@@ -1,13 +1,17 @@
-"""``relay status``, ``relay dead``, ``relay requeue`` and ``relay purge`` as real processes."""
+"""``relay status``, ``relay dead``, ``relay requeue``, ``relay pause``, ``relay purge`` and
+``relay audit`` as real processes."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import sys
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -43,11 +47,11 @@ def admin_env(database_url: str) -> dict[str, str]:
     return env
 
 
-async def relay(database_url: str, *args: str) -> Run:
+async def relay(database_url: str, *args: str, env: dict[str, str] | None = None) -> Run:
     process = await asyncio.create_subprocess_exec(
         RELAY,
         *args,
-        env=admin_env(database_url),
+        env=admin_env(database_url) if env is None else env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -262,3 +266,109 @@ async def test_pause_list_and_clear(db: asyncpg.Connection, database_url: str) -
     ]
     assert (await relay(database_url, "pause", "clear", "--all")).code == 0
     assert await db.fetchval("SELECT count(*) FROM relay_pause") == 0
+
+
+# The audit log ---------------------------------------------------------------------------------
+
+
+async def test_changes_are_recorded_under_the_operators_name(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    dead = await add_dead(db)
+    await add_row(db, status="published", age=timedelta(days=90))
+    await db.execute(
+        "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+        "('*', now() + interval '1 hour', 'circuit', 'http_503', 'h:1')"
+    )
+    # As under kubectl exec: no $USER, no $LOGNAME; the process's OS user is all there is.
+    bare = {k: v for k, v in admin_env(database_url).items() if k not in ("USER", "LOGNAME")}
+    requeued = await relay(database_url, "requeue", str(dead), "--operator", "alice")
+    purged = await relay(database_url, "purge", "--older-than", "30d", "--json")
+    cleared = await relay(database_url, "pause", "clear", "--all", env=bare)
+    nameless = await relay(database_url, "requeue", "--all-dead", "--operator", " ")
+
+    assert requeued.code == 0, requeued.stderr
+    assert "recorded as audit log entry 1, operator alice" in requeued.stdout
+    assert (purged.json()["audit_id"], purged.json()["operator"]) == (2, OPERATOR)
+    assert cleared.code == 0, cleared.stderr
+    assert nameless.code == 2
+    assert "--operator: give your name" in nameless.stderr
+    [line] = [line for line in requeued.log() if line["event"] == "admin.requeued"]
+    assert (line["operator"], line["audit_id"]) == ("alice", 1)  # the log line stays
+
+    listed = await relay(database_url, "audit", "--json")
+    entries = listed.json()
+    assert [(e["id"], e["action"], e["operator"]) for e in entries] == [
+        (3, "pause_clear", pwd.getpwuid(os.getuid()).pw_name),
+        (2, "purge", OPERATOR),
+        (1, "requeue", "alice"),
+    ]
+    assert entries[2]["row_ids"] == [dead]
+    assert entries[2]["parameters"] == {"ids": [dead]}
+    assert entries[1]["rows_affected"] == 1
+    assert entries[0]["detail"] == {"lifted": ["*"], "not_paused": []}
+    assert entries[0]["at"].endswith("Z")
+    text = await relay(database_url, "audit", "--since", "1h", "--limit", "2")
+    assert text.code == 0, text.stderr
+    assert " purge  1 rows  done" in text.stdout
+    assert "requeue" not in text.stdout  # the oldest of three, past the limit
+
+
+def role_url(database_url: str, role: str) -> str:
+    parts = urlsplit(database_url)
+    return urlunsplit(
+        parts._replace(netloc=f"{role}:{ROLE_PASSWORD}@{parts.hostname}:{parts.port}")
+    )
+
+
+ROLE_PASSWORD = "an-operator-password"
+# What docs/database.md asks for the audit log, for the role operators use.
+AUDIT_GRANTS = """
+    GRANT SELECT, INSERT ON relay_admin_log TO {role};
+    GRANT UPDATE (rows_affected, outcome, detail) ON relay_admin_log TO {role};"""
+
+
+async def test_the_documented_grants_are_enough_and_none_is_spare(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """An operator role with every right on the outbox's tables and, on the audit log, only the
+    documented ones can do everything; without INSERT on the log it can change nothing."""
+    suffix = uuid.uuid4().hex[:8]
+    granted, ungranted = f"relay_ops_{suffix}", f"relay_ops_no_log_{suffix}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        for role in (granted, ungranted):
+            await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+            await admin.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+            await admin.execute(f"REVOKE ALL ON relay_admin_log FROM {role}")
+        await admin.execute(AUDIT_GRANTS.format(role=granted))
+        await admin.execute(f"GRANT SELECT ON relay_admin_log TO {ungranted}")
+
+        dead = await add_dead(db)
+        await add_row(db, status="published", age=timedelta(days=90))
+        await db.execute(
+            "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+            "('*', now() + interval '1 hour', 'circuit', 'http_503', 'h:1')"
+        )
+        refused = await relay(role_url(database_url, ungranted), "requeue", str(dead))
+        assert refused.code == 4, refused
+        assert "permission denied for table relay_admin_log" in refused.stderr
+        assert await status_counts(db) == {"dead": 1, "published": 1}  # nothing changed
+
+        url = role_url(database_url, granted)
+        for args in (
+            ("requeue", str(dead)),
+            ("purge", "--older-than", "30d", "--batch-size", "1"),
+            ("pause", "clear", "*"),
+            ("audit",),
+        ):
+            run = await relay(url, *args)
+            assert run.code == 0, (args, run)
+        assert await db.fetchval("SELECT count(*) FROM relay_admin_log") == 3
+    finally:
+        for role in (granted, ungranted):
+            await admin.execute(f"DROP OWNED BY {role}")
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()

@@ -95,6 +95,10 @@ CASES = [
     case("ready", USAGE, "name the routes to lift", "pause", "clear"),
     case("ready", ATTENTION, "no pause to lift on: dk/nowhere", "pause", "clear", "dk/nowhere"),
     *database_cases("pause", "clear", "--all"),
+    case("ready", OK, "the audit log holds no entries", "audit"),
+    case("ready", USAGE, "neither a duration", "audit", "--since", "yesterday"),
+    *database_cases("audit"),
+    case("ready", USAGE, "--operator: give your name", "requeue", "--all-dead", "--operator", ""),
     case("ready", OK, "", "enqueue", "case_created", "--payload", "{}"),
     case("ready", USAGE, "not valid JSON", "enqueue", "case_created", "--payload", "{x}"),
     case(

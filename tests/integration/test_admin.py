@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from relay.admin import (
     NoSelector,
     NoSuchRow,
     open_admin,
+    operator_name,
     parse_moment,
     resolve,
 )
 from relay.config import load_settings
-from relay.errors import RelayError
-from tests.helpers.engine import engine_settings, payload, running_daemon
+from relay.errors import RelayError, UsageError
+from tests.helpers.engine import engine_settings, payload, running_daemon, status_counts
 from tests.helpers.partner import running
 
 EVENT = "payment_status_updated"
@@ -469,3 +471,120 @@ async def test_a_requeued_row_that_stopped_relays_gets_a_fresh_count_of_stops(
         await eventually(finished)
     assert await db.fetchval("SELECT status FROM outbox WHERE id = $1", row_id) == "published"
     assert len(emulator.events) == 1
+
+
+# The audit log ---------------------------------------------------------------------------------
+
+
+async def audit_rows(db: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT id, at, operator, host, action, parameters::text AS parameters, rows_affected, "
+        "row_ids, outcome, detail::text AS detail FROM relay_admin_log ORDER BY id"
+    )
+
+
+async def test_every_change_is_recorded_with_its_operator_and_selection(
+    db: asyncpg.Connection, admin: Admin
+) -> None:
+    first = await add_dead(db, died_ago=timedelta(minutes=30))
+    second = await add_dead(db, event_type="case_created")
+    for _ in range(3):
+        await add_row(db, status="published", age=timedelta(days=80))
+    await db.execute(
+        "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+        "('dk/abcinsurance', now() + interval '1 hour', 'configuration', 'http_403', 'h:1')"
+    )
+
+    await admin.requeue(DeadSelector(all_dead=True), dry_run=True)
+    assert await audit_rows(db) == []  # a dry run changes nothing, so records nothing
+
+    requeued = await admin.requeue(DeadSelector(ids=(first, 424242), since=timedelta(hours=1)))
+    await admin.requeue(DeadSelector(event_type="case_created"))
+    purged = await admin.purge(timedelta(days=30), batch_size=2)
+    cleared = await admin.clear_pauses(["dk/abcinsurance", "dk/nowhere"], defaults=("dk", None))
+
+    entries = await audit_rows(db)
+    assert [entry["action"] for entry in entries] == ["requeue", "requeue", "purge", "pause_clear"]
+    assert {entry["operator"] for entry in entries} == {admin.operator}
+    assert {entry["host"] for entry in entries} == {admin.host}
+    assert requeued.audit_id is not None
+    assert [entry["id"] for entry in entries] == [
+        requeued.audit_id,
+        requeued.audit_id + 1,
+        purged.audit_id,
+        cleared.audit_id,
+    ]
+    by_ids, by_type, purge, pauses = entries
+    selection = orjson.loads(by_ids["parameters"])
+    assert selection["ids"] == [first, 424242]
+    assert selection["since"].endswith("Z")
+    assert (by_ids["rows_affected"], by_ids["row_ids"], by_ids["outcome"]) == (
+        1,
+        [first],
+        "partial",
+    )
+    assert orjson.loads(by_ids["detail"]) == {"not_dead": [424242]}
+    assert orjson.loads(by_type["parameters"]) == {"event_type": "case_created"}
+    assert (by_type["row_ids"], by_type["outcome"], by_type["detail"]) == ([second], "done", None)
+    assert orjson.loads(purge["parameters"])["batch_size"] == 2
+    assert (purge["rows_affected"], purge["row_ids"], purge["outcome"]) == (3, None, "done")
+    assert orjson.loads(purge["detail"]) == {"batches": 2}
+    assert orjson.loads(pauses["parameters"]) == {"routes": ["dk/abcinsurance", "dk/nowhere"]}
+    assert (pauses["rows_affected"], pauses["outcome"]) == (1, "partial")
+    assert orjson.loads(pauses["detail"]) == {
+        "lifted": ["dk/abcinsurance"],
+        "not_paused": ["dk/nowhere"],
+    }
+    for entry in entries:  # never a payload
+        assert "correlationId" not in entry["parameters"] + (entry["detail"] or "")
+
+    listed = await admin.audit()
+    assert [entry.id for entry in listed] == [entry["id"] for entry in reversed(entries)]
+    assert [entry.id for entry in await admin.audit(limit=1)] == [cleared.audit_id]
+    assert await admin.audit(since=timedelta(0)) == []
+    text = "\n".join(line for entry in listed for line in entry.lines())
+    assert f"{admin.operator} on {admin.host}  requeue  1 rows  partial" in text
+    assert "not dead: 424242" in text
+    assert "not paused: dk/nowhere" in text
+
+
+async def test_a_change_that_cannot_be_recorded_is_not_made(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    # The audit log refuses the entry (here: an empty operator name, which its CHECK refuses;
+    # in life, a role without INSERT on it): the change is rolled back with it.
+    dead = await add_dead(db)
+    await add_row(db, status="published", age=timedelta(days=80))
+    await db.execute(
+        "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
+        "('*', now() + interval '1 hour', 'circuit', 'http_503', 'h:1')"
+    )
+    async with open_admin(load_settings(database_url=database_url)) as handle:
+        nameless = Admin(handle.pool, handle.schema, "")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await nameless.requeue(DeadSelector(ids=(dead,)))
+        with pytest.raises(asyncpg.CheckViolationError):
+            await nameless.purge(timedelta(days=30))
+        with pytest.raises(asyncpg.CheckViolationError):
+            await nameless.clear_pauses(None, defaults=(None, None))
+    assert await status_counts(db) == {"dead": 1, "published": 1}
+    assert await db.fetchval("SELECT count(*) FROM relay_pause") == 1
+    assert await audit_rows(db) == []
+
+
+def test_the_operator_is_named_by_option_then_environment_then_the_os(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pwd
+
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("LOGNAME", "alice-login")
+    assert operator_name("bob") == "bob"
+    assert operator_name() == "alice"
+    monkeypatch.delenv("USER")
+    assert operator_name() == "alice-login"
+    monkeypatch.setenv("LOGNAME", " ")
+    assert operator_name() == pwd.getpwuid(os.getuid()).pw_name
+    for bad in ("", "   ", "x" * 201, "tab\tbed"):
+        with pytest.raises(UsageError, match="--operator"):
+            operator_name(bad)

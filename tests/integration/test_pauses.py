@@ -57,7 +57,7 @@ async def test_a_lifted_pause_is_picked_up_within_one_poll(
             await wait_for(lambda: emulator.stats()["events"] == 20, within=10)
             took = time.monotonic() - lifted_at
     assert [(p.route, p.kind) for p in listed] == [("dk/abcinsurance", "configuration")]
-    assert [p.route for p in cleared] == ["dk/abcinsurance"]
+    assert [p.route for p in cleared.lifted] == ["dk/abcinsurance"]
     assert took <= POLL + 1.0, f"{took:.2f}s to resume after the pause was lifted"
     assert await status_counts(db) == {"published": 20}
 
