@@ -38,6 +38,7 @@ from relay.admin_reports import (
     DeadRow,
     Delivery,
     PauseClearResult,
+    PurgePreview,
     PurgeResult,
     RequeueResult,
     RetryingRow,
@@ -442,6 +443,14 @@ class Admin:
         if cutoff > now:
             raise UsageError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
         return cutoff
+
+    async def purge_preview(self, older_than: Moment) -> PurgePreview:
+        """What ``purge`` would delete now, counted; nothing is changed or recorded."""
+        now = await self.now()
+        cutoff = self._cutoff(older_than, now)
+        row = await self.pool.fetchrow(self.queries.purge_preview, cutoff)
+        assert row is not None
+        return PurgePreview(cutoff=cutoff, **dict(row))
 
     async def audit(self, *, since: Moment | None = None, limit: int = 50) -> list[AuditEntry]:
         """The audit log, newest first."""

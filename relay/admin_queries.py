@@ -291,3 +291,17 @@ class AdminQueries:
             WHERE $1::timestamptz IS NULL OR at >= $1::timestamptz
             ORDER BY id DESC
             LIMIT $2"""
+
+    # relay purge --------------------------------------------------------------------------
+
+    @property
+    def purge_preview(self) -> str:
+        """What a purge with cut-off $1 would delete (for --dry-run): the published rows
+        published before it, the oldest and newest of them, and their delivery-log entries."""
+        return f"""
+            SELECT count(*) AS rows, min(o.published_at) AS oldest,
+                   max(o.published_at) AS newest,
+                   coalesce(sum((SELECT count(*) FROM "{self.schema}".outbox_delivery d
+                                 WHERE d.outbox_id = o.id)), 0)::bigint AS deliveries
+            FROM "{self.schema}".outbox o
+            WHERE o.status = 'published' AND o.published_at < $1::timestamptz"""

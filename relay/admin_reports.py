@@ -410,7 +410,7 @@ class PurgeResult:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values."""
-        return fields_of(self)
+        return {**fields_of(self), "dry_run": False}
 
     def lines(self) -> list[str]:
         """One summary line, and where it was recorded."""
@@ -419,6 +419,31 @@ class PurgeResult:
             f"in {self.batches} batches, {self.seconds:.1f}s",
             *recorded_line(self.audit_id, self.operator),
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class PurgePreview:
+    """What a purge would delete now (``relay purge --dry-run``)."""
+
+    cutoff: datetime
+    rows: int
+    deliveries: int  # their delivery-log entries, which go with them
+    oldest: datetime | None  # published_at of the oldest and newest of them
+    newest: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {**fields_of(self), "dry_run": True}
+
+    def lines(self) -> list[str]:
+        """One summary line."""
+        line = (
+            f"relay: would purge {self.rows} published rows (published before "
+            f"{iso(self.cutoff)}) and their {self.deliveries} delivery-log entries"
+        )
+        if self.oldest is not None and self.newest is not None:
+            line += f"; published {iso(self.oldest)} to {iso(self.newest)}"
+        return [line]
 
 
 # relay audit ---------------------------------------------------------------------------------

@@ -636,14 +636,21 @@ def pause_clear(
     show_default=True,
     help="Rows per transaction.",
 )
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
 @OPERATOR_OPTION
 @JSON_OPTION
 @error_boundary
-def purge(older_than: Moment, batch_size: int, operator: str | None, as_json: bool) -> None:
+def purge(
+    older_than: Moment, batch_size: int, dry_run: bool, operator: str | None, as_json: bool
+) -> None:
     """Delete published rows (and their delivery log) published before --older-than, in
     small batches. Dead rows are never purged. Recorded in the audit log (relay audit).
     RELAY_RETENTION makes the relay do this hourly.
     """
+    if dry_run:
+        preview = _with_admin(lambda admin: admin.purge_preview(older_than), operator)
+        _emit(preview.to_json(), preview.lines(), as_json)
+        return
     result = _with_admin(lambda admin: admin.purge(older_than, batch_size=batch_size), operator)
     _emit(result.to_json(), result.lines(), as_json)
 

@@ -224,6 +224,39 @@ async def test_purge_command(db: asyncpg.Connection, database_url: str) -> None:
     assert [row["id"] for row in left] == [young, dead]
 
 
+async def test_purge_dry_run_counts_and_changes_nothing(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    for days in (45, 40):
+        await add_row(
+            db,
+            status="published",
+            age=timedelta(days=days * 2),  # published `days` ago
+            deliveries=[
+                Attempt("http_503", 503, timedelta(days=days, hours=1)),
+                Attempt("created", 201, timedelta(days=days), "seeded"),
+            ],
+        )
+    await add_row(db, status="published", age=timedelta(days=2))
+    await add_dead(db, died_ago=timedelta(days=90))
+    before = await db.fetch("SELECT * FROM outbox ORDER BY id")
+
+    counted, text = await asyncio.gather(
+        relay(database_url, "purge", "--older-than", "30d", "--dry-run", "--json"),
+        relay(database_url, "purge", "--older-than", "30d", "--dry-run"),
+    )
+    preview = counted.json()
+    assert (preview["rows"], preview["deliveries"], preview["dry_run"]) == (2, 4, True)
+    assert preview["oldest"] < preview["newest"] < preview["cutoff"]
+    assert text.code == 0, text.stderr
+    assert text.stdout.startswith("relay: would purge 2 published rows (published before ")
+    assert "and their 4 delivery-log entries" in text.stdout
+    assert await db.fetch("SELECT * FROM outbox ORDER BY id") == before
+    assert await db.fetchval("SELECT count(*) FROM outbox_delivery") == 5
+    assert await db.fetchval("SELECT count(*) FROM relay_admin_log") == 0
+    assert not [line for line in counted.log() if line["event"] == "admin.purged"]
+
+
 async def test_commands_on_a_database_without_the_schema(empty_database_url: str) -> None:
     run = await relay(empty_database_url, "status")
     assert run.code == 5

@@ -88,6 +88,7 @@ CASES = [
     case("ready", ATTENTION, f"not dead (left alone): {PUBLISHED}", "requeue", str(PUBLISHED)),
     *database_cases("requeue", "--all-dead"),
     case("ready", OK, "relay: purged 1 published rows", "purge", "--older-than", "1d"),
+    case("ready", OK, "would purge 1 published rows", "purge", "--older-than", "1d", "--dry-run"),
     case("ready", USAGE, "is in the future", "purge", "--older-than", "2999-01-01T00:00:00Z"),
     case("ready", USAGE, "neither a duration", "purge", "--older-than", "last tuesday"),
     *database_cases("purge", "--older-than", "30d"),
