@@ -16,6 +16,7 @@ duration counted back from now (``30d``, ``2h``) or an ISO 8601 timestamp.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -40,6 +41,8 @@ from relay.admin_reports import (
     PauseClearResult,
     PurgePreview,
     PurgeResult,
+    ReplayResult,
+    ReplayRow,
     RequeueResult,
     RetryingRow,
     RowDetail,
@@ -124,34 +127,27 @@ def operator_name(given: str | None = None) -> str:
         return f"uid:{os.getuid()}"
 
 
-# Which dead rows to requeue ------------------------------------------------------------------
+# Which rows to requeue or replay ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class DeadSelector:
-    """Which dead rows to requeue. The filters combine (AND); ``all_dead`` stands alone."""
+class RowSelector:
+    """Rows an operator names: by id, event type and a time window. The filters combine (AND);
+    what the window measures (when a row died, when it was published) is the command's."""
 
     ids: tuple[int, ...] = ()
     event_type: str | None = None
     since: Moment | None = None
     until: Moment | None = None
-    all_dead: bool = False
 
-    def check(self) -> None:
-        """Refuse an empty selection, and ``all_dead`` mixed with filters."""
-        filters = bool(self.ids) or any(
+    def filters(self) -> bool:
+        """Whether any filter is given."""
+        return bool(self.ids) or any(
             value is not None for value in (self.event_type, self.since, self.until)
         )
-        if self.all_dead and filters:
-            raise NoSelector("--all-dead takes every dead row; give it no ids or filters")
-        if not self.all_dead and not filters:
-            raise NoSelector(
-                "name the dead rows to requeue: ids, --event-type, --since/--until, "
-                "or --all-dead for every one"
-            )
 
     def parameters(self, now: datetime) -> tuple[object, ...]:
-        """$1..$4 of the requeue statements."""
+        """$1..$4 of the selecting statements."""
         return (
             list(self.ids) or None,
             self.event_type,
@@ -159,14 +155,57 @@ class DeadSelector:
             None if self.until is None else resolve(self.until, now),
         )
 
-    def describe(self, now: datetime) -> dict[str, Any]:
-        """The selection as given, its times resolved, for the audit line and --json."""
+    def described(self, now: datetime) -> dict[str, Any]:
+        """The selection as given, its times resolved, for the audit log and --json."""
         ids, event_type, since, until = self.parameters(now)
         described = {"ids": ids, "event_type": event_type, "since": since, "until": until}
-        document = {key: jsonable(value) for key, value in described.items() if value}
+        return {key: jsonable(value) for key, value in described.items() if value}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadSelector(RowSelector):
+    """Which dead rows to requeue; ``since``/``until`` is when they died. ``all_dead`` stands
+    alone."""
+
+    all_dead: bool = False
+
+    def check(self) -> None:
+        """Refuse an empty selection, and ``all_dead`` mixed with filters."""
+        if self.all_dead and self.filters():
+            raise NoSelector("--all-dead takes every dead row; give it no ids or filters")
+        if not self.all_dead and not self.filters():
+            raise NoSelector(
+                "name the dead rows to requeue: ids, --event-type, --since/--until, "
+                "or --all-dead for every one"
+            )
+
+    def describe(self, now: datetime) -> dict[str, Any]:
+        """The selection as given, its times resolved, for the audit log and --json."""
+        document = self.described(now)
         if self.all_dead:
             document["all_dead"] = True
         return document
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySelector(RowSelector):
+    """Which published rows to send again; ``since``/``until`` is when they were published.
+    There is no "every published row": at least one filter is needed."""
+
+    def check(self) -> None:
+        """Refuse an empty selection."""
+        if not self.filters():
+            raise NoSelector(
+                "name the published rows to replay: ids, --event-type, --since/--until"
+            )
+
+    def describe(self, now: datetime) -> dict[str, Any]:
+        """The selection as given, its times resolved, for the audit log and --json."""
+        return self.described(now)
+
+
+def _id(row: ReplayRow) -> int:
+    return row.id
 
 
 # The operator's handle on one outbox schema -----------------------------------------------------
@@ -175,11 +214,15 @@ class DeadSelector:
 class Admin:
     """The operator functions over one outbox schema. Owns no connection."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str, operator: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, schema: str, operator: str, *, dead_blocks_key: bool = True
+    ) -> None:
         self.pool = pool
         self.schema = schema
         self.operator = operator
         self.host = socket.gethostname()
+        # RELAY_DEAD_BLOCKS_KEY as the relays have it: whether a dead row holds back its key.
+        self.dead_blocks_key = dead_blocks_key
         self.queries = AdminQueries(schema)
 
     async def _record(
@@ -323,6 +366,82 @@ class Admin:
                 audit_id=entry,
             )
         return result
+
+    async def replay(
+        self,
+        selector: ReplaySelector,
+        *,
+        dry_run: bool = False,
+        confirmed: ReplayResult | None = None,
+    ) -> ReplayResult:
+        """Send published rows again: pending now, attempts 0, ids kept. A keyed row with a
+        newer row of its key not yet published is held back (see
+        ``AdminQueries.replay_candidates``). Wakes the relays, records it in the audit log and
+        writes the ``admin.replayed`` line.
+
+        ``confirmed`` is the dry run the operator confirmed: only its rows are replayed (none
+        published since then), and the rows it held back are reported again.
+        """
+        selector.check()
+        entry = None
+        async with self.pool.acquire() as connection, connection.transaction():
+            now = await connection.fetchval(self.queries.now)
+            candidates = [
+                ReplayRow(**dict(row))
+                for row in await connection.fetch(
+                    self.queries.replay_candidates,
+                    *selector.parameters(now),
+                    self.dead_blocks_key,
+                    None if confirmed is None else confirmed.ids,
+                )
+            ]
+            held = [row for row in candidates if row.held]
+            if confirmed is not None:
+                seen = {row.id for row in held}
+                held = sorted([*held, *(r for r in confirmed.held if r.id not in seen)], key=_id)
+            chosen = [row for row in candidates if not row.held]
+            if not dry_run and chosen:
+                replayed = await connection.fetch(self.queries.replay, [row.id for row in chosen])
+                done = {row["id"] for row in replayed}
+                chosen = [row for row in chosen if row.id in done]
+            result = ReplayResult(
+                rows=chosen,
+                held=held,
+                not_published=sorted(set(selector.ids) - {row.id for row in chosen + held}),
+                selector=selector.describe(now),
+                dry_run=dry_run,
+                operator=self.operator,
+            )
+            if not dry_run:
+                entry = await self._record_replay(connection, result)
+                await connection.execute(self.queries.notify, self.schema)
+        if dry_run:
+            return result
+        log.info(
+            "admin.replayed",
+            count=len(result.ids),
+            ids=result.ids[:MAX_LOGGED_IDS],
+            held_back=[row.id for row in result.held][:MAX_LOGGED_IDS],
+            selector=result.selector,
+            operator=self.operator,
+            schema=self.schema,
+            audit_id=entry,
+        )
+        return dataclasses.replace(result, audit_id=entry)
+
+    async def _record_replay(
+        self, connection: asyncpg.pool.PoolConnectionProxy, result: ReplayResult
+    ) -> int:
+        left = {"held_back": [row.id for row in result.held], "not_published": result.not_published}
+        return await self._record(
+            connection,
+            "replay",
+            result.selector,
+            rows=len(result.ids),
+            ids=result.ids,
+            outcome="partial" if result.needs_attention else "done",
+            detail={key: value[:MAX_LOGGED_IDS] for key, value in left.items() if value} or None,
+        )
 
     async def pauses(self) -> list[ActivePause]:
         """Every pause row: in force, or run out and waiting for a probe."""
@@ -471,7 +590,7 @@ async def open_admin(settings: Settings, operator: str | None = None) -> AsyncIt
         raise database.describe_connection_error(url, error) from None
     try:
         await database.check_schema(pool, settings.schema_name)
-        yield Admin(pool, settings.schema_name, name)
+        yield Admin(pool, settings.schema_name, name, dead_blocks_key=settings.dead_blocks_key)
     except asyncpg.PostgresError as error:
         if isinstance(error, database.CONNECTION_ERRORS):
             raise database.describe_connection_error(url, error) from None

@@ -255,6 +255,52 @@ class AdminQueries:
         """Wake every listening relay of schema $1, as an insert does (sent at COMMIT)."""
         return f"SELECT pg_notify('{NOTIFY_CHANNEL}', $1)"
 
+    # relay replay -------------------------------------------------------------------------
+
+    @property
+    def replay_candidates(self) -> str:
+        """Published rows chosen by an operator: $1 ids, $2 event type, $3 published at or
+        after, $4 published before (a NULL does not filter), $6 only these ids (the ones a
+        confirmation covered; NULL: no limit). Oldest id first.
+
+        ``held`` marks a keyed row with a newer row of its key not yet published (pending,
+        in flight, blocked, or dead when $5, i.e. dead rows block their key). A replayed row
+        keeps its id, and the relay sends a key's rows in id order, one at a time, so it would
+        go before those newer rows: an old event overtaking newer ones that were waiting.
+        Such rows are left alone. The key index answers the check with one probe per row.
+        """
+        s = self.schema
+        return f"""
+            SELECT o.id, o.event_type, o.ordering_key, o.published_at,
+                   (o.ordering_key IS NOT NULL AND EXISTS (
+                       SELECT 1 FROM "{s}".outbox n
+                       WHERE n.ordering_key = o.ordering_key AND n.id > o.id
+                         AND (n.status IN ('pending', 'in_flight', 'blocked')
+                              OR (n.status = 'dead' AND $5::boolean)))) AS held
+            FROM "{s}".outbox o
+            WHERE o.status = 'published'
+              AND ($1::bigint[] IS NULL OR o.id = ANY($1::bigint[]))
+              AND ($2::text IS NULL OR o.event_type = $2::text)
+              AND ($3::timestamptz IS NULL OR o.published_at >= $3::timestamptz)
+              AND ($4::timestamptz IS NULL OR o.published_at < $4::timestamptz)
+              AND ($6::bigint[] IS NULL OR o.id = ANY($6::bigint[]))
+            ORDER BY o.id"""
+
+    @property
+    def replay(self) -> str:
+        """Make published rows $1 pending again, to be sent again: available now, attempts and
+        stops 0, ids kept (and with them their place in their key). ``published_at`` is
+        cleared, the row not being published any more; ``event_api_id`` keeps the earlier
+        publish's ``_id`` until the next publish overwrites it, and the delivery log keeps
+        every earlier attempt. ``status = 'published'`` is checked again on the locked row,
+        so a row purged or replayed meanwhile is left alone. Returns the ids replayed."""
+        return f"""
+            UPDATE "{self.schema}".outbox
+            SET status = 'pending', attempts = 0, stops = 0, available_at = now(),
+                published_at = NULL, claimed_by = NULL, lease_until = NULL, blocked_by = NULL
+            WHERE id = ANY($1::bigint[]) AND status = 'published'
+            RETURNING id"""
+
     # The audit log (migration 0003) -------------------------------------------------------
 
     @property

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 # Formatting ----------------------------------------------------------------------------------
 
@@ -363,6 +363,80 @@ class RequeueResult:
         lines = [f"relay: {verb} {len(self.ids)} dead rows" + (f": {shown}" if shown else "")]
         if self.not_dead:
             lines.append(f"relay: not dead (left alone): {id_list(self.not_dead)}")
+        return lines + recorded_line(self.audit_id, self.operator)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRow:
+    """A published row chosen for a replay."""
+
+    id: int
+    event_type: str
+    ordering_key: str | None
+    published_at: datetime | None  # when it was published (before the replay)
+    held: bool  # a newer row of its key is not published yet: left alone
+
+    def line(self) -> str:
+        return f"  {self.id:>10}  published {iso(self.published_at)}  {self.event_type}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay did (or, with ``dry_run``, would do)."""
+
+    rows: list[ReplayRow]  # replayed, or that would be
+    held: list[ReplayRow]  # left alone: newer rows of their key are not published yet
+    not_published: list[int]  # ids asked for by number that are missing or not published
+    selector: dict[str, Any]
+    dry_run: bool
+    audit_id: int | None = None  # its audit-log entry; None for a dry run
+    operator: str = ""
+    SHOWN: ClassVar[int] = 100  # rows a dry run lists one per line
+
+    @property
+    def ids(self) -> list[int]:
+        return [row.id for row in self.rows]
+
+    @property
+    def needs_attention(self) -> bool:
+        """Rows were held back, or ids named were left alone."""
+        return bool(self.held or self.not_published)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "replayed": 0 if self.dry_run else len(self.rows),
+            "would_replay": len(self.rows) if self.dry_run else 0,
+            "ids": self.ids,
+            "rows": [fields_of(row, ["id", "event_type", "published_at"]) for row in self.rows],
+            "held_back": [fields_of(row, ["id", "ordering_key"]) for row in self.held],
+            "not_published": self.not_published,
+            "selector": self.selector,
+            "dry_run": self.dry_run,
+            "audit_id": self.audit_id,
+            "operator": self.operator,
+        }
+
+    def lines(self) -> list[str]:
+        """A summary line (a dry run lists the rows), what was left alone and why, and where
+        it was recorded."""
+        verb = "would replay" if self.dry_run else "replayed"
+        lines = [f"relay: {verb} {len(self.rows)} published rows"]
+        if self.dry_run:
+            lines += [row.line() for row in self.rows[: self.SHOWN]]
+            if len(self.rows) > self.SHOWN:
+                lines.append(f"  ... ({len(self.rows) - self.SHOWN} more; --json lists them all)")
+        elif self.rows:
+            lines[0] += f": {id_list(self.ids)}"
+        if self.held:
+            held = id_list([row.id for row in self.held])
+            lines += [
+                f"relay: held back {len(self.held)} rows, whose ordering key has newer rows not "
+                f"published yet (a replayed row would go before them): {held}",
+                "relay: replay those once the newer rows are published (relay replay ID...)",
+            ]
+        if self.not_published:
+            lines.append(f"relay: not published (left alone): {id_list(self.not_published)}")
         return lines + recorded_line(self.audit_id, self.operator)
 
 

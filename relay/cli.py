@@ -435,6 +435,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from relay.admin import Admin, Moment
+    from relay.admin_reports import ReplayResult
 
 T = TypeVar("T")
 
@@ -577,6 +578,85 @@ def requeue(
     result = _with_admin(lambda admin: admin.requeue(selector, dry_run=dry_run), operator)
     _emit(result.to_json(), result.lines(), as_json)
     _attention(result.needs_attention)
+
+
+# A replay of more rows than this needs --yes, or a confirmation at a terminal.
+REPLAY_CONFIRM_ABOVE = 100
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--event-type", default=None, help="Published rows of this event type.")
+@click.option("--since", type=MOMENT, default=None, help="Rows published since then.")
+@click.option("--until", type=MOMENT, default=None, help="Rows published before then.")
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help=f"Replay more than {REPLAY_CONFIRM_ABOVE} rows without asking.",
+)
+@OPERATOR_OPTION
+@JSON_OPTION
+@error_boundary
+def replay(
+    ids: tuple[int, ...],
+    event_type: str | None,
+    since: Moment | None,
+    until: Moment | None,
+    dry_run: bool,
+    yes: bool,
+    operator: str | None,
+    as_json: bool,
+) -> None:
+    """Send published events again, for consumers that lost them (after Scalepoint restored
+    their side, say).
+
+    Choose rows by ID, --event-type and --since/--until (when they were published), combined:
+    all must match. A replayed row is pending again: available now, attempts 0, its id (and so
+    its place in its ordering key) kept, its earlier attempts kept in the delivery log; running
+    relays are woken at once. The event keeps its correlationId, so consumers that deduplicate
+    on it will drop it.
+
+    A keyed row whose key has newer rows not yet published is held back: it would go before
+    them. Replay it once they are published. More than 100 rows need --yes, or a confirmation
+    at a terminal. Recorded in the audit log (relay audit). Exit code 3 when rows were held
+    back or ids named were not published.
+    """
+    from relay.admin import ReplaySelector
+
+    selector = ReplaySelector(ids, event_type, since, until)
+    selector.check()  # before connecting: a bad selection needs no database
+
+    async def work(admin: Admin) -> ReplayResult:
+        preview = await admin.replay(selector, dry_run=True)
+        if dry_run:
+            return preview
+        if len(preview.rows) > REPLAY_CONFIRM_ABOVE and not yes:
+            _confirm_replay(len(preview.rows))
+        return await admin.replay(selector, confirmed=preview)
+
+    result = _with_admin(work, operator)
+    _emit(result.to_json(), result.lines(), as_json)
+    _attention(result.needs_attention)
+
+
+def _confirm_replay(rows: int) -> None:
+    """Ask at a terminal; refuse anywhere else (a script, kubectl exec without -t)."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"this would replay {rows} published rows, more than {REPLAY_CONFIRM_ABOVE}: "
+            "look at them with --dry-run, then run again with --yes"
+        )
+    question = (
+        f"relay: replay {rows} published rows? Consumers that deduplicate on correlationId "
+        "will drop them"
+    )
+    try:
+        confirmed = click.confirm(question, default=False, err=True)
+    except click.exceptions.Abort:  # Ctrl-C or end of input at the prompt
+        confirmed = False
+    if not confirmed:
+        raise UsageError("not confirmed: nothing was replayed")
 
 
 @main.group()
