@@ -16,6 +16,7 @@ import click
 from relay import DISTRIBUTION, database
 from relay.config import Settings, load_settings
 from relay.errors import (
+    EXIT_CODE_MEANINGS,
     ConfigurationError,
     ExitCode,
     InvalidEvent,
@@ -87,8 +88,14 @@ def configure_logging(settings: Settings, floor: str | None = None) -> None:
             logs.configure(quieter, settings.log_format)
 
 
+def _exit_codes_epilog() -> str:
+    rows = [f"  {int(code):<4} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()]
+    return "\b\nExit codes, the same for every command (docs/cli.md):\n" + "\n".join(rows)
+
+
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_exit_codes_epilog(),
 )
 @click.version_option(package_name=DISTRIBUTION, prog_name="relay", message="%(prog)s %(version)s")
 def main() -> None:
@@ -522,7 +529,9 @@ def dead() -> None:
 @dead.command("list")
 @click.option("--event-type", default=None, help="Only this event type.")
 @click.option("--since", type=MOMENT, default=None, help="Only rows that died since then.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many."
+)
 @JSON_OPTION
 @error_boundary
 def dead_list(event_type: str | None, since: Moment | None, limit: int, as_json: bool) -> None:
@@ -737,7 +746,9 @@ def purge(
 
 @main.command()
 @click.option("--since", type=MOMENT, default=None, help="Only entries written since then.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many."
+)
 @JSON_OPTION
 @error_boundary
 def audit(since: Moment | None, limit: int, as_json: bool) -> None:
@@ -795,3 +806,41 @@ def demo(events: int, keep_server: bool, stop_only: bool) -> None:
         code = 130
     if code:
         sys.exit(code)
+
+
+# The one-line summaries `relay --help` lists ---------------------------------------------------
+
+# click would cut each command's first sentence to the terminal's width and end it with "...";
+# these fit 80 columns whole. Kept together so they read as one list; tests/e2e/test_help.py
+# holds every command to one.
+SUMMARIES = {
+    ("audit",): "Show the audit log: who changed what, and when",
+    ("check",): "Check the partner settings by fetching a token",
+    ("dead",): "List dead rows, or show one in full",
+    ("dead", "list"): "List dead rows, oldest first, without payloads",
+    ("dead", "show"): "Show one row in full, with its payload and attempts",
+    ("demo",): "Run everything end to end on this machine",
+    ("emulator",): "Run a local stand-in for Scalepoint's EventApi",
+    ("enqueue",): "Write one event into the outbox and print its id",
+    ("migrate",): "Create or upgrade the outbox schema",
+    ("pause",): "List the pauses that hold the relays, or lift them",
+    ("pause", "clear"): "Lift pauses now",
+    ("pause", "list"): "List every pause: route, kind, time left, why",
+    ("purge",): "Delete published rows older than a cut-off",
+    ("replay",): "Send published events again",
+    ("requeue",): "Send dead rows again",
+    ("run",): "Run the relay until SIGTERM (or, with --drain, done)",
+    ("status",): "Show the outbox: counts, ages, retries, dead rows",
+}
+
+
+def _summarise() -> None:
+    for path, summary in SUMMARIES.items():
+        command: click.Command = main
+        for word in path:
+            assert isinstance(command, click.Group)
+            command = command.commands[word]
+        command.short_help = summary
+
+
+_summarise()

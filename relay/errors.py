@@ -36,6 +36,19 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+# One line each, for the epilog of `relay --help` and the table in docs/cli.md.
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILURE: "unexpected failure: a bug or a surprise, with its traceback",
+    ExitCode.USAGE: "bad usage or configuration; nothing was changed",
+    ExitCode.ATTENTION: "finished, but something needs attention",
+    ExitCode.DATABASE: "the database cannot be reached, or refused us",
+    ExitCode.SCHEMA: "the outbox schema is missing or at another revision",
+    ExitCode.PARTNER: "the partner cannot be reached, or fails",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C) before it finished",
+}
+
+
 class RelayError(Exception):
     """Base of every error the relay raises on purpose."""
 
