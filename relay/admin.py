@@ -594,7 +594,11 @@ async def open_admin(settings: Settings, operator: str | None = None) -> AsyncIt
     except asyncpg.PostgresError as error:
         if isinstance(error, database.CONNECTION_ERRORS):
             raise database.describe_connection_error(url, error) from None
-        # A right missing, a statement refused: one line, its SQLSTATE, never a value.
+        # A right missing (named, with the grants that hold it), a statement refused: one
+        # line, its SQLSTATE, never a value.
+        refused = database.refused_right(error)
+        if refused is not None:
+            raise refused from None
         raise DatabaseRefused(
             f"the database refused: {database.describe_database_error(error)}"
         ) from None

@@ -134,8 +134,8 @@ def migrate(sql: bool, start: str | None, check: bool) -> None:
     older relay's revision found in alembic_version is moved over. The roles and their grants:
     docs/database.md.
 
-    Exit codes: 0 done (with --check: current); 2 a setting, the database, or a right the
-    role lacks; 3 with --check: the schema is older than this relay.
+    Exit codes: 0 done (with --check: current); 2 a setting; 3 with --check: the schema is
+    older than this relay; 4 the database, or a right the role lacks.
     """
     if check and sql:
         raise click.UsageError("--check reads the database and --sql needs none: pick one")

@@ -55,7 +55,7 @@ DATABASE, SCHEMA, PARTNER = ExitCode.DATABASE, ExitCode.SCHEMA, ExitCode.PARTNER
 UNREACHABLE = "RELAY_DATABASE_URL: cannot use the database at 127.0.0.1:"
 MALFORMED = "RELAY_DATABASE_URL: must be a postgresql:// URL"
 UNMIGRATED = "run 'relay migrate'"
-REFUSED = "permission denied"
+REFUSED = "lacks SELECT on table public.relay_alembic_version"
 
 
 def database_cases(*args: str) -> list[Case]:

@@ -327,7 +327,7 @@ async def test_migrate_without_create_on_the_database(insurer: Insurer) -> None:
 
     missing = await relay(env, "migrate")
     missing.one_line(
-        2,
+        4,
         f"relay: schema \"relay\" does not exist and the role '{migrator}' may not create it "
         f'(no CREATE on database "{insurer.database}"): have it created for the role '
         f"(CREATE SCHEMA relay AUTHORIZATION {migrator}), see docs/database.md",
@@ -343,7 +343,7 @@ async def test_migrate_in_a_schema_the_role_may_not_change(insurer: Insurer) -> 
     insurer.run(f'CREATE SCHEMA relay; GRANT USAGE ON SCHEMA relay TO "{role}"')
     run = await relay(insurer.env("relay_runtime"), "migrate")
     run.one_line(
-        2,
+        4,
         "relay: permission denied for schema relay (SQLSTATE 42501): "
         f"the role '{role}' needs the migration grants in docs/database.md",
     )
@@ -377,10 +377,10 @@ async def test_status_and_run_without_rights_on_outbox(migrated: Insurer) -> Non
         relay(env, "run"),
         relay(env, "enqueue", "case_created", "--payload", "{}"),
     )
-    assert status.one_line(2) == expected
-    assert run.one_line(2) == expected
+    assert status.one_line(4) == expected
+    assert run.one_line(4) == expected
     enqueued.one_line(
-        2,
+        4,
         "relay: permission denied for table outbox (SQLSTATE 42501): "
         f"the role '{role}' needs the grants in docs/database.md",
     )
@@ -390,13 +390,13 @@ async def test_a_role_without_the_schema_is_told_which_right(migrated: Insurer) 
     role = migrated.role("relay_runtime")
     run = await relay(migrated.env("relay_runtime"), "status")
     run.one_line(
-        2,
+        4,
         f"relay: the role '{role}' lacks USAGE on schema relay: "
         "it needs the runtime grants in docs/database.md",
     )
     migrated.run(f'GRANT USAGE ON SCHEMA relay TO "{role}"')
     checked = await relay(migrated.env("relay_runtime"), "migrate", "--check")
-    checked.one_line(2, "lacks SELECT on table relay.relay_alembic_version")
+    checked.one_line(4, "lacks SELECT on table relay.relay_alembic_version")
 
 
 @pytest.mark.parametrize(
@@ -455,7 +455,7 @@ def test_a_right_refused_after_the_start_is_one_line_too(
 
     with pytest.raises(SystemExit) as exited:
         command()
-    assert exited.value.code == 2
+    assert exited.value.code == 4  # the database refused us
     assert capsys.readouterr().err == (
         "relay: permission denied for table outbox (SQLSTATE 42501): "
         "the role needs the grants in docs/database.md\n"
