@@ -121,6 +121,8 @@ CASES = [
     *database_cases("enqueue", "case_created", "--payload", "{}"),
     # The schema.
     case("bare", OK, 'relay: schema "public" is at revision', "migrate"),
+    case("ready", OK, 'relay: schema "public" is at revision', "migrate", "--check"),
+    case("bare", ATTENTION, "this relay needs", "migrate", "--check"),
     case("malformed", USAGE, MALFORMED, "migrate"),
     case("unreachable", DATABASE, UNREACHABLE, "migrate"),
     # The daemon.
