@@ -81,6 +81,19 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _help_markdown(text: str) -> str:
+    """A command's help as Markdown: its paragraphs as they are, and a paragraph click keeps
+    unwrapped (marked by a \\b line) as a block of text."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    shown = [
+        "```text\n" + paragraph.removeprefix("\b\n") + "\n```"
+        if paragraph.startswith("\b\n")
+        else paragraph
+        for paragraph in paragraphs
+    ]
+    return "\n\n".join(shown)
+
+
 def exit_code_table() -> list[str]:
     lines = ["| code | meaning | for example |", "| --- | --- | --- |"]
     for code, meaning in EXIT_CODE_MEANINGS.items():
@@ -115,7 +128,7 @@ def command_section(path: tuple[str, ...], command: click.Command) -> list[str]:
     context = _context(path)
     usage = " ".join(command.collect_usage_pieces(context))
     lines = [f"## `relay {' '.join(path)}`", "", f"`relay {' '.join(path)} {usage}`", ""]
-    lines += [inspect.cleandoc(command.help or command.short_help or ""), ""]
+    lines += [_help_markdown(command.help or command.short_help or ""), ""]
     if isinstance(command, click.Group):
         lines += ["| command | what it does |", "| --- | --- |"]
         for name, sub in sorted(command.commands.items()):
