@@ -306,7 +306,7 @@ def check(routes: list[tuple[str, str]]) -> None:
     if not report.passed:
         for failed in report.failures:
             click.echo(f"relay: route {failed.route}: {failed.finding}", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.ATTENTION)  # the check ran; what it found needs fixing
     click.echo("relay: check passed")
 
 

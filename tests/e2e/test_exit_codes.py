@@ -133,6 +133,7 @@ CASES = [
     # The partner.
     case("emulator", OK, "relay: check passed", "check"),
     case("emulator wrong secret", USAGE, "invalid_client", "check"),
+    case("emulator wrong api", ATTENTION, "route dk/abcinsurance: FAILED: no such route", "check"),
     case("partner", PARTNER, "cannot reach the token endpoint", "check"),
     case("no client", USAGE, "RELAY_CLIENT_ID: is not set", "check"),
     case("emulator", USAGE, "cannot listen on 127.0.0.1:", "emulator", "--port", "{emulator port}"),
@@ -291,6 +292,10 @@ class Places:
             },
             "emulator": lambda: emulated,
             "emulator wrong secret": lambda: {**emulated, "RELAY_CLIENT_SECRET": "not-it"},
+            "emulator wrong api": lambda: {
+                **emulated,
+                "RELAY_API_BASE_URL": self.emulator.base_url + "/eventapi",
+            },
             "no client": lambda: {
                 **partner(nowhere, nowhere + "/connect/token"),
                 "RELAY_CLIENT_ID": "",

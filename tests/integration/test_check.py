@@ -219,7 +219,7 @@ async def test_check_fails_for_a_wrong_api_base_url() -> None:
             RELAY_API_BASE_URL=emulator.base_url + "/eventapi",
         )
         code, out, err = await relay_check(env)
-    assert code == 1
+    assert code == 3
     assert "route dk/abcinsurance: FAILED: no such route (HTTP 404: " in out
     assert err.splitlines() == [
         "relay: route dk/abcinsurance: "
@@ -271,7 +271,7 @@ async def test_check_names_the_fix_for_each_refusal(
     async with running(config) as emulator:
         env = environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET, **variables)
         code, out, err = await relay_check(env)
-    assert code == 1, err
+    assert code == 3, err
     assert f"route dk/abcinsurance: FAILED: {expected}" in out
     assert err.startswith(f"relay: route dk/abcinsurance: {expected}")
     assert err.count("\n") == 1
@@ -287,7 +287,7 @@ async def test_check_proves_every_route_given_and_names_the_failing_one() -> Non
             k: v for k, v in env.items() if k not in ("RELAY_COUNTRY", "RELAY_TENANT")
         }
         alone, alone_out, alone_err = await relay_check(without_default, "--route", "se/budget")
-    assert code == 1
+    assert code == 3
     assert "route dk/abcinsurance: ok: " in out
     assert "route se/budget: ok: " in out
     assert err.splitlines() == [
@@ -315,7 +315,7 @@ async def test_an_api_host_that_does_not_resolve_names_the_setting() -> None:
             RELAY_API_BASE_URL="http://relay-check.invalid",
         )
         code, out, err = await relay_check(env)
-    assert code == 1
+    assert code == 3
     assert err == (
         "relay: route dk/abcinsurance: cannot resolve relay-check.invalid, the host of "
         "RELAY_API_BASE_URL: check RELAY_API_BASE_URL\n"
@@ -331,7 +331,7 @@ async def test_a_token_host_that_does_not_resolve_names_the_setting() -> None:
             RELAY_TOKEN_URL="http://relay-check.invalid/connect/token",
         )
         code, out, err = await relay_check(env)
-    assert (code, out) == (1, "")
+    assert (code, out) == (6, "")
     assert err.count("\n") == 1
     assert (
         "cannot resolve relay-check.invalid, the host of RELAY_TOKEN_URL: check RELAY_TOKEN_URL"
