@@ -1,0 +1,189 @@
+"""Consuming the inbox from Python: each event once, in the transaction of your own change.
+
+::
+
+    from relay.inbox import consume
+
+    async for event in consume(pool, event_types=["case_created"]):
+        async with event as connection:          # a transaction holding the event's row
+            await connection.execute("INSERT INTO claim_case ...", event.payload["case"]["uuid"])
+        # left without an error: the change and "processed" commit together;
+        # with an error: both roll back, the attempt is recorded, the event is retried later
+        # and ends ``failed`` after ``max_attempts``.
+
+Each event is claimed with ``FOR UPDATE SKIP LOCKED`` inside a transaction on a connection
+from ``pool``: any number of consumers, in any number of processes, share the inbox and never
+get the same event at the same time; if a consumer dies, its transaction rolls back and the
+event is taken by the next. When nothing is due, ``consume`` waits for the inbox's
+notification (or ``poll_interval``). It needs asyncpg only; applications that consume in Java
+or .NET run the same SQL (docs/inbox.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from asyncpg.transaction import Transaction
+
+from relay.inbox.queries import NOTIFY_CHANNEL, InboxQueries
+
+MAX_ERROR = 1000
+
+
+@dataclass(slots=True)
+class InboxEvent:
+    """One received event, claimed for this consumer until its ``async with`` block ends."""
+
+    id: int
+    country: str
+    tenant: str
+    event_id: str
+    event_type: str | None
+    event_timestamp: str | None
+    payload_json: str | None  # the event's attributes, as Scalepoint sent them
+    received_at: datetime
+    attempts: int  # earlier attempts that failed
+    connection: asyncpg.Connection = field(repr=False)
+    _transaction: Transaction = field(repr=False)
+    _queries: InboxQueries = field(repr=False)
+    _policy: tuple[int, float] = field(repr=False)  # max attempts, base retry delay
+    done: bool = False
+
+    @property
+    def payload(self) -> Any:
+        """The attributes as Python values; numbers with a fraction as ``Decimal``, exactly."""
+        return None if self.payload_json is None else json.loads(
+            self.payload_json, parse_float=Decimal
+        )
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        return self.connection
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if error is None:
+            await self.connection.execute(self._queries.processed, self.id)
+            await self._transaction.commit()
+            self.done = True
+            return False
+        await self._transaction.rollback()
+        if isinstance(error, Exception):
+            # The consumer's own failure: recorded, retried later, and the loop goes on.
+            await self._record_failure(error)
+            self.done = True
+            return True
+        self.done = True
+        return False  # cancellation and the like go through
+
+    async def _record_failure(self, error: Exception) -> None:
+        max_attempts, base = self._policy
+        delay = random.random() * base * 2 ** min(self.attempts, 20)
+        text = f"{type(error).__name__}: {error}".replace("\x00", "")[:MAX_ERROR]
+        await self.connection.execute(self._queries.failed, self.id, text, delay, max_attempts)
+
+
+async def consume(
+    pool: asyncpg.Pool,
+    *,
+    schema: str = "public",
+    event_types: Sequence[str] | None = None,
+    routes: Sequence[str] | None = None,
+    max_attempts: int = 5,
+    retry_delay: float = 1.0,
+    poll_interval: float = 5.0,
+) -> AsyncIterator[InboxEvent]:
+    """Yield due inbox events one at a time, each claimed in a transaction (see the module
+    docstring); runs until the caller stops iterating.
+
+    ``event_types`` / ``routes`` (``"dk/abcinsurance"``) choose events; a failed event is
+    retried after a jittered, doubling delay from ``retry_delay`` seconds and is ``failed``
+    for good after ``max_attempts``.
+    """
+    queries = InboxQueries(schema)
+    wake = asyncio.Event()
+    types = list(event_types) if event_types is not None else None
+    chosen = list(routes) if routes is not None else None
+    async with _listening(pool, wake):
+        while True:
+            wake.clear()
+            event = await _claim(pool, queries, types, chosen, (max_attempts, retry_delay))
+            if event is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll_interval)
+                continue
+            try:
+                yield event
+            finally:
+                if not event.done:
+                    # Iterated past without `async with`: nothing is marked; it is due again.
+                    await event._transaction.rollback()
+                await pool.release(event.connection)
+
+
+async def _claim(
+    pool: asyncpg.Pool,
+    queries: InboxQueries,
+    types: list[str] | None,
+    routes: list[str] | None,
+    policy: tuple[int, float],
+) -> InboxEvent | None:
+    connection = await pool.acquire()
+    transaction = connection.transaction()
+    try:
+        await transaction.start()
+        row = await connection.fetchrow(queries.claim, types, routes)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await transaction.rollback()
+        await pool.release(connection)
+        raise
+    if row is None:
+        await transaction.rollback()
+        await pool.release(connection)
+        return None
+    return InboxEvent(
+        id=row["id"],
+        country=row["country"],
+        tenant=row["tenant"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        event_timestamp=row["event_timestamp"],
+        payload_json=row["payload"],
+        received_at=row["received_at"],
+        attempts=row["attempts"],
+        connection=connection,
+        _transaction=transaction,
+        _queries=queries,
+        _policy=policy,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _listening(pool: asyncpg.Pool, wake: asyncio.Event) -> AsyncIterator[None]:
+    """Wake on the inbox's NOTIFY, on a connection of the pool held while consuming."""
+    connection = await pool.acquire()
+
+    def notified(*_: object) -> None:
+        wake.set()
+
+    try:
+        await connection.add_listener(NOTIFY_CHANNEL, notified)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.remove_listener(NOTIFY_CHANNEL, notified)
+        await pool.release(connection)
