@@ -29,10 +29,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.errors import ConfigurationError
-from relay.routes import COUNTRY_RULE, TENANT_RULE, country_problem, tenant_problem
+from relay.routes import (
+    COUNTRY_RULE,
+    TENANT_RULE,
+    country_problem,
+    route_problem,
+    tenant_problem,
+)
 
 ENV_PREFIX = "RELAY_"
 
@@ -175,6 +181,18 @@ class Settings(BaseSettings):
     retention: Duration | None = Field(default=None, description="purge published rows after")
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
+    # Receiving
+    receive_routes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="routes to receive Scalepoint's events for: dk/abc,dk/budget"
+    )
+    receive_from: str | None = Field(
+        default=None, description="a new route's first receive starts after this event id"
+    )
+    receive_timeout: Duration = Field(
+        default=timedelta(seconds=90),
+        description="a receive call (a long poll) without an answer by then is retried",
+    )
+
     # Operations
     http_host: str = Field(default="0.0.0.0")  # noqa: S104 - probes come from outside the pod
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
@@ -231,6 +249,25 @@ class Settings(BaseSettings):
         if value is not None and tenant_problem(value):
             raise ValueError(f"must be {TENANT_RULE}")
         return value
+
+    @field_validator("receive_routes", mode="before")
+    @classmethod
+    def _check_receive_routes(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError("expected routes such as dk/abcinsurance,dk/budgetinsurance")
+        routes: list[str] = []
+        for item in items:
+            route = str(item).strip()
+            if not route:
+                continue
+            country, slash, tenant = route.partition("/")
+            problem = "expected COUNTRY/TENANT" if not slash else route_problem(country, tenant)
+            if problem:
+                raise ValueError(f"{route[:40]!r}: {problem}")
+            if route not in routes:
+                routes.append(route)
+        return tuple(routes)
 
     @model_validator(mode="after")
     def _check_lease(self) -> Settings:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 import structlog
 
@@ -22,6 +23,9 @@ from relay import database, http
 from relay.config import Settings
 from relay.decide import Policy
 from relay.errors import ConfigurationError, RelayError, TokenError
+from relay.eventapi.receive import Receiver
+from relay.inbox.receiver import ReceiveConfig, RouteReceiver, receive_routes
+from relay.inbox.store import InboxStore
 from relay.keys import load_key_material
 from relay.liveness import Liveness
 from relay.metrics import Metrics
@@ -117,9 +121,15 @@ class Daemon:
             liveness = Liveness(database.asyncpg_dsn(url), asyncio.Event())
             self.worker = Worker(store, publisher, engine_config(settings), self.metrics, liveness)
             address = await self._start_http(stack)
-            background = [("liveness", liveness.run()), ("sampler", self._sample(store))]
+            inbox = InboxStore(pool, settings.schema_name) if settings.receive_routes else None
+            background = [
+                ("liveness", liveness.run()),
+                ("sampler", self._sample(store, inbox)),
+            ]
+            if settings.receive_routes:
+                background.append(("receiver", self._receive(session, api_base, url)))
             if settings.retention is not None:
-                background.append(("retention", self._purge(store, settings.retention)))
+                background.append(("retention", self._purge(store, inbox, settings.retention)))
             tasks = [asyncio.create_task(coro, name=name) for name, coro in background]
             stack.push_async_callback(_cancel_all, tasks)
             log.info(
@@ -182,24 +192,59 @@ class Daemon:
         with suppress(TokenError):  # the provider logs it and /readyz reports it
             await tokens.get()
 
-    async def _sample(self, store: Store) -> None:
-        """Queue depth and oldest age, sampled (never counted per request)."""
+    async def _receive(self, session: aiohttp.ClientSession, api_base: str, url: str) -> None:
+        """Receive every RELAY_RECEIVE_ROUTES route into the inbox (one poller per route
+        across all replicas), sharing the publisher's session and token."""
+        settings = self.settings
+        assert self.tokens is not None
+        client = Receiver(
+            session,
+            self.tokens,
+            api_base,
+            timeout=settings.receive_timeout,
+            retry_after_cap=settings.retry_after_cap,
+        )
+        config = ReceiveConfig(settings.receive_from, settings.configuration_pause)
+        receivers = [
+            RouteReceiver(
+                *route.split("/", 1),
+                dsn=database.asyncpg_dsn(url),
+                schema=settings.schema_name,
+                client=client,
+                metrics=self.metrics,
+                config=config,
+            )
+            for route in settings.receive_routes
+        ]
+        await receive_routes(receivers)
+
+    async def _sample(self, store: Store, inbox: InboxStore | None) -> None:
+        """Queue depth and oldest age (and each receive route's lag and last answer),
+        sampled from the tables: never counted per request."""
         while True:
             try:
                 depth, oldest = await store.queue_sample()
-            except database.DATABASE_ERRORS as error:
-                log.warning("sample.failed", error=database.describe_database_error(error))
-            else:
                 self.metrics.queue_depth.set(depth)
                 self.metrics.oldest_pending_age.set(oldest)
+                for route in await inbox.route_sample() if inbox is not None else []:
+                    labels = (route.country, route.tenant)
+                    if route.lag is not None:
+                        self.metrics.inbox_lag.labels(*labels).set(route.lag)
+                    self.metrics.inbox_checkpoint_age.labels(*labels).set(route.age)
+            except database.DATABASE_ERRORS as error:
+                log.warning("sample.failed", error=database.describe_database_error(error))
             await asyncio.sleep(SAMPLE_INTERVAL)
 
-    async def _purge(self, store: Store, retention: timedelta) -> None:
-        """Delete published rows older than RELAY_RETENTION, in small batches, hourly."""
+    async def _purge(self, store: Store, inbox: InboxStore | None, retention: timedelta) -> None:
+        """Delete published outbox rows and processed inbox rows older than RELAY_RETENTION,
+        in small batches, hourly."""
+        seconds = retention.total_seconds()
         while True:
             total = 0
             try:
-                while (deleted := await store.purge_published(retention.total_seconds())) > 0:
+                while (deleted := await store.purge_published(seconds)) > 0:
+                    total += deleted
+                while inbox is not None and (deleted := await inbox.purge_processed(seconds)):
                     total += deleted
             except database.DATABASE_ERRORS as error:
                 log.warning("retention.failed", error=database.describe_database_error(error))

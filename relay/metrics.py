@@ -227,6 +227,42 @@ class Metrics:
             "Held rows whose lease another claim took before this process sent them.",
             registry=r,
         )
+        self.inbox_received = Counter(
+            "relay_inbox_events_received",
+            "Events received from Scalepoint and stored in the inbox.",
+            ["country", "tenant", "event_type"],
+            registry=r,
+        )
+        self.inbox_malformed = Counter(
+            "relay_inbox_items_malformed",
+            "Received items that were not events, kept raw as failed.",
+            ["country", "tenant"],
+            registry=r,
+        )
+        self.inbox_errors = Counter(
+            "relay_inbox_receive_errors",
+            "Failed receive calls, by the class of the failure.",
+            ["country", "tenant", "error_class"],
+            registry=r,
+        )
+        self.inbox_lag = Gauge(
+            "relay_inbox_lag_seconds",
+            "Now minus the newest received event's own timestamp, per route (sampled).",
+            ["country", "tenant"],
+            registry=r,
+        )
+        self.inbox_checkpoint_age = Gauge(
+            "relay_inbox_checkpoint_age_seconds",
+            "Seconds since Scalepoint last answered a receive call of the route (sampled).",
+            ["country", "tenant"],
+            registry=r,
+        )
+        self.inbox_polling = Gauge(
+            "relay_inbox_polling",
+            "1 while this relay is the route's one receiver.",
+            ["country", "tenant"],
+            registry=r,
+        )
         self.rescued = Counter(
             "relay_rows_rescued",
             "Rows of stopped relays whose lease was ended early so they are sent again.",

@@ -289,7 +289,9 @@ USER_AGENT = "relay (outbox relay for Scalepoint EventApi)"
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     """The session for publishes: ``RELAY_CONCURRENCY`` pooled keep-alive connections, TLS
     always verified, through the proxy the settings and the environment name for the API."""
-    return _session(settings, settings.concurrency, settings.resolved_api_base_url)
+    # A receive route's long poll holds a connection for as long as Scalepoint waits.
+    limit = settings.concurrency + len(settings.receive_routes)
+    return _session(settings, limit, settings.resolved_api_base_url)
 
 
 def create_token_session(settings: Settings) -> aiohttp.ClientSession:

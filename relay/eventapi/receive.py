@@ -23,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
+from relay.errors import TokenRejected, TokenUnavailable
 from relay.publisher import (
     DEFAULT_RETRY_AFTER_CAP,
     InvalidRoute,
@@ -36,7 +37,6 @@ from relay.publisher import (
 )
 from relay.routes import route_problem
 from relay.token import AccessToken, TokenProvider
-from relay.errors import TokenRejected, TokenUnavailable
 
 log = structlog.get_logger("relay.eventapi.receive")
 

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from relay.inbox.queries import NOTIFY_CHANNEL, InboxQueries
@@ -53,7 +54,7 @@ class InboxEvent:
     payload_json: str | None  # the event's attributes, as Scalepoint sent them
     received_at: datetime
     attempts: int  # earlier attempts that failed
-    connection: asyncpg.Connection = field(repr=False)
+    connection: PoolConnectionProxy = field(repr=False)
     _transaction: Transaction = field(repr=False)
     _queries: InboxQueries = field(repr=False)
     _policy: tuple[int, float] = field(repr=False)  # max attempts, base retry delay
@@ -62,11 +63,13 @@ class InboxEvent:
     @property
     def payload(self) -> Any:
         """The attributes as Python values; numbers with a fraction as ``Decimal``, exactly."""
-        return None if self.payload_json is None else json.loads(
-            self.payload_json, parse_float=Decimal
+        return (
+            None
+            if self.payload_json is None
+            else json.loads(self.payload_json, parse_float=Decimal)
         )
 
-    async def __aenter__(self) -> asyncpg.Connection:
+    async def __aenter__(self) -> PoolConnectionProxy:
         return self.connection
 
     async def __aexit__(

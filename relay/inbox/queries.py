@@ -180,6 +180,18 @@ class InboxQueries:
             WHERE id = $1 AND status = 'pending'
             RETURNING status"""
 
+    # Watching ----------------------------------------------------------------------------------
+
+    @property
+    def route_sample(self) -> str:
+        """Per route: seconds behind (now minus the newest received event's own time) and
+        since its last answer, for the sampled gauges."""
+        return f"""
+            SELECT country, tenant,
+                   extract(epoch FROM now() - newest_event_at)::float8 AS lag,
+                   extract(epoch FROM now() - coalesce(answered_at, updated_at))::float8 AS age
+            FROM "{self.schema}".inbox_checkpoint"""
+
     # Retention ---------------------------------------------------------------------------------
 
     @property

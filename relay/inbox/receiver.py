@@ -66,7 +66,7 @@ def event_time(text: str | None) -> datetime | None:
     head, dot, rest = value.partition(".")
     if dot:  # 2017-07-25T10:31:28.2519514+00:00: Python reads at most 6 fractional digits
         digits = len(rest) - len(rest.lstrip("0123456789"))
-        value = f"{head}.{rest[:min(digits, 6)]}{rest[digits:]}"
+        value = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -125,15 +125,18 @@ class RouteReceiver:
                 log.warning("receive.lost", route=self.route, error=describe_database_error(error))
             finally:
                 self.polling.clear()
+                self.metrics.inbox_polling.labels(self.country, self.tenant).set(0)
                 connection.terminate()
 
     async def _hold(self, connection: asyncpg.Connection) -> None:
-        while not await connection.fetchval(self.queries.lock_route, self.route):
+        # No notification says a lock was freed: ask again every few seconds.
+        while not await connection.fetchval(self.queries.lock_route, self.route):  # noqa: ASYNC110
             await asyncio.sleep(TAKEOVER_INTERVAL)
         await connection.execute(self.queries.ensure_checkpoint, self.country, self.tenant)
         closed = asyncio.Event()
         connection.add_termination_listener(lambda _: closed.set())
         self.polling.set()
+        self.metrics.inbox_polling.labels(self.country, self.tenant).set(1)
         log.info("receive.polling", route=self.route)
         poll = asyncio.ensure_future(self._poll(connection))
         lost = asyncio.ensure_future(closed.wait())
@@ -249,9 +252,7 @@ class RouteReceiver:
         if outcome.kind is OutcomeKind.CONFIGURATION:
             seconds = self.config.configuration_pause.total_seconds()
             reason = storable(f"{outcome.error_class}: {outcome.error or ''}", 500)
-            await connection.execute(
-                self.queries.pause, self.country, self.tenant, seconds, reason
-            )
+            await connection.execute(self.queries.pause, self.country, self.tenant, seconds, reason)
             log.warning(
                 "receive.paused",
                 route=self.route,
@@ -276,7 +277,7 @@ class RouteReceiver:
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter, capped: replicas and routes failing together do not retry together."""
-        return self.rng.random() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt - 1, 20))
+        return float(self.rng.random() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt - 1, 20)))
 
 
 async def receive_routes(receivers: list[RouteReceiver]) -> None:

@@ -1,0 +1,1 @@
+"""The partner's protocol: how the relay speaks to Scalepoint's EventApi."""

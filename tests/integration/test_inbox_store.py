@@ -1,0 +1,192 @@
+"""The inbox's writes and reads on a real PostgreSQL: pages stored once, in order, exactly as
+sent; consumers process each event once.
+
+The receiver (relay/inbox/receiver.py) runs ``store_page`` on the connection that holds its
+route's lock; here the statement is driven directly with pages written by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+
+from relay.inbox import consume
+from relay.inbox.queries import InboxQueries
+from tests.helpers.engine import eventually
+
+Q = InboxQueries("public")
+START = "/api/events/v1/dk/external/abc/receive"
+
+
+def page(ids: list[object], after: str | None = None, **extra: object) -> str:
+    data = [
+        item
+        if not isinstance(item, str)
+        else {
+            "id": item,
+            "type": "case_created",
+            "timestamp": "2026-11-29T10:31:28.251Z",
+            "attributes": {"case": {"number": item, "amount": 12345678901234567.89}},
+        }
+        for item in ids
+    ]
+    last = next((i for i in reversed(ids) if isinstance(i, str)), after)
+    body = {"links": {"next": f"{START}?lastEventId={last}"}, "meta": {}, "data": data}
+    body.update(extra)
+    return json.dumps(body)
+
+
+async def store(
+    db: asyncpg.Connection, text: str, asked: str | None, next_path: str, path: str = START
+) -> asyncpg.Record:
+    row = await db.fetchrow(Q.store_page, "dk", "abc", asked, next_path, text, None, None, path)
+    assert row is not None
+    return row
+
+
+async def test_a_page_is_stored_once_in_order_and_moves_the_checkpoint(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    first = page(["_1", "_2", "_3"])
+    moved = await store(db, first, None, f"{START}?lastEventId=_3")
+    assert (moved["moved"], moved["stored"], moved["malformed"]) == (1, 3, 0)
+    # The same page again (a poller that crashed before it learnt its write committed):
+    # the checkpoint has moved on, so nothing is stored twice.
+    again = await store(db, first, None, f"{START}?lastEventId=_3")
+    assert (again["moved"], again["stored"]) == (0, 0)
+    # Asked again from the new checkpoint, overlapping events are stored once.
+    second = await store(
+        db, page(["_3", "_4"]), f"{START}?lastEventId=_3", f"{START}?lastEventId=_4"
+    )
+    assert (second["moved"], second["stored"]) == (1, 1)
+    rows = await db.fetch("SELECT event_id FROM inbox ORDER BY id")
+    assert [row["event_id"] for row in rows] == ["_1", "_2", "_3", "_4"]
+    checkpoint = await db.fetchrow("SELECT next_path FROM inbox_checkpoint")
+    assert checkpoint is not None
+    assert checkpoint["next_path"] == f"{START}?lastEventId=_4"
+
+
+async def test_attributes_are_stored_exactly_as_sent(db: asyncpg.Connection) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    deep = "[" * 1500 + "]" * 1500
+    text = (
+        '{"links": {"next": "x"}, "data": [{"id": "_1", "type": "t", "attributes": '
+        '{"amount": 12345678901234567.89, "big": 123456789012345678901234567890, '
+        f'"tiny": 0.1000000000000000000001, "huge": 1e400, "deep": {deep}}}}}]}}'
+    )
+    await store(db, text, None, "x")
+    stored = await db.fetchval("SELECT payload::text FROM inbox")
+    for number in ("12345678901234567.89", "123456789012345678901234567890",
+                   "0.1000000000000000000001"):  # fmt: skip
+        assert number in stored
+    assert await db.fetchval("SELECT payload -> 'huge' = '1e400'::jsonb FROM inbox")
+
+
+async def test_items_that_are_not_events_are_kept_raw_as_failed_and_the_route_moves_on(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    text = page(["_1", 42, {"type": "case_created"}, {"id": "x" * 300}, "_2"])
+    result = await store(db, text, None, "next")
+    assert (result["moved"], result["stored"], result["malformed"]) == (1, 2, 3)
+    rows = await db.fetch("SELECT event_id, status, raw::text, last_error FROM inbox ORDER BY id")
+    assert [(r["status"], r["last_error"]) for r in rows] == [
+        ("pending", None),
+        ("failed", "not an event: a JSON number"),
+        ("failed", "not an event: no id"),
+        ("failed", "not an event: an id longer than 200 characters"),
+        ("pending", None),
+    ]
+    assert rows[1]["raw"] == "42"
+    # Asked again (same position, same page): the failed items are found, not stored twice.
+    await db.execute("UPDATE inbox_checkpoint SET next_path = NULL")
+    await store(db, text, None, "next")
+    assert await db.fetchval("SELECT count(*) FROM inbox") == 5
+
+
+async def test_two_consumers_process_every_event_once(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    ids = [f"_{n}" for n in range(1, 1001)]
+    for start in range(0, 1000, 100):
+        await store(db, page(ids[start : start + 100]), None if start == 0 else f"p{start}",
+                    f"p{start + 100}")  # fmt: skip
+    await db.execute("CREATE TABLE effect (event_id text, consumer int)")
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=6)
+
+    async def consumer(number: int) -> None:
+        async for event in consume(pool, poll_interval=0.05):
+            async with event as connection:
+                await connection.execute(
+                    "INSERT INTO effect VALUES ($1, $2)", event.event_id, number
+                )
+
+    async def all_processed() -> bool:
+        processed = await db.fetchval("SELECT count(*) FROM inbox WHERE status = 'processed'")
+        return bool(processed == 1000)
+
+    consumers = [asyncio.create_task(consumer(n)) for n in (1, 2)]
+    try:
+        await eventually(all_processed, within=60)
+    finally:
+        for task in consumers:
+            task.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        await pool.close()
+    effects = await db.fetch("SELECT event_id, count(*) AS n FROM effect GROUP BY event_id")
+    assert len(effects) == 1000
+    assert {row["n"] for row in effects} == {1}
+    assert await db.fetchval("SELECT count(DISTINCT consumer) FROM effect") == 2
+
+
+async def test_a_failing_consumer_rolls_back_its_change_and_the_event_ends_failed(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    await store(db, page(["_1"]), None, "next")
+    await db.execute("CREATE TABLE effect (event_id text)")
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=3)
+    attempts = 0
+    try:
+        async with asyncio.timeout(30):
+            async for event in consume(pool, max_attempts=3, retry_delay=0.01, poll_interval=0.05):
+                async with event as connection:
+                    attempts += 1
+                    await connection.execute("INSERT INTO effect VALUES ($1)", event.event_id)
+                    raise RuntimeError("the claim system is down")
+                if attempts == 3:
+                    break
+    finally:
+        await pool.close()
+    row = await db.fetchrow("SELECT status, attempts, last_error FROM inbox")
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("failed", 3)
+    assert row["last_error"] == "RuntimeError: the claim system is down"
+    assert await db.fetchval("SELECT count(*) FROM effect") == 0
+
+
+@pytest.mark.parametrize("types", [["case_created"], ["claim_updated"]])
+async def test_consumers_choose_event_types(
+    db: asyncpg.Connection, database_url: str, types: list[str]
+) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    await store(db, page(["_1"]), None, "next")
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=3)
+    got: list[str] = []
+
+    async def take() -> None:
+        async for event in consume(pool, event_types=types, poll_interval=0.05):
+            async with event:
+                got.append(event.event_id)
+
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(take(), 0.5)
+    finally:
+        await pool.close()
+    assert got == (["_1"] if types == ["case_created"] else [])
