@@ -51,11 +51,11 @@ CREATE TABLE "{s}".inbox (
 mark them processed in the transaction of their own change; relay writes the rest.'""")
     # Consumers take the oldest pending row that is due: this index holds only those.
     op.execute(
-        f'CREATE INDEX inbox_ready_idx ON "{s}".inbox (available_at, id) WHERE status = \'pending\''
+        f"CREATE INDEX inbox_ready_idx ON \"{s}\".inbox (available_at, id) WHERE status = 'pending'"
     )
     # Retention deletes processed rows by age without reading the others.
     op.execute(
-        f'CREATE INDEX inbox_processed_idx ON "{s}".inbox (processed_at) WHERE status = \'processed\''
+        f"CREATE INDEX inbox_processed_idx ON \"{s}\".inbox (processed_at) WHERE status = 'processed'"
     )
     op.execute(f"""
 CREATE TABLE "{s}".inbox_checkpoint (
