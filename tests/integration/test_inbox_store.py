@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -21,7 +22,7 @@ Q = InboxQueries("public")
 START = "/api/events/v1/dk/external/abc/receive"
 
 
-def page(ids: list[object], after: str | None = None, **extra: object) -> str:
+def page(ids: Sequence[object], after: str | None = None, **extra: object) -> str:
     data = [
         item
         if not isinstance(item, str)
@@ -34,7 +35,11 @@ def page(ids: list[object], after: str | None = None, **extra: object) -> str:
         for item in ids
     ]
     last = next((i for i in reversed(ids) if isinstance(i, str)), after)
-    body = {"links": {"next": f"{START}?lastEventId={last}"}, "meta": {}, "data": data}
+    body: dict[str, object] = {
+        "links": {"next": f"{START}?lastEventId={last}"},
+        "meta": {},
+        "data": data,
+    }
     body.update(extra)
     return json.dumps(body)
 
