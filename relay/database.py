@@ -461,6 +461,8 @@ RUNTIME_GRANTS = (
     Grant(("USAGE",), "SEQUENCE", ("outbox_id_seq",)),
     Grant(("EXECUTE",), "FUNCTION", ("outbox_key_ready(text, bigint, boolean)",)),
     Grant(("SELECT", "INSERT", "UPDATE"), "TABLE", ("relay_admin_log",)),
+    Grant(("SELECT", "INSERT", "UPDATE", "DELETE"), "TABLE", ("inbox",)),
+    Grant(("SELECT", "INSERT", "UPDATE"), "TABLE", ("inbox_checkpoint",)),
 )
 # What an application that produces events uses: the producer's INSERT ... RETURNING id. The
 # insert trigger runs as the application's role and draws keyed rows' ids from outbox_id_seq.
