@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -238,7 +239,7 @@ class RouteReceiver:
         return result
 
     def _count(self, result: asyncpg.Record, items: int) -> None:
-        for event_type, count in (result["types"] or {}).items():
+        for event_type, count in json.loads(result["types"] or "{}").items():
             self.metrics.inbox_received.labels(self.country, self.tenant, event_type).inc(count)
         if result["malformed"]:
             self.metrics.inbox_malformed.labels(self.country, self.tenant).inc(result["malformed"])

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 
 import asyncpg
+import psycopg
 import pytest
 
 from relay.inbox import consume
@@ -195,3 +196,50 @@ async def test_consumers_choose_event_types(
     finally:
         await pool.close()
     assert got == (["_1"] if types == ["case_created"] else [])
+
+
+CLAIM_SQL = """
+    SELECT id, event_id, event_type, payload
+    FROM inbox
+    WHERE status = 'pending' AND available_at <= now()
+    ORDER BY available_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED"""
+PROCESSED_SQL = """
+    UPDATE inbox SET status = 'processed', processed_at = now(), attempts = attempts + 1,
+                     last_error = NULL
+    WHERE id = %s"""
+
+
+def sql_consumer(url: str, number: int) -> int:
+    """docs/inbox.md's plain SQL consumer, as a Java or .NET application would run it."""
+    handled = 0
+    with psycopg.connect(url) as connection:
+        while True:
+            with connection.transaction():
+                row = connection.execute(CLAIM_SQL).fetchone()
+                if row is None:
+                    return handled
+                connection.execute("INSERT INTO effect VALUES (%s, %s)", (row[1], number))
+                connection.execute(PROCESSED_SQL, (row[0],))
+            handled += 1
+
+
+async def test_two_plain_sql_consumers_process_every_event_once(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    ids = [f"_{n}" for n in range(1, 1001)]
+    for start in range(0, 1000, 100):
+        await store(db, page(ids[start : start + 100]), None if start == 0 else f"p{start}",
+                    f"p{start + 100}")  # fmt: skip
+    await db.execute("CREATE TABLE effect (event_id text, consumer int)")
+    handled = await asyncio.gather(
+        asyncio.to_thread(sql_consumer, database_url, 1),
+        asyncio.to_thread(sql_consumer, database_url, 2),
+    )
+    assert sum(handled) == 1000
+    assert all(count > 0 for count in handled)
+    effects = await db.fetch("SELECT event_id, count(*) AS n FROM effect GROUP BY event_id")
+    assert len(effects) == 1000
+    assert {row["n"] for row in effects} == {1}
