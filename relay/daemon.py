@@ -227,10 +227,9 @@ class Daemon:
                 self.metrics.queue_depth.set(depth)
                 self.metrics.oldest_pending_age.set(oldest)
                 for route in await inbox.route_sample() if inbox is not None else []:
-                    labels = (route.country, route.tenant)
-                    if route.lag is not None:
-                        self.metrics.inbox_lag.labels(*labels).set(route.lag)
-                    self.metrics.inbox_checkpoint_age.labels(*labels).set(route.age)
+                    self.metrics.show_receive_route(
+                        route.country, route.tenant, route.lag, route.age
+                    )
             except database.DATABASE_ERRORS as error:
                 log.warning("sample.failed", error=database.describe_database_error(error))
             await asyncio.sleep(SAMPLE_INTERVAL)

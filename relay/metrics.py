@@ -101,6 +101,27 @@ DEAD_CLASSES = (
     "invalid_route",
     "invalid_event",
 )
+# What a receive call can end in (the receiver's own classes and the statuses a receive is
+# likely to meet); others appear when they first happen.
+RECEIVE_ERROR_CLASSES = (
+    "bad_response",
+    "unstorable_page",
+    "foreign_next_link",
+    "timeout",
+    "connection",
+    "unexpected",
+    "token_unavailable",
+    "token_rejected",
+    "token_not_accepted",
+    "tls_certificate",
+    "http_403",
+    "http_404",
+    "http_429",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -361,3 +382,36 @@ class Metrics:
         for route, kind in routes:
             labels = (GLOBAL, GLOBAL) if route == GLOBAL else self._route(route)
             self.route_paused.labels(*labels, kind).set(1)
+
+    # What the receivers report --------------------------------------------------------------
+
+    def expect_receive_route(self, country: str, tenant: str) -> None:
+        """Create a receive route's series at 0 before its first page: its errors by every
+        class the receiver knows, its malformed items, and whether this relay polls it."""
+        labels = self.route_labels(country, tenant)
+        self.inbox_malformed.labels(*labels)
+        for error_class in RECEIVE_ERROR_CLASSES:
+            self.inbox_errors.labels(*labels, error_class)
+        self.inbox_polling.labels(*labels).set(0)
+
+    def count_received(self, country: str, tenant: str, types: dict[str, int]) -> None:
+        """Events stored from one page, by event type."""
+        labels = self.route_labels(country, tenant)
+        for event_type, count in types.items():
+            self.inbox_received.labels(*labels, self.event_type_label(event_type)).inc(count)
+
+    def count_malformed(self, country: str, tenant: str, items: int) -> None:
+        self.inbox_malformed.labels(*self.route_labels(country, tenant)).inc(items)
+
+    def count_receive_error(self, country: str, tenant: str, error_class: str) -> None:
+        self.inbox_errors.labels(*self.route_labels(country, tenant), error_class).inc()
+
+    def show_polling(self, country: str, tenant: str, polling: bool) -> None:
+        self.inbox_polling.labels(*self.route_labels(country, tenant)).set(1 if polling else 0)
+
+    def show_receive_route(self, country: str, tenant: str, lag: float | None, age: float) -> None:
+        """The sampled state of a receive route: how far behind, and since its last answer."""
+        labels = self.route_labels(country, tenant)
+        if lag is not None:
+            self.inbox_lag.labels(*labels).set(lag)
+        self.inbox_checkpoint_age.labels(*labels).set(age)

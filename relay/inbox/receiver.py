@@ -101,6 +101,7 @@ class RouteReceiver:
         self.rng = rng or random.Random()
         self.polling = asyncio.Event()  # set while this replica is the route's poller
         self.failures = 0
+        metrics.expect_receive_route(country, tenant)
 
     async def run(self) -> None:
         """Until cancelled: hold the route's lock and poll, or wait to take over."""
@@ -126,7 +127,7 @@ class RouteReceiver:
                 log.warning("receive.lost", route=self.route, error=describe_database_error(error))
             finally:
                 self.polling.clear()
-                self.metrics.inbox_polling.labels(self.country, self.tenant).set(0)
+                self.metrics.show_polling(self.country, self.tenant, False)
                 connection.terminate()
 
     async def _hold(self, connection: asyncpg.Connection) -> None:
@@ -137,7 +138,7 @@ class RouteReceiver:
         closed = asyncio.Event()
         connection.add_termination_listener(lambda _: closed.set())
         self.polling.set()
-        self.metrics.inbox_polling.labels(self.country, self.tenant).set(1)
+        self.metrics.show_polling(self.country, self.tenant, True)
         log.info("receive.polling", route=self.route)
         poll = asyncio.ensure_future(self._poll(connection))
         lost = asyncio.ensure_future(closed.wait())
@@ -239,17 +240,16 @@ class RouteReceiver:
         return result
 
     def _count(self, result: asyncpg.Record, items: int) -> None:
-        for event_type, count in json.loads(result["types"] or "{}").items():
-            self.metrics.inbox_received.labels(self.country, self.tenant, event_type).inc(count)
+        self.metrics.count_received(self.country, self.tenant, json.loads(result["types"] or "{}"))
         if result["malformed"]:
-            self.metrics.inbox_malformed.labels(self.country, self.tenant).inc(result["malformed"])
+            self.metrics.count_malformed(self.country, self.tenant, result["malformed"])
             log.warning("receive.malformed", route=self.route, items=result["malformed"])
         if items:
             log.debug("receive.page", route=self.route, items=items, stored=result["stored"])
 
     async def _failed(self, connection: asyncpg.Connection, outcome: Outcome) -> float:
         """What a failed poll costs: a pause of the route, or a backoff."""
-        self.metrics.inbox_errors.labels(self.country, self.tenant, outcome.error_class).inc()
+        self.metrics.count_receive_error(self.country, self.tenant, outcome.error_class)
         if outcome.kind is OutcomeKind.CONFIGURATION:
             seconds = self.config.configuration_pause.total_seconds()
             reason = storable(f"{outcome.error_class}: {outcome.error or ''}", 500)
