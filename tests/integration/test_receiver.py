@@ -87,13 +87,15 @@ async def test_cut_pages_503s_and_refused_tokens_cost_retries_not_events(
 ) -> None:
     async with running() as emulator:
         emulator.set_faults(receive_hold_seconds=0.2, receive_page_size=10)
-        emulator.generate(*ROUTE, 100)
+        emulator.generate(*ROUTE, 40)
         emulator.set_faults(receive_drop_next=3)
         async with running_daemon(receive_settings(database_url, emulator)):
             await eventually(lambda: has(db, 40), within=30)
             emulator.set_faults(receive_status=503, retry_after="1", receive_status_next=2)
+            emulator.generate(*ROUTE, 30)
             await eventually(lambda: has(db, 70), within=30)
             emulator.revoke_tokens()  # the next poll's token is refused: one fresh one, a retry
+            emulator.generate(*ROUTE, 30)
             await eventually(lambda: has(db, 100), within=30)
         stats = emulator.stream(*ROUTE).stats()
         assert await stored_ids(db) == stream_ids(emulator)
