@@ -89,9 +89,10 @@ async def test_a_key_held_by_an_open_producer_transaction_is_waited_for_not_poll
             order = await arrival_order_by_key(db, emulator)
     finally:
         await producer.close()
-    # Two claims a second at the poll interval, plus the lease keeper and the pause reads:
-    # about 30 in 3 s, where a busy loop made 150 a second.
-    assert during <= 40, f"{during} transactions committed in 3 s of waiting"
+    # A claim and a count per poll (500 ms here), the pause reads, the lease keeper's rescue
+    # once a second: about 20 in 3 s on a quiet machine, up to twice that on a loaded one,
+    # where a busy loop made 150 a second (450 in the window).
+    assert during <= 60, f"{during} transactions committed in 3 s of waiting"
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.took < 3, f"drain ended {finished.took:.1f}s after the producer committed"
     assert order == {"k": [first, second]}
