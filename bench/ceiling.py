@@ -1,7 +1,7 @@
 """The HTTP ceiling: the relay's own HTTP client with no database behind it.
 
 ``python -m bench.ceiling --base-url URL --events N --concurrency C`` POSTs N events through
-``relay.publisher.Publisher`` (with ``TokenProvider`` and ``create_session``, wired as
+``relay.eventapi.publisher.Publisher`` (with ``TokenProvider`` and ``create_session``, wired as
 ``relay run`` wires them) from C tasks, and prints a JSON summary. Nothing else happens per
 event, so this is as fast as the relay could publish with this client, this emulator and this
 machine.
@@ -21,8 +21,8 @@ from bench.events import encoded_bodies
 from bench.partner import CLIENT_ID, CLIENT_SECRET, COUNTRY, TENANT
 from relay.config import Settings, load_settings
 from relay.daemon import run_loop
-from relay.publisher import Publisher, create_session
-from relay.token import TokenProvider
+from relay.eventapi.publisher import Publisher, create_session
+from relay.eventapi.token import TokenProvider
 
 
 def settings_for(base_url: str, concurrency: int) -> Settings:

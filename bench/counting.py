@@ -22,13 +22,13 @@ from typing import Any
 
 from asyncpg.connection import Connection
 
-from relay.queries import Queries
+from relay.outbox.queries import Queries
 
 METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
 
 
 def statement_names(schema: str) -> dict[str, str]:
-    """Each statement text in ``relay.queries`` -> its name (``claim``, ``record``, ...)."""
+    """Each statement text in ``relay.outbox.queries`` -> its name (``claim``, ``record``, ...)."""
     queries = Queries(schema)
     names = [name for name in dir(Queries) if isinstance(getattr(Queries, name), property)]
     return {getattr(queries, name): name for name in names}

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from relay.database import migrate
-from relay.queries import Queries
+from relay.outbox.queries import Queries
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "relay_bench"

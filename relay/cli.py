@@ -262,7 +262,7 @@ def enqueue(
 def _route_option(
     context: click.Context, parameter: click.Parameter, values: tuple[str, ...]
 ) -> list[tuple[str, str]]:
-    from relay.check import parse_route
+    from relay.ops.check import parse_route
 
     routes = []
     for value in values:
@@ -294,7 +294,7 @@ def check(routes: list[tuple[str, str]]) -> None:
     """
     import asyncio
 
-    from relay.check import run_check
+    from relay.ops.check import run_check
 
     settings = settings_from_env()
     # The report and the one-line errors are the output; log lines only when asked for, but
@@ -441,8 +441,8 @@ def emulator(
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from relay.admin import Admin, Moment
-    from relay.admin_reports import ReplayResult
+    from relay.ops.admin import Admin, Moment
+    from relay.ops.reports import ReplayResult
 
 T = TypeVar("T")
 
@@ -457,7 +457,7 @@ class MomentType(click.ParamType["Moment"]):
     ) -> Moment:
         from datetime import datetime, timedelta
 
-        from relay.admin import parse_moment
+        from relay.ops.admin import parse_moment
 
         if isinstance(value, timedelta | datetime):
             return value
@@ -482,7 +482,7 @@ def _with_admin(work: Callable[[Admin], Awaitable[T]], operator: str | None = No
     """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA, as ``operator``."""
     import asyncio
 
-    from relay.admin import open_admin, operator_name
+    from relay.ops.admin import open_admin, operator_name
 
     name = operator_name(operator)  # a bad --operator needs no database
     settings = settings_from_env()
@@ -580,7 +580,7 @@ def requeue(
     --all-dead. Running relays are woken at once. Recorded in the audit log (relay audit)
     with the operator's name. Exit code 3 when ids named were left alone (not dead).
     """
-    from relay.admin import DeadSelector
+    from relay.ops.admin import DeadSelector
 
     selector = DeadSelector(ids, event_type, since, until, all_dead)
     selector.check()  # before connecting: a bad selection needs no database
@@ -631,7 +631,7 @@ def replay(
     at a terminal. Recorded in the audit log (relay audit). Exit code 3 when rows were held
     back or ids named were not published.
     """
-    from relay.admin import ReplaySelector
+    from relay.ops.admin import ReplaySelector
 
     selector = ReplaySelector(ids, event_type, since, until)
     selector.check()  # before connecting: a bad selection needs no database
@@ -679,7 +679,7 @@ def pause() -> None:
 def pause_list(as_json: bool) -> None:
     """List every pause: its route (* for all), kind, time left, who set it and why. A pause
     that ran out stays listed until a relay's probe succeeds."""
-    from relay.admin_reports import fields_of, pause_lines
+    from relay.ops.reports import fields_of, pause_lines
 
     pauses = _with_admin(lambda admin: admin.pauses())
     _emit([fields_of(pause) for pause in pauses], pause_lines(pauses), as_json)
@@ -699,7 +699,7 @@ def pause_clear(
     Name the routes (dk/abcinsurance; * is the pause of every route), or --all. Recorded in
     the audit log (relay audit). Exit code 3 when a route named had no pause.
     """
-    from relay.admin import NoSelector
+    from relay.ops.admin import NoSelector
 
     if bool(routes) == clear_all:
         raise NoSelector("name the routes to lift (dk/abcinsurance, *), or --all; not both")
@@ -755,7 +755,7 @@ def audit(since: Moment | None, limit: int, as_json: bool) -> None:
     """Show the audit log, newest first: every requeue, replay, purge and pause clear, who ran
     it (and from which host), its selection, the rows it changed and its outcome.
     """
-    from relay.admin_reports import audit_lines
+    from relay.ops.reports import audit_lines
 
     entries = _with_admin(lambda admin: admin.audit(since=since, limit=limit))
     _emit([entry.to_json() for entry in entries], audit_lines(entries), as_json)

@@ -19,22 +19,23 @@ import aiohttp
 import asyncpg
 import structlog
 
-from relay import database, http
+from relay import database
 from relay.config import Settings
-from relay.decide import Policy
 from relay.errors import ConfigurationError, RelayError, TokenError
+from relay.eventapi.keys import load_key_material
+from relay.eventapi.proxy import proxy_for
+from relay.eventapi.publisher import Publisher, create_session, create_token_session
 from relay.eventapi.receive import Receiver
+from relay.eventapi.token import TokenProvider
 from relay.inbox.receiver import ReceiveConfig, RouteReceiver, receive_routes
 from relay.inbox.store import InboxStore
-from relay.keys import load_key_material
-from relay.liveness import Liveness
 from relay.metrics import Metrics
+from relay.ops import http
 from relay.outbox import Defaults, Store
-from relay.proxy import proxy_for
-from relay.publisher import Publisher, create_session, create_token_session
+from relay.outbox.decide import Policy
+from relay.outbox.liveness import Liveness
+from relay.outbox.worker import DrainReport, EngineConfig, Worker
 from relay.retry import GiveUpPolicy, RetryPolicy
-from relay.token import TokenProvider
-from relay.worker import DrainReport, EngineConfig, Worker
 
 log = structlog.get_logger("relay.daemon")
 SAMPLE_INTERVAL = 15.0

@@ -13,7 +13,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# The advisory-lock class that guards ordering keys; relay.queries uses the same number.
+# The advisory-lock class that guards ordering keys; relay.outbox.queries uses the same number.
 ORDERING_LOCK_CLASS = 72_616_901
 
 

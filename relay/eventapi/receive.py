@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 
 from relay.errors import TokenRejected, TokenUnavailable
-from relay.publisher import (
+from relay.eventapi.publisher import (
     DEFAULT_RETRY_AFTER_CAP,
     InvalidRoute,
     Outcome,
@@ -35,8 +35,8 @@ from relay.publisher import (
     read_bounded,
     untrusted_message,
 )
+from relay.eventapi.token import AccessToken, TokenProvider
 from relay.routes import route_problem
-from relay.token import AccessToken, TokenProvider
 
 log = structlog.get_logger("relay.eventapi.receive")
 

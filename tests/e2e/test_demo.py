@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.demo_events import INVALID_ROWS
+from relay.demo.events import INVALID_ROWS
 
 # Each test runs the command as a process (imports alone take a second or two): several
 # seconds apiece. 'make test' runs them; deselect with -m "not slow" for a quick loop.

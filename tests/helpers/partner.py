@@ -14,11 +14,11 @@ import orjson
 
 from relay.config import Settings, load_settings
 from relay.emulator import Emulator, EmulatorConfig
-from relay.keys import KeyMaterial
+from relay.eventapi.keys import KeyMaterial
+from relay.eventapi.proxy import proxy_for
+from relay.eventapi.publisher import Publisher, create_session, create_token_session
+from relay.eventapi.token import TokenProvider
 from relay.metrics import Metrics
-from relay.proxy import proxy_for
-from relay.publisher import Publisher, create_session, create_token_session
-from relay.token import TokenProvider
 
 CLIENT_ID = "relay-test"
 CLIENT_SECRET = "s3cret-Value+with/odd:chars"  # odd characters exercise RFC 6749 2.3.1

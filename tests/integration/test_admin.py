@@ -1,4 +1,4 @@
-"""The operator functions (relay.admin) against a real PostgreSQL, with relays running."""
+"""The operator functions (relay.ops.admin) against a real PostgreSQL, with relays running."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from relay.admin import (
+from relay.config import load_settings
+from relay.errors import RelayError, UsageError
+from relay.ops.admin import (
     Admin,
     DeadSelector,
     NoSelector,
@@ -24,8 +26,6 @@ from relay.admin import (
     parse_moment,
     resolve,
 )
-from relay.config import load_settings
-from relay.errors import RelayError, UsageError
 from tests.helpers.engine import engine_settings, payload, running_daemon, status_counts
 from tests.helpers.partner import running
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from relay.emulator import Emulator, EmulatorConfig
-from relay.emulator_replies import UNAUTHORIZED
-from relay.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
+from relay.emulator.replies import UNAUTHORIZED
+from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
 from tests.helpers.keys import certificate, rsa_key
 from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, FakeClock, event_body, running
 from tests.helpers.partner import secret_config as base_config

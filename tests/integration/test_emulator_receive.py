@@ -17,10 +17,10 @@ import aiohttp
 import orjson
 import pytest
 
-from relay import emulator_json
 from relay.emulator import Emulator
-from relay.emulator_receive import EVENT_TYPES, MALFORMED_ITEMS
-from relay.emulator_replies import INSUFFICIENT_SCOPE, UNAUTHORIZED
+from relay.emulator import jsontext as emulator_json
+from relay.emulator.receive import EVENT_TYPES, MALFORMED_ITEMS
+from relay.emulator.replies import INSUFFICIENT_SCOPE, UNAUTHORIZED
 from tests.helpers.partner import (
     CLIENT_ID,
     CLIENT_SECRET,

@@ -30,7 +30,7 @@ from relay.database import (
 )
 from relay.errors import SchemaNotReady
 from relay.outbox import enqueue_async
-from relay.queries import NOTIFY_CHANNEL, Queries
+from relay.outbox.queries import NOTIFY_CHANNEL, Queries
 from tests.conftest import Databases, with_database
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -16,10 +16,10 @@ import asyncpg
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.admin import open_admin
 from relay.config import load_settings
 from relay.emulator import Emulator, Faults
 from relay.metrics import relay_version
+from relay.ops.admin import open_admin
 from tests.helpers.engine import (
     engine_settings,
     insert_rows,

@@ -14,7 +14,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from relay.queries import Queries
+from relay.outbox.queries import Queries
 from tests.helpers.engine import insert_rows
 
 CLAIM = Queries("public").claim

@@ -11,8 +11,8 @@ import time
 
 import asyncpg
 
-from relay.admin import DeadSelector, open_admin
 from relay.config import load_settings
+from relay.ops.admin import DeadSelector, open_admin
 from tests.helpers.engine import (
     arrival_order_by_key,
     engine_settings,

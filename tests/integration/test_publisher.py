@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 from relay.config import load_settings
 from relay.emulator import Emulator, EmulatorConfig
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
-from relay.keys import load_pem
-from relay.publisher import (
+from relay.eventapi.keys import load_pem
+from relay.eventapi.publisher import (
     InvalidRoute,
     Outcome,
     OutcomeKind,

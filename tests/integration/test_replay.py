@@ -1,4 +1,4 @@
-"""``relay replay`` (relay.admin.Admin.replay) on a real PostgreSQL, and what running relays do
+"""``relay replay`` (relay.ops.admin.Admin.replay) on a real PostgreSQL, and what running relays do
 with replayed rows: per-key order, the delivery log, the NOTIFY that wakes them."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import asyncpg
 import orjson
 import pytest
 
-from relay.admin import Admin, NoSelector, ReplaySelector, open_admin
 from relay.config import load_settings
+from relay.ops.admin import Admin, NoSelector, ReplaySelector, open_admin
 from tests.helpers.engine import (
     arrival_order_by_key,
     engine_settings,

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from asyncpg.connection import Connection
 
-from relay.queries import Queries
+from relay.outbox.queries import Queries
 from tests.helpers.engine import drain, engine_settings, insert_rows, status_counts
 from tests.helpers.partner import running
 
@@ -30,7 +30,7 @@ METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
 
 
 class Calls:
-    """Calls per statement, named after ``relay.queries`` (``claim``, ``record``, ...)."""
+    """Calls per statement, named after ``relay.outbox.queries`` (``claim``, ``record``, ...)."""
 
     def __init__(self) -> None:
         queries = Queries("public")

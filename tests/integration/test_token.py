@@ -18,10 +18,10 @@ from aiohttp import web
 from relay.config import Settings
 from relay.emulator import EmulatorConfig
 from relay.errors import TokenRejected, TokenUnavailable
-from relay.keys import KeyMaterial, load_pem
+from relay.eventapi.keys import KeyMaterial, load_pem
+from relay.eventapi.publisher import OutcomeKind, create_token_session
+from relay.eventapi.token import AccessToken, TokenProvider, basic_authorization
 from relay.metrics import Metrics
-from relay.publisher import OutcomeKind, create_token_session
-from relay.token import AccessToken, TokenProvider, basic_authorization
 from tests.helpers.keys import certificate, rsa_key, write_pem
 from tests.helpers.partner import (
     CLIENT_ID,

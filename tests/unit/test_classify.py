@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from relay.config import Settings
-from relay.publisher import (
+from relay.eventapi.publisher import (
     CLASS_DEFAULTS,
     DEFAULT_RETRY_AFTER_CAP,
     STATUS_TABLE,
@@ -142,7 +142,7 @@ LIVE_CLASSES = {
     "token_unavailable",
     "token_rejected",
 }
-SOURCE = Path(__file__).parents[2] / "relay" / "publisher.py"
+SOURCE = Path(__file__).parents[2] / "relay" / "eventapi" / "publisher.py"
 
 
 def test_every_error_class_in_the_code_is_documented() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relay import emulator_json
+from relay.emulator import jsontext as emulator_json
 
 
 @pytest.mark.parametrize(

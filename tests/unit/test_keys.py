@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from relay.config import load_settings
 from relay.errors import KeyMaterialError
-from relay.keys import (
+from relay.eventapi.keys import (
     certificate_thumbprint,
     client_assertion,
     load_key_material,

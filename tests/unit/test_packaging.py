@@ -39,7 +39,7 @@ def test_the_image_installs_the_wheel_of_that_name() -> None:
 
 
 def test_the_docs_install_that_name() -> None:
-    for path in ("README.md", "deploy/README.md", "relay/demo_database.py"):
+    for path in ("README.md", "deploy/README.md", "relay/demo/database.py"):
         text = (ROOT / path).read_text(encoding="utf-8")
         # A wheel or an install spelt with the old name: relay-0.1.0-..., 'relay[embedded]'.
         assert not re.search(r"(?<![\w-])relay(-\d|\[)", text), path

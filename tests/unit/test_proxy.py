@@ -6,7 +6,7 @@ import pytest
 
 from relay.config import load_settings
 from relay.errors import ConfigurationError
-from relay.proxy import proxy_for
+from relay.eventapi.proxy import proxy_for
 
 API = "https://www.scalepoint.com"
 VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY")

@@ -32,8 +32,10 @@ import asyncpg
 import structlog
 
 from relay import database
-from relay.admin_queries import AdminQueries
-from relay.admin_reports import (
+from relay.config import Settings, parse_duration
+from relay.errors import DatabaseRefused, UsageError
+from relay.ops.queries import AdminQueries
+from relay.ops.reports import (
     ActivePause,
     AuditEntry,
     DeadRow,
@@ -50,11 +52,9 @@ from relay.admin_reports import (
     iso,
     jsonable,
 )
-from relay.config import Settings, parse_duration
-from relay.errors import DatabaseRefused, UsageError
-from relay.queries import Queries
+from relay.outbox.queries import Queries
 
-log = structlog.get_logger("relay.admin")
+log = structlog.get_logger("relay.ops.admin")
 
 STATUSES = ("pending", "in_flight", "published", "dead", "blocked")
 # The audit log and line name at most this many ids; the count is always exact.

@@ -42,10 +42,9 @@ from relay.errors import (
     TokenRejected,
     TokenUnavailable,
 )
-from relay.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
-from relay.metrics import Metrics
-from relay.proxy import proxy_for
-from relay.publisher import (
+from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
+from relay.eventapi.proxy import proxy_for
+from relay.eventapi.publisher import (
     PROXY_AUTHENTICATION_REQUIRED,
     certificate_problem,
     exception_origin,
@@ -56,8 +55,9 @@ from relay.publisher import (
     unreachable,
     untrusted_message,
 )
+from relay.metrics import Metrics
 
-log = structlog.get_logger("relay.token")
+log = structlog.get_logger("relay.eventapi.token")
 
 REFRESH_AT = 0.8  # fraction of the lifetime after which a background refresh starts
 MAX_SKEW_MARGIN = 30.0  # seconds; the margin is 10% of the lifetime, at most this
@@ -214,7 +214,7 @@ class TokenProvider:
 
     def _start_refresh(self) -> asyncio.Task[AccessToken]:
         if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.create_task(self._fetch(), name="relay.token.refresh")
+            self._refresh = asyncio.create_task(self._fetch(), name="relay.eventapi.token.refresh")
             self._refresh.add_done_callback(_consume_exception)
         return self._refresh
 

@@ -2,7 +2,7 @@
 
 The pauses live in ``relay_pause`` and are shared by every replica; this is one process's view
 of them, read every poll interval and aged locally in between, plus what only this process
-knows: its circuit (see ``relay.circuit``) and, for a route whose pause just ended, how many
+knows: its circuit (see ``relay.outbox.circuit``) and, for a route whose pause just ended, how many
 requests it may have in flight while it ramps back up (1, then doubling with each success).
 
 Nothing here touches the database or the network: ``refresh`` takes the pause rows and returns
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from relay.circuit import Admission, Circuit
 from relay.outbox import Pause
+from relay.outbox.circuit import Admission, Circuit
 
 GLOBAL = "*"
 

@@ -3,14 +3,16 @@
 Each part owns one concern:
 
 * the **feeder** (here) claims rows sized to free capacity, only while this process holds its
-  liveness lock (``relay.liveness``) and the gate allows, and queues them;
-* ``concurrency`` **senders** (here) each take a queued row, check it (``relay.decide``), ask
-  the gate (``relay.gate``: circuit, shared pauses, route ramps), check its lease, publish, and
-  turn the outcome into the row's next state;
-* the **recorder** (``relay.recorder``) writes results in batches, fenced per claim;
-* the **lease keeper** (``relay.leases``) extends held leases and rescues rows of dead relays;
-* the **parker** (``relay.parking``) keeps rows that cannot move out of the claim's way;
-* the **pauses** (``relay.pauses``) read and write the pauses shared by every replica.
+  liveness lock (``liveness``) and the gate allows, and queues them;
+* ``concurrency`` **senders** (here) each take a queued row, check it (``decide``), ask the
+  gate (``gate``: circuit, shared pauses, route ramps), check its lease, publish, and turn the
+  outcome into the row's next state;
+* the **recorder** (``recorder``) writes results in batches, fenced per claim;
+* the **lease keeper** (``leases``) extends held leases and rescues rows of dead relays;
+* the **parker** (``parking``) keeps rows that cannot move out of the claim's way;
+* the **pauses** (``pauses``) read and write the pauses shared by every replica.
+
+(Module names are those of this package, ``relay.outbox``.)
 
 Rows queued ahead of the senders (the prefetch, two rounds of ``concurrency``) are held under
 lease like any other; they are given back unsent, without using an attempt, whenever they must
@@ -31,21 +33,21 @@ from typing import Protocol
 
 import structlog
 
-from relay.circuit import Circuit
 from relay.database import DatabaseCalls
-from relay.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
-from relay.decide import unsendable_result as dead_unsent
-from relay.gate import Gate, Verdict
-from relay.leases import Holdings, LeaseKeeper
-from relay.liveness import Liveness
+from relay.eventapi.publisher import Outcome, OutcomeKind
 from relay.metrics import Metrics
 from relay.outbox import ClaimedRow, Result, Store
-from relay.parking import Parker
-from relay.pauses import Pauses
-from relay.publisher import Outcome, OutcomeKind
-from relay.recorder import Done, Recorder
+from relay.outbox.circuit import Circuit
+from relay.outbox.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
+from relay.outbox.decide import unsendable_result as dead_unsent
+from relay.outbox.gate import Gate, Verdict
+from relay.outbox.leases import Holdings, LeaseKeeper
+from relay.outbox.liveness import Liveness
+from relay.outbox.parking import Parker
+from relay.outbox.pauses import Pauses
+from relay.outbox.recorder import Done, Recorder
 
-log = structlog.get_logger("relay.worker")
+log = structlog.get_logger("relay.outbox.worker")
 
 # At shutdown, how long to wait for a claim in progress (it may be retrying a lost database).
 GIVE_UP_CLAIM_AFTER = 5.0

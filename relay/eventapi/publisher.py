@@ -28,15 +28,15 @@ import structlog
 
 from relay.config import Settings, env_name
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
+from relay.eventapi.proxy import Proxy, proxy_for
 from relay.metrics import Metrics
-from relay.proxy import Proxy, proxy_for
 from relay.routes import route_problem
 
 if TYPE_CHECKING:
-    # Only for annotations: relay.token uses this module's helpers for partner text.
-    from relay.token import AccessToken, TokenProvider
+    # Only for annotations: relay.eventapi.token uses this module's helpers for partner text.
+    from relay.eventapi.token import AccessToken, TokenProvider
 
-log = structlog.get_logger("relay.publisher")
+log = structlog.get_logger("relay.eventapi.publisher")
 
 CONTENT_TYPE = "application/json;charset=utf-8"
 MAX_ERROR_LENGTH = 1000
@@ -311,7 +311,7 @@ def _session(settings: Settings, limit: int, url: str | None) -> aiohttp.ClientS
     )
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout.total_seconds())
     # trust_env stays off: it would read the environment again on every request (in a
-    # thread), and add ~/.netrc credentials to requests. relay.proxy reads it once.
+    # thread), and add ~/.netrc credentials to requests. relay.eventapi.proxy reads it once.
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,

@@ -25,10 +25,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from relay.demo_database import Target, connect
+from relay.demo.database import Target, connect
 
 if TYPE_CHECKING:
-    from relay.demo import Run
+    from relay.demo.run import Run
 
 REFRESH_SECONDS = 0.2
 

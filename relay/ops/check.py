@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from relay.config import Settings, env_name
-from relay.keys import KeyMaterial, load_key_material
-from relay.proxy import Proxy, proxy_for
-from relay.publisher import (
+from relay.eventapi.keys import KeyMaterial, load_key_material
+from relay.eventapi.proxy import Proxy, proxy_for
+from relay.eventapi.publisher import (
     CONTENT_TYPE,
     PROXY_AUTHENTICATION_REQUIRED,
     OutcomeKind,
@@ -34,8 +34,8 @@ from relay.publisher import (
     unreachable,
     untrusted_message,
 )
+from relay.eventapi.token import AccessToken, TokenProvider
 from relay.routes import route_name, route_problem
-from relay.token import AccessToken, TokenProvider
 
 PROBE_BODY = b"{}"
 API = env_name("api_base_url")

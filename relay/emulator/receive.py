@@ -39,8 +39,8 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from relay import emulator_json
-from relay.emulator_replies import Reply, canned, spring_error
+from relay.emulator import jsontext as emulator_json
+from relay.emulator.replies import Reply, canned, spring_error
 
 if TYPE_CHECKING:
     from relay.emulator import Emulator

@@ -20,11 +20,11 @@ import structlog
 
 from relay.database import DatabaseCalls
 from relay.errors import DatabaseRefused
-from relay.leases import Holdings
 from relay.metrics import Metrics
 from relay.outbox import ClaimedRow, Result, Store
+from relay.outbox.leases import Holdings
 
-log = structlog.get_logger("relay.recorder")
+log = structlog.get_logger("relay.outbox.recorder")
 
 # Results wait at most this long for company before they are written, while requests are in
 # flight; with nothing in flight they are written at once.

@@ -40,7 +40,7 @@ from rich.progress import Progress, TaskID
 from relay import database, logs
 from relay.config import Settings, load_settings
 from relay.daemon import Daemon
-from relay.demo_database import (
+from relay.demo.database import (
     DEMO_DIRECTORY,
     Target,
     choose_target,
@@ -48,7 +48,7 @@ from relay.demo_database import (
     start_fresh,
     stop_embedded,
 )
-from relay.demo_display import (
+from relay.demo.display import (
     REFRESH_SECONDS,
     Tally,
     metric_total,
@@ -56,7 +56,7 @@ from relay.demo_display import (
     progress_bar,
     read_tally,
 )
-from relay.demo_events import (
+from relay.demo.events import (
     DEFAULT_ROUTE,
     INSERT_INVALID,
     INVALID_ROWS,

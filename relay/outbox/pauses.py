@@ -16,16 +16,16 @@ from datetime import timedelta
 
 import structlog
 
-from relay.circuit import Change
 from relay.database import DatabaseCalls
-from relay.decide import is_throttle
-from relay.gate import GLOBAL, Gate
+from relay.eventapi.publisher import Outcome, OutcomeKind
 from relay.metrics import Metrics
 from relay.outbox import Store
-from relay.parking import Parker
-from relay.publisher import Outcome, OutcomeKind
+from relay.outbox.circuit import Change
+from relay.outbox.decide import is_throttle
+from relay.outbox.gate import GLOBAL, Gate
+from relay.outbox.parking import Parker
 
-log = structlog.get_logger("relay.pauses")
+log = structlog.get_logger("relay.outbox.pauses")
 
 
 class Pauses:

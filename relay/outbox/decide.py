@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from relay.eventapi.publisher import Outcome, OutcomeKind
 from relay.outbox import REQUIRED_FIELDS, UUID_PATTERN, ClaimedRow, Result
-from relay.publisher import Outcome, OutcomeKind
 from relay.retry import GiveUpPolicy, RetryPolicy
 from relay.routes import route_name, route_problem
 

@@ -18,14 +18,14 @@ from urllib.parse import unquote_plus
 import jwt
 from aiohttp import web
 
-from relay.emulator_replies import oauth_error
-from relay.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
+from relay.emulator.replies import oauth_error
+from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
 
 if TYPE_CHECKING:
     from relay.emulator import EmulatorConfig
 
 # How far the client's clock may be off the partner's, either way. Strict, but as tolerant as
-# the relay's own assertions need: they are backdated by relay.keys.CLOCK_SKEW_SECONDS.
+# the relay's own assertions need: they are backdated by relay.eventapi.keys.CLOCK_SKEW_SECONDS.
 CLOCK_SKEW = 5.0
 
 

@@ -37,11 +37,12 @@ import orjson
 from aiohttp import web
 from cryptography import x509
 
-from relay import emulator_json, emulator_receive
 from relay.config import Settings, load_settings
-from relay.emulator_auth import ClientAuthentication
-from relay.emulator_receive import ReceivePoll, Receiving, Stream, StreamEvent
-from relay.emulator_replies import (
+from relay.emulator import jsontext as emulator_json
+from relay.emulator import receive as emulator_receive
+from relay.emulator.auth import ClientAuthentication
+from relay.emulator.receive import ReceivePoll, Receiving, Stream, StreamEvent
+from relay.emulator.replies import (
     INSUFFICIENT_SCOPE,
     UNAUTHORIZED,
     Reply,
@@ -51,7 +52,7 @@ from relay.emulator_replies import (
     spring_error,
 )
 from relay.errors import ConfigurationError
-from relay.keys import load_key_material
+from relay.eventapi.keys import load_key_material
 
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a path, not a password
 SEND_PATH = "/api/events/v1/{country}/external/{tenant}/send"
@@ -81,7 +82,7 @@ class Faults:
     echo_body: bool = False  # fault answers carry the request body (after error_body, if set)
     route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> fixed status
     reject_tokens: bool = False  # every send and receive answers 401, however fresh its token
-    # Receiving (relay.emulator_receive). Of the fields above only reject_tokens, retry_after,
+    # Receiving (relay.emulator.receive). Of the fields above only reject_tokens, retry_after,
     # error_body, error_content_type and echo_body touch receive calls.
     receive_hold_seconds: float = 20.0  # how long a poll waits for events before an empty page
     receive_page_size: int = 100  # events per page, at most
@@ -234,7 +235,7 @@ class Emulator:
         self.clear_faults()
         self._clear_records()
 
-    # Receiving (see relay.emulator_receive) ----------------------------------------------------
+    # Receiving (see relay.emulator.receive) ----------------------------------------------------
 
     def feed(
         self, country: str, tenant: str, events: Iterable[Mapping[str, Any]]
@@ -555,7 +556,7 @@ def _event_json(event: ReceivedEvent) -> bytes:
 
 
 def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
-    """The body as Jackson reads it: any number, any depth (see ``relay.emulator_json``)."""
+    """The body as Jackson reads it: any number, any depth (see ``relay.emulator.jsontext``)."""
     try:
         body = emulator_json.parse(raw)
     except ValueError:

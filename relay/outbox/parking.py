@@ -30,7 +30,7 @@ from relay.database import DatabaseCalls
 from relay.errors import DatabaseRefused
 from relay.outbox import Store
 
-log = structlog.get_logger("relay.parking")
+log = structlog.get_logger("relay.outbox.parking")
 
 SWEEP_INTERVAL = 30.0
 # Every this many sweeps, also unpark rows whose reason is gone.

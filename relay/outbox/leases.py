@@ -24,7 +24,7 @@ from relay.database import DatabaseCalls
 from relay.metrics import Metrics
 from relay.outbox import ClaimedRow, Store
 
-log = structlog.get_logger("relay.leases")
+log = structlog.get_logger("relay.outbox.leases")
 
 # How often the keeper looks for rows of dead processes (and at most how long between two
 # extensions).

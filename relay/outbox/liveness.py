@@ -28,9 +28,9 @@ import asyncpg
 import structlog
 
 from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, describe_database_error
-from relay.queries import LIVENESS_LOCK_CLASS, NOTIFY_CHANNEL
+from relay.outbox.queries import LIVENESS_LOCK_CLASS, NOTIFY_CHANNEL
 
-log = structlog.get_logger("relay.liveness")
+log = structlog.get_logger("relay.outbox.liveness")
 
 # Ask the server to probe this connection's peer, so a vanished host frees its lock in about
 # idle + interval * count = 25 s instead of the kernel's two hours.

@@ -1,6 +1,6 @@
 """The outbox: the producer API applications call, and the store the engine claims from.
 
-This is the only module that runs the statements in ``relay.queries``.
+This is the only module that runs the statements in ``relay.outbox.queries``.
 
 Producers write an event inside their own transaction::
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # imported where used: the engine never needs SQLAlchemy (-20
     from sqlalchemy.orm import Session
 
 from relay.errors import InvalidEvent
-from relay.queries import ENVELOPE_FIELDS, Queries
+from relay.outbox.queries import ENVELOPE_FIELDS, Queries
 from relay.routes import country_problem, tenant_problem
 
 DEFAULT_PAYLOAD_VERSION = "1.0.0"

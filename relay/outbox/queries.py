@@ -1,7 +1,7 @@
 """Every SQL statement the engine and the producer API run, named and commented.
 
 Statements are written for asyncpg (``$n`` parameters) and formatted once per schema. Only
-``relay.outbox`` runs them. The operator commands' statements are in ``relay.admin_queries``.
+``relay.outbox`` runs them. The operator commands' statements are in ``relay.ops.queries``.
 """
 
 from __future__ import annotations

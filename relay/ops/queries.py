@@ -3,14 +3,14 @@
 ``relay status``, ``relay dead``, ``relay requeue``, ``relay pause``, ``relay purge`` (which
 reuses the engine's ``Queries.purge_published``) and ``relay audit``, and the audit log every
 change writes. Statements are written for asyncpg (``$n`` parameters) and formatted once per
-schema. Only ``relay.admin`` runs them.
+schema. Only ``relay.ops.admin`` runs them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.queries import NOTIFY_CHANNEL
+from relay.outbox.queries import NOTIFY_CHANNEL
 
 
 def _last_attempt(schema: str) -> str:

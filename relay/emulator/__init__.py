@@ -1,0 +1,29 @@
+"""A stand-in for Scalepoint: the token endpoint and the EventApi's send and receive
+endpoints, with injectable faults. A tool for tests, the demo and benchmarks: nothing in the
+product imports it.
+
+Its parts: ``server`` (the application, the send side, the control endpoints), ``receive``
+(per-route streams and long polls), ``auth`` (client authentication at the token endpoint),
+``replies`` (how the partner words its refusals) and ``jsontext`` (JSON read and written as
+Scalepoint's Java services would, any number and any depth).
+"""
+
+from relay.emulator.server import (
+    Emulator,
+    EmulatorConfig,
+    Faults,
+    ReceivedEvent,
+    TokenRequest,
+    config_from_options,
+    serve,
+)
+
+__all__ = [
+    "Emulator",
+    "EmulatorConfig",
+    "Faults",
+    "ReceivedEvent",
+    "TokenRequest",
+    "config_from_options",
+    "serve",
+]
