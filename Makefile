@@ -43,6 +43,7 @@ constraints:
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench migrations
 	$(BIN)/ruff format --check relay tests bench migrations
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

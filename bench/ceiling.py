@@ -21,7 +21,8 @@ from bench.events import encoded_bodies
 from bench.partner import CLIENT_ID, CLIENT_SECRET, COUNTRY, TENANT
 from relay.config import Settings, load_settings
 from relay.daemon import run_loop
-from relay.eventapi.publisher import Publisher, create_session
+from relay.eventapi.publisher import Publisher
+from relay.eventapi.session import create_session
 from relay.eventapi.token import TokenProvider
 
 

@@ -24,16 +24,17 @@ from relay.config import Settings
 from relay.errors import ConfigurationError, RelayError, TokenError
 from relay.eventapi.keys import load_key_material
 from relay.eventapi.proxy import proxy_for
-from relay.eventapi.publisher import Publisher, create_session, create_token_session
+from relay.eventapi.publisher import Publisher
 from relay.eventapi.receive import Receiver
+from relay.eventapi.session import create_session, create_token_session
 from relay.eventapi.token import TokenProvider
 from relay.inbox.receiver import ReceiveConfig, RouteReceiver, receive_routes
 from relay.inbox.store import InboxStore
 from relay.metrics import Metrics
 from relay.ops import http
-from relay.outbox import Defaults, Store
 from relay.outbox.decide import Policy
 from relay.outbox.liveness import Liveness
+from relay.outbox.store import Defaults, Store
 from relay.outbox.worker import DrainReport, EngineConfig, Worker
 from relay.retry import GiveUpPolicy, RetryPolicy
 

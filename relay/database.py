@@ -62,6 +62,16 @@ def _alembic_config(url: str | None, schema: str) -> Config:
     return config
 
 
+# For a long-lived connection whose loss must be noticed (a relay's liveness lock, a receive
+# route's lock): the server probes its peer, so a vanished host frees its locks in about
+# idle + interval * count = 25 s instead of the kernel's two hours.
+KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
+
+
 def describe_connection_error(url: str, error: BaseException) -> RelayError:
     """A one-line error naming RELAY_DATABASE_URL, its host and database, never its password;
     or, for a right the role lacks (SQLSTATE 42501), the right and the grants that include it."""

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter as MetricCounter
 from rich.console import Console
@@ -26,9 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from relay.demo.database import Target, connect
-
-if TYPE_CHECKING:
-    from relay.demo.run import Run
+from relay.demo.state import Run
 
 REFRESH_SECONDS = 0.2
 

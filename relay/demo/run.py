@@ -30,8 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 
 import asyncpg
 from rich.console import Console
@@ -64,8 +63,10 @@ from relay.demo.events import (
     invalid_payloads,
     realistic_events,
 )
+from relay.demo.state import Interrupted, Run
 from relay.emulator import Emulator, EmulatorConfig, Faults
-from relay.outbox import Store, enqueue_async
+from relay.outbox import enqueue_async
+from relay.outbox.store import Store
 
 CLIENT_ID = "relay-demo"
 TRANSACTIONS = 6  # the enqueue commits in this many transactions
@@ -77,53 +78,6 @@ FAULTS = Faults(
     error_status=503,
     drop_rate=0.005,
 )
-
-
-class Interrupted(Exception):
-    """Ctrl-C arrived; raised inside an enqueue transaction so it rolls back whole."""
-
-
-# Running ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """What happened, for the progress bar and the summary."""
-
-    target: Target
-    events: int
-    console: Console
-    keep_server: bool
-    started: float = field(default_factory=time.monotonic)
-    interrupted: bool = False
-    stage: str = "starting"
-    committed: int = 0  # rows in committed transactions
-    invalid: int = 0  # of which written with plain SQL
-    given_back: int = 0  # rows the relay still held when it stopped
-    transactions: int = 0
-    relay_seconds: float = 0.0
-    daemon: Daemon | None = None
-    emulator: dict[str, Any] = field(default_factory=dict)
-    routes: Counter[str] = field(default_factory=Counter)
-    main_task: asyncio.Task[None] | None = None
-
-    def interrupt(self) -> None:
-        """First Ctrl-C: finish cleanly. Second: stop now."""
-        if self.interrupted and self.main_task is not None:
-            self.main_task.cancel()
-            return
-        self.interrupted = True
-        if self.daemon is not None:
-            self.daemon.stop.set()
-
-    def check(self) -> None:
-        if self.interrupted:
-            raise Interrupted
-
-    @property
-    def server_left_running(self) -> bool:
-        """The embedded server stays up afterwards: asked for with --keep, and not interrupted."""
-        return self.target.embedded is not None and self.keep_server and not self.interrupted
 
 
 class _Stderr(io.TextIOBase):

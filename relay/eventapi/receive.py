@@ -24,17 +24,9 @@ import aiohttp
 import structlog
 
 from relay.errors import TokenRejected, TokenUnavailable
-from relay.eventapi.publisher import (
-    DEFAULT_RETRY_AFTER_CAP,
-    InvalidRoute,
-    Outcome,
-    OutcomeKind,
-    certificate_problem,
-    classify,
-    path_segment,
-    read_bounded,
-    untrusted_message,
-)
+from relay.eventapi.outcome import DEFAULT_RETRY_AFTER_CAP, Outcome, OutcomeKind, classify
+from relay.eventapi.publisher import InvalidRoute, path_segment
+from relay.eventapi.session import certificate_problem, read_bounded, untrusted_message
 from relay.eventapi.token import AccessToken, TokenProvider
 from relay.routes import route_problem
 

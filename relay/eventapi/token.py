@@ -43,15 +43,13 @@ from relay.errors import (
     TokenUnavailable,
 )
 from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
+from relay.eventapi.outcome import PROXY_AUTHENTICATION_REQUIRED, parse_retry_after, storable
 from relay.eventapi.proxy import proxy_for
-from relay.eventapi.publisher import (
-    PROXY_AUTHENTICATION_REQUIRED,
+from relay.eventapi.session import (
     certificate_problem,
     exception_origin,
-    parse_retry_after,
     proxy_refusal,
     read_bounded,
-    storable,
     unreachable,
     untrusted_message,
 )

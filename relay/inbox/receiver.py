@@ -32,12 +32,16 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, describe_database_error
-from relay.eventapi.publisher import Outcome, OutcomeKind, storable
+from relay.database import (
+    CONNECTION_ERRORS,
+    DATABASE_ERRORS,
+    KEEPALIVES,
+    describe_database_error,
+)
+from relay.eventapi.outcome import Outcome, OutcomeKind, storable
 from relay.eventapi.receive import Page, Receiver, receive_path
 from relay.inbox.queries import InboxQueries
 from relay.metrics import Metrics
-from relay.outbox.liveness import KEEPALIVES
 from relay.routes import route_name
 
 log = structlog.get_logger("relay.inbox.receiver")

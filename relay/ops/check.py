@@ -19,17 +19,19 @@ import aiohttp
 
 from relay.config import Settings, env_name
 from relay.eventapi.keys import KeyMaterial, load_key_material
-from relay.eventapi.proxy import Proxy, proxy_for
-from relay.eventapi.publisher import (
+from relay.eventapi.outcome import (
     CONTENT_TYPE,
     PROXY_AUTHENTICATION_REQUIRED,
     OutcomeKind,
-    certificate_problem,
     classify,
+)
+from relay.eventapi.proxy import Proxy, proxy_for
+from relay.eventapi.publisher import publish_url
+from relay.eventapi.session import (
+    certificate_problem,
     create_session,
     create_token_session,
     proxy_refusal,
-    publish_url,
     read_bounded,
     unreachable,
     untrusted_message,

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from relay.eventapi.publisher import Outcome, OutcomeKind
-from relay.outbox import REQUIRED_FIELDS, UUID_PATTERN, ClaimedRow, Result
+from relay.eventapi.outcome import Outcome, OutcomeKind
+from relay.outbox.producer import REQUIRED_FIELDS, UUID_PATTERN
+from relay.outbox.store import ClaimedRow, Result
 from relay.retry import GiveUpPolicy, RetryPolicy
 from relay.routes import route_name, route_problem
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from relay.outbox import Pause
 from relay.outbox.circuit import Admission, Circuit
+from relay.outbox.store import Pause
 
 GLOBAL = "*"
 

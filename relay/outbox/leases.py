@@ -22,7 +22,7 @@ import structlog
 
 from relay.database import DatabaseCalls
 from relay.metrics import Metrics
-from relay.outbox import ClaimedRow, Store
+from relay.outbox.store import ClaimedRow, Store
 
 log = structlog.get_logger("relay.outbox.leases")
 

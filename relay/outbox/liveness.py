@@ -27,18 +27,11 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, describe_database_error
+from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, KEEPALIVES, describe_database_error
 from relay.outbox.queries import LIVENESS_LOCK_CLASS, NOTIFY_CHANNEL
 
 log = structlog.get_logger("relay.outbox.liveness")
 
-# Ask the server to probe this connection's peer, so a vanished host frees its lock in about
-# idle + interval * count = 25 s instead of the kernel's two hours.
-KEEPALIVES = {
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "3",
-}
 INCARNATIONS = 2**31 - 1  # an int4 key of the advisory lock, and the token's high half
 
 

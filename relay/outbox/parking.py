@@ -28,7 +28,7 @@ import structlog
 
 from relay.database import DatabaseCalls
 from relay.errors import DatabaseRefused
-from relay.outbox import Store
+from relay.outbox.store import Store
 
 log = structlog.get_logger("relay.outbox.parking")
 

@@ -17,13 +17,13 @@ from datetime import timedelta
 import structlog
 
 from relay.database import DatabaseCalls
-from relay.eventapi.publisher import Outcome, OutcomeKind
+from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.metrics import Metrics
-from relay.outbox import Store
 from relay.outbox.circuit import Change
 from relay.outbox.decide import is_throttle
 from relay.outbox.gate import GLOBAL, Gate
 from relay.outbox.parking import Parker
+from relay.outbox.store import Store
 
 log = structlog.get_logger("relay.outbox.pauses")
 

@@ -21,8 +21,8 @@ import structlog
 from relay.database import DatabaseCalls
 from relay.errors import DatabaseRefused
 from relay.metrics import Metrics
-from relay.outbox import ClaimedRow, Result, Store
 from relay.outbox.leases import Holdings
+from relay.outbox.store import ClaimedRow, Result, Store
 
 log = structlog.get_logger("relay.outbox.recorder")
 

@@ -34,9 +34,8 @@ from typing import Protocol
 import structlog
 
 from relay.database import DatabaseCalls
-from relay.eventapi.publisher import Outcome, OutcomeKind
+from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.metrics import Metrics
-from relay.outbox import ClaimedRow, Result, Store
 from relay.outbox.circuit import Circuit
 from relay.outbox.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
 from relay.outbox.decide import unsendable_result as dead_unsent
@@ -46,6 +45,7 @@ from relay.outbox.liveness import Liveness
 from relay.outbox.parking import Parker
 from relay.outbox.pauses import Pauses
 from relay.outbox.recorder import Done, Recorder
+from relay.outbox.store import ClaimedRow, Result, Store
 
 log = structlog.get_logger("relay.outbox.worker")
 

@@ -16,7 +16,8 @@ from relay.config import Settings, load_settings
 from relay.emulator import Emulator, EmulatorConfig
 from relay.eventapi.keys import KeyMaterial
 from relay.eventapi.proxy import proxy_for
-from relay.eventapi.publisher import Publisher, create_session, create_token_session
+from relay.eventapi.publisher import Publisher
+from relay.eventapi.session import create_session, create_token_session
 from relay.eventapi.token import TokenProvider
 from relay.metrics import Metrics
 

@@ -18,9 +18,9 @@ import structlog
 from relay.database import DatabaseCalls, create_pool
 from relay.emulator import Faults
 from relay.metrics import Metrics
-from relay.outbox import Result, Store
 from relay.outbox.leases import Holdings
 from relay.outbox.recorder import Done, Recorder
+from relay.outbox.store import Result, Store
 from tests.helpers.engine import drain, engine_settings, insert_rows, status_counts
 from tests.helpers.partner import running, secret_config
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from relay.errors import TokenUnavailable
+from relay.eventapi.outcome import OutcomeKind
 from relay.eventapi.proxy import proxy_for
-from relay.eventapi.publisher import OutcomeKind, Publisher, create_session
+from relay.eventapi.publisher import Publisher
+from relay.eventapi.session import create_session
 from tests.helpers.keys import server_tls
 from tests.helpers.partner import client, event_body, partner_settings, running
 from tests.helpers.proxy import PASSWORD, USER, ForwardProxy, forward_proxy

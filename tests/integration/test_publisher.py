@@ -20,16 +20,9 @@ from relay.config import load_settings
 from relay.emulator import Emulator, EmulatorConfig
 from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.eventapi.keys import load_pem
-from relay.eventapi.publisher import (
-    InvalidRoute,
-    Outcome,
-    OutcomeKind,
-    Publisher,
-    create_session,
-    create_token_session,
-    path_segment,
-    unreachable,
-)
+from relay.eventapi.outcome import Outcome, OutcomeKind
+from relay.eventapi.publisher import InvalidRoute, Publisher, path_segment
+from relay.eventapi.session import create_session, create_token_session, unreachable
 from relay.routes import route_problem
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
 from tests.helpers.partner import (

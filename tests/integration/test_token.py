@@ -19,7 +19,8 @@ from relay.config import Settings
 from relay.emulator import EmulatorConfig
 from relay.errors import TokenRejected, TokenUnavailable
 from relay.eventapi.keys import KeyMaterial, load_pem
-from relay.eventapi.publisher import OutcomeKind, create_token_session
+from relay.eventapi.outcome import OutcomeKind
+from relay.eventapi.session import create_token_session
 from relay.eventapi.token import AccessToken, TokenProvider, basic_authorization
 from relay.metrics import Metrics
 from tests.helpers.keys import certificate, rsa_key, write_pem

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.outbox import Pause
 from relay.outbox.circuit import Admission, Change, Circuit, State
 from relay.outbox.gate import Gate, Verdict
+from relay.outbox.store import Pause
 
 
 def circuit(state: State = State.CLOSED, **fields: float | bool | int) -> Circuit:

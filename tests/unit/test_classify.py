@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from relay.config import Settings
-from relay.eventapi.publisher import (
+from relay.eventapi.outcome import (
     CLASS_DEFAULTS,
     DEFAULT_RETRY_AFTER_CAP,
     STATUS_TABLE,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from relay.eventapi.publisher import Outcome, OutcomeKind
-from relay.outbox import ClaimedRow
+from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.outbox.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
 from relay.outbox.queries import ENVELOPE_FIELDS
+from relay.outbox.store import ClaimedRow
 from relay.retry import GiveUpPolicy, RetryPolicy
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
