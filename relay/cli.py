@@ -811,7 +811,7 @@ def demo(events: int, keep_server: bool, stop_only: bool) -> None:
 # The one-line summaries `relay --help` lists ---------------------------------------------------
 
 # click would cut each command's first sentence to the terminal's width and end it with "...";
-# these fit 80 columns whole. Kept together so they read as one list; tests/e2e/test_help.py
+# these fit 80 columns whole. Kept together so they read as one list; tests/cli/test_help.py
 # holds every command to one.
 SUMMARIES = {
     ("audit",): "Show the audit log: who changed what, and when",

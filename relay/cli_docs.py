@@ -3,7 +3,7 @@ exit codes they share. After changing a command, its options or its help:
 
     .venv/bin/python -m relay.cli_docs > docs/cli.md
 
-tests/e2e/test_help.py fails while docs/cli.md differs from what this writes.
+tests/cli/test_help.py fails while docs/cli.md differs from what this writes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ Every command exits with one of these codes, whatever the command (`relay.errors
 failure is printed as one line on standard error, starting with `relay:` (click's own usage
 errors start with `Usage:` and `Error:`), naming what to fix; a secret or the database password
 never appears in it. A representative failure of each class is tested for every command, as a
-real process (`tests/e2e/test_exit_codes.py`).
+real process (`tests/cli/test_exit_codes.py`).
 """
 
 # For each code, what leads to it: the commands' representative cases.

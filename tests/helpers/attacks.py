@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,17 +79,6 @@ async def arrivals_by_id(db: asyncpg.Connection, emulator: Emulator) -> dict[int
     rows = await db.fetch("SELECT id, payload->>'correlationId' AS c FROM outbox")
     ids = {row["c"]: row["id"] for row in rows}
     return {ids[event.body["correlationId"]]: event for event in emulator.events}
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 10.0, every: float = 0.02
-) -> float:
-    """Wait until ``check()`` holds; return the seconds it took; fail after ``within``."""
-    started = time.monotonic()
-    async with asyncio.timeout(within):
-        while not await check():  # noqa: ASYNC110 - the state lives in the database or process
-            await asyncio.sleep(every)
-    return time.monotonic() - started
 
 
 async def timed_drain(settings: Settings, within: float = 30.0) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -146,8 +147,13 @@ async def arrival_order_by_key(db: asyncpg.Connection, emulator: Emulator) -> di
     return order
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Wait until ``check()`` (usually a query) holds; fail after ``within`` seconds."""
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float = 10.0, every: float = 0.02
+) -> float:
+    """Wait until ``check()`` (usually a query) holds; return the seconds it took; fail
+    after ``within`` seconds."""
+    started = time.monotonic()
     async with asyncio.timeout(within):
-        while not await check():  # noqa: ASYNC110 - the state lives in the database
-            await asyncio.sleep(0.02)
+        while not await check():  # noqa: ASYNC110 - the state lives in the database or process
+            await asyncio.sleep(every)
+    return time.monotonic() - started

@@ -103,3 +103,14 @@ class RelayProcess:
         await self.process.wait()
         if self.reader is not None:
             await self.reader
+
+
+async def start_relay(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        RELAY,
+        "run",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )

@@ -15,9 +15,9 @@ import asyncpg
 
 from relay.emulator import Faults
 from relay.outbox.queries import LIVENESS_LOCK_CLASS
-from tests.e2e.test_run_process import start_relay
 from tests.helpers.engine import eventually, insert_rows, relay_env, status_counts
 from tests.helpers.partner import running, secret_config, wait_for
+from tests.helpers.process import start_relay
 
 ROWS = 8
 CONCURRENCY = 4

@@ -18,8 +18,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.emulator import Emulator
-from tests.helpers.attacks import Watch, eventually
-from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
+from tests.helpers.attacks import Watch
+from tests.helpers.engine import (
+    engine_settings,
+    eventually,
+    insert_rows,
+    running_daemon,
+    status_counts,
+)
 from tests.helpers.partner import running
 
 CONCURRENCY = 32  # the default: a whole round is in flight when the throttle begins

@@ -12,9 +12,9 @@ import time
 
 import asyncpg
 
-from tests.e2e.test_run_process import start_relay
 from tests.helpers.engine import eventually, relay_env
 from tests.helpers.partner import running
+from tests.helpers.process import start_relay
 
 ROUTE = ("dk", "abcinsurance")
 EVENTS = 20_000

@@ -12,9 +12,9 @@ import time
 
 import asyncpg
 
-from tests.e2e.test_run_process import start_relay
 from tests.helpers.engine import insert_rows, relay_env, status_counts
 from tests.helpers.partner import running
+from tests.helpers.process import start_relay
 
 ROWS = 500
 

@@ -6,59 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import sys
 import uuid
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import orjson
 
 from relay.database import RUNTIME_GRANTS
-from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
+from tests.helpers.commands import OPERATOR, admin_env, operate
+from tests.helpers.engine import (
+    engine_settings,
+    eventually,
+    insert_rows,
+    running_daemon,
+    status_counts,
+)
 from tests.helpers.partner import running
-from tests.integration.test_admin import Attempt, add_dead, add_row, eventually
-
-RELAY = str(Path(sys.executable).with_name("relay"))
-OPERATOR = "ops-alice"
-
-
-class Run:
-    """One finished ``relay`` process."""
-
-    def __init__(self, code: int, stdout: str, stderr: str) -> None:
-        self.code = code
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def json(self) -> Any:
-        assert self.code == 0, self.stderr
-        return orjson.loads(self.stdout)
-
-    def log(self) -> list[dict[str, Any]]:
-        """The JSON log lines it wrote to stderr."""
-        return [orjson.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
-
-
-def admin_env(database_url: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
-    env.update(RELAY_DATABASE_URL=database_url, RELAY_LOG_FORMAT="json", USER=OPERATOR)
-    return env
-
-
-async def relay(database_url: str, *args: str, env: dict[str, str] | None = None) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        RELAY,
-        *args,
-        env=admin_env(database_url) if env is None else env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Run(process.returncode, stdout.decode(), stderr.decode())
+from tests.helpers.rows import Attempt, add_dead, add_row
 
 
 async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: str) -> None:
@@ -83,11 +47,11 @@ async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: st
     )
 
     status_text, status_json, listed, shown, shown_json = await asyncio.gather(
-        relay(database_url, "status"),
-        relay(database_url, "status", "--json"),
-        relay(database_url, "dead", "list", "--since", "3h", "--json"),
-        relay(database_url, "dead", "show", str(refused)),
-        relay(database_url, "dead", "show", str(invalid), "--json"),
+        operate(database_url, "status"),
+        operate(database_url, "status", "--json"),
+        operate(database_url, "dead", "list", "--since", "3h", "--json"),
+        operate(database_url, "dead", "show", str(refused)),
+        operate(database_url, "dead", "show", str(invalid), "--json"),
     )
 
     assert status_text.code == 0, status_text.stderr
@@ -137,8 +101,8 @@ async def test_requeue_command(db: asyncpg.Connection, database_url: str) -> Non
     second = await add_dead(db, event_type="case_created")
     third = await add_dead(db, event_type="case_created")
     unselected, dry = await asyncio.gather(
-        relay(database_url, "requeue"),
-        relay(database_url, "requeue", "--all-dead", "--dry-run", "--json"),
+        operate(database_url, "requeue"),
+        operate(database_url, "requeue", "--all-dead", "--dry-run", "--json"),
     )
     assert unselected.code == 2
     assert "--all-dead" in unselected.stderr
@@ -147,8 +111,8 @@ async def test_requeue_command(db: asyncpg.Connection, database_url: str) -> Non
     assert not [line for line in dry.log() if line["event"] == "admin.requeued"]
 
     by_ids, by_type = await asyncio.gather(
-        relay(database_url, "requeue", str(first), "99999"),
-        relay(database_url, "requeue", "--event-type", "case_created", "--since", "1h", "--json"),
+        operate(database_url, "requeue", str(first), "99999"),
+        operate(database_url, "requeue", "--event-type", "case_created", "--since", "1h", "--json"),
     )
     assert by_ids.code == 3, by_ids.stderr  # finished, but 99999 was left alone
     assert f"relay: requeued 1 dead rows: {first}" in by_ids.stdout
@@ -179,8 +143,8 @@ async def test_requeued_dead_rows_are_published_by_a_running_relay(
 
             await eventually(all_dead)
             emulator.clear_faults()
-            shown = await relay(database_url, "dead", "show", str(ids[0]))
-            requeued = await relay(database_url, "requeue", "--all-dead")
+            shown = await operate(database_url, "dead", "show", str(ids[0]))
+            requeued = await operate(database_url, "requeue", "--all-dead")
 
             async def all_published() -> bool:
                 return await status_counts(db) == {"published": 3}
@@ -209,9 +173,9 @@ async def test_purge_command(db: asyncpg.Connection, database_url: str) -> None:
     young = await add_row(db, status="published", age=timedelta(days=2))
     dead = await add_dead(db, died_ago=timedelta(days=90))
     purged, unreadable, future = await asyncio.gather(
-        relay(database_url, "purge", "--older-than", "30d", "--batch-size", "2", "--json"),
-        relay(database_url, "purge", "--older-than", "last tuesday"),
-        relay(database_url, "purge", "--older-than", "2999-01-01T00:00:00Z"),
+        operate(database_url, "purge", "--older-than", "30d", "--batch-size", "2", "--json"),
+        operate(database_url, "purge", "--older-than", "last tuesday"),
+        operate(database_url, "purge", "--older-than", "2999-01-01T00:00:00Z"),
     )
     result = purged.json()
     assert (result["rows"], result["batches"]) == (3, 2)
@@ -243,8 +207,8 @@ async def test_purge_dry_run_counts_and_changes_nothing(
     before = await db.fetch("SELECT * FROM outbox ORDER BY id")
 
     counted, text = await asyncio.gather(
-        relay(database_url, "purge", "--older-than", "30d", "--dry-run", "--json"),
-        relay(database_url, "purge", "--older-than", "30d", "--dry-run"),
+        operate(database_url, "purge", "--older-than", "30d", "--dry-run", "--json"),
+        operate(database_url, "purge", "--older-than", "30d", "--dry-run"),
     )
     preview = counted.json()
     assert (preview["rows"], preview["deliveries"], preview["dry_run"]) == (2, 4, True)
@@ -259,7 +223,7 @@ async def test_purge_dry_run_counts_and_changes_nothing(
 
 
 async def test_commands_on_a_database_without_the_schema(empty_database_url: str) -> None:
-    run = await relay(empty_database_url, "status")
+    run = await operate(empty_database_url, "status")
     assert run.code == 5
     assert "run 'relay migrate'" in run.stderr
     assert "Traceback" not in run.stderr
@@ -275,30 +239,30 @@ async def test_pause_list_and_clear(db: asyncpg.Connection, database_url: str) -
         "INSERT INTO outbox (event_type, payload, tenant, country, status, blocked_by) VALUES "
         "('e', '{}', 'abcinsurance', 'dk', 'blocked', 'route_pause')"
     )
-    listed = (await relay(database_url, "pause", "list", "--json")).json()
+    listed = (await operate(database_url, "pause", "list", "--json")).json()
     assert [(p["route"], p["kind"]) for p in listed] == [
         ("dk/abcinsurance", "configuration"),
         ("*", "circuit"),
     ]
-    text = (await relay(database_url, "pause", "list")).stdout
+    text = (await operate(database_url, "pause", "list")).stdout
     assert "dk/abcinsurance  configuration  9m" in text
     assert "every route  circuit  ran out, waiting for a probe" in text
 
-    refused = await relay(database_url, "pause", "clear")
+    refused = await operate(database_url, "pause", "clear")
     assert refused.code == 2
     assert "name the routes" in refused.stderr
 
-    cleared = await relay(database_url, "pause", "clear", "dk/abcinsurance")
+    cleared = await operate(database_url, "pause", "clear", "dk/abcinsurance")
     assert cleared.code == 0, cleared.stderr
     assert "lifted:" in cleared.stdout
     audit = [line for line in cleared.log() if line["event"] == "admin.pauses_cleared"]
     assert audit[0]["routes"] == ["dk/abcinsurance"]
     assert audit[0]["operator"] == OPERATOR
     assert await db.fetchval("SELECT status FROM outbox") == "pending"
-    assert [p["route"] for p in (await relay(database_url, "pause", "list", "--json")).json()] == [
-        "*"
-    ]
-    assert (await relay(database_url, "pause", "clear", "--all")).code == 0
+    assert [
+        p["route"] for p in (await operate(database_url, "pause", "list", "--json")).json()
+    ] == ["*"]
+    assert (await operate(database_url, "pause", "clear", "--all")).code == 0
     assert await db.fetchval("SELECT count(*) FROM relay_pause") == 0
 
 
@@ -316,10 +280,10 @@ async def test_changes_are_recorded_under_the_operators_name(
     )
     # As under kubectl exec: no $USER, no $LOGNAME; the process's OS user is all there is.
     bare = {k: v for k, v in admin_env(database_url).items() if k not in ("USER", "LOGNAME")}
-    requeued = await relay(database_url, "requeue", str(dead), "--operator", "alice")
-    purged = await relay(database_url, "purge", "--older-than", "30d", "--json")
-    cleared = await relay(database_url, "pause", "clear", "--all", env=bare)
-    nameless = await relay(database_url, "requeue", "--all-dead", "--operator", " ")
+    requeued = await operate(database_url, "requeue", str(dead), "--operator", "alice")
+    purged = await operate(database_url, "purge", "--older-than", "30d", "--json")
+    cleared = await operate(database_url, "pause", "clear", "--all", env=bare)
+    nameless = await operate(database_url, "requeue", "--all-dead", "--operator", " ")
 
     assert requeued.code == 0, requeued.stderr
     assert "recorded as audit log entry 1, operator alice" in requeued.stdout
@@ -330,7 +294,7 @@ async def test_changes_are_recorded_under_the_operators_name(
     [line] = [line for line in requeued.log() if line["event"] == "admin.requeued"]
     assert (line["operator"], line["audit_id"]) == ("alice", 1)  # the log line stays
 
-    listed = await relay(database_url, "audit", "--json")
+    listed = await operate(database_url, "audit", "--json")
     entries = listed.json()
     assert [(e["id"], e["action"], e["operator"]) for e in entries] == [
         (3, "pause_clear", pwd.getpwuid(os.getuid()).pw_name),
@@ -342,7 +306,7 @@ async def test_changes_are_recorded_under_the_operators_name(
     assert entries[1]["rows_affected"] == 1
     assert entries[0]["detail"] == {"lifted": ["*"], "not_paused": []}
     assert entries[0]["at"].endswith("Z")
-    text = await relay(database_url, "audit", "--since", "1h", "--limit", "2")
+    text = await operate(database_url, "audit", "--since", "1h", "--limit", "2")
     assert text.code == 0, text.stderr
     assert " purge  1 rows  done" in text.stdout
     assert "requeue" not in text.stdout  # the oldest of three, past the limit
@@ -385,7 +349,7 @@ async def test_the_audit_grants_are_enough_and_the_log_cannot_be_skipped(
             "INSERT INTO relay_pause (route, until, kind, reason, set_by) VALUES "
             "('*', now() + interval '1 hour', 'circuit', 'http_503', 'h:1')"
         )
-        refused = await relay(role_url(database_url, ungranted), "requeue", str(dead))
+        refused = await operate(role_url(database_url, ungranted), "requeue", str(dead))
         assert refused.code == 4, refused
         # Named at start, before anything is touched: the audit log is in the runtime grants.
         assert refused.stderr == (
@@ -404,7 +368,7 @@ async def test_the_audit_grants_are_enough_and_the_log_cannot_be_skipped(
             ("pause", "clear", "*"),
             ("audit",),
         ):
-            run = await relay(url, *args)
+            run = await operate(url, *args)
             assert run.code == 0, (args, run)
         assert await db.fetchval("SELECT count(*) FROM relay_admin_log") == 4
         assert await status_counts(db) == {"pending": 2}

@@ -22,13 +22,13 @@ from relay.metrics import relay_version
 from relay.ops.admin import open_admin
 from tests.helpers.engine import (
     engine_settings,
+    eventually,
     insert_rows,
     relay_env,
     running_daemon,
     status_counts,
 )
 from tests.helpers.partner import CLIENT_SECRET, running, secret_config
-from tests.integration.test_admin import eventually
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 EVENT_FIELDS = ("outbox_id", "event_type", "correlation_id", "route", "attempt")

@@ -9,7 +9,6 @@ own result.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import pytest
 from relay import DISTRIBUTION
 from relay.database import head_revision
 from tests.conftest import Databases, with_database
-from tests.integration.test_migrate import schema_snapshot
+from tests.helpers.commands import minimal_environment as environment
+from tests.helpers.schema import schema_snapshot
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 TIMEOUT = 60
@@ -42,17 +42,6 @@ class Run:
     @property
     def error_lines(self) -> list[str]:
         return self.stderr.splitlines()
-
-
-def environment(**variables: str) -> dict[str, str]:
-    """Only what the command needs: no RELAY_* setting leaks in from the shell running pytest
-    (libpq's PG* variables do, as the test server may rely on them)."""
-    base = {
-        name: value
-        for name, value in os.environ.items()
-        if name in ("PATH", "HOME", "LANG") or name.startswith("PG")
-    }
-    return {**base, **variables}
 
 
 @dataclass(frozen=True)

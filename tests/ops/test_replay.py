@@ -22,7 +22,7 @@ from tests.helpers.engine import (
     status_counts,
 )
 from tests.helpers.partner import running, wait_for
-from tests.integration.test_admin import Attempt, add_dead, add_row
+from tests.helpers.rows import Attempt, add_dead, add_row
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from tests.e2e.test_admin_cli import OPERATOR, admin_env, relay
+from tests.helpers.commands import OPERATOR, admin_env, operate
 from tests.helpers.engine import status_counts
-from tests.integration.test_admin import add_dead, add_row
+from tests.helpers.rows import add_dead, add_row
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 
@@ -48,8 +48,8 @@ async def test_dry_run_lists_what_would_go_and_replay_sends_it_again(
     await add_row(db, ordering_key="case-5", available_in=timedelta(hours=1))
 
     listed, listed_json = await asyncio.gather(
-        relay(database_url, "replay", "--since", "1d", "--dry-run"),
-        relay(database_url, "replay", "--since", "1d", "--event-type", "case_created",
+        operate(database_url, "replay", "--since", "1d", "--dry-run"),
+        operate(database_url, "replay", "--since", "1d", "--event-type", "case_created",
               "--dry-run", "--json"),
     )  # fmt: skip
     assert listed.code == 3, listed.stderr  # the keyed row is held back
@@ -63,7 +63,7 @@ async def test_dry_run_lists_what_would_go_and_replay_sends_it_again(
     assert await db.fetchval("SELECT count(*) FROM relay_admin_log") == 0
     assert await status_counts(db) == {"published": 6, "dead": 1, "pending": 1}
 
-    replayed = await relay(
+    replayed = await operate(
         database_url, "replay", *map(str, [old[0], recent[0], dead]), "--operator", "bob"
     )
     assert replayed.code == 3, replayed.stderr  # the dead row named was left alone
@@ -81,7 +81,7 @@ async def test_dry_run_lists_what_would_go_and_replay_sends_it_again(
         (old[0], "pending", 0, "api-1"),
         (recent[0], "pending", 0, "api-1"),
     ]
-    audit = (await relay(database_url, "audit", "--json")).json()
+    audit = (await operate(database_url, "audit", "--json")).json()
     assert [(e["action"], e["operator"], e["outcome"]) for e in audit] == [
         ("replay", "bob", "partial")
     ]
@@ -93,16 +93,16 @@ async def test_more_than_100_rows_need_yes_off_a_terminal(
     db: asyncpg.Connection, database_url: str
 ) -> None:
     ids = await published_rows(db, 101, hours_ago=1)
-    refused = await relay(database_url, "replay", "--since", "2h")
+    refused = await operate(database_url, "replay", "--since", "2h")
     assert refused.code == 2
     assert "this would replay 101 published rows, more than 100" in refused.stderr
     assert "--dry-run" in refused.stderr
     assert "--yes" in refused.stderr
     assert await status_counts(db) == {"published": 101}
 
-    few = await relay(database_url, "replay", *map(str, ids[:100]), "--json")
+    few = await operate(database_url, "replay", *map(str, ids[:100]), "--json")
     assert few.json()["replayed"] == 100  # 100 need no confirmation
-    confirmed = await relay(database_url, "replay", str(ids[100]), "--since", "2h", "--yes")
+    confirmed = await operate(database_url, "replay", str(ids[100]), "--since", "2h", "--yes")
     assert confirmed.code == 0, confirmed.stderr
     assert await status_counts(db) == {"pending": 101}
     entries = await db.fetch("SELECT operator, rows_affected FROM relay_admin_log ORDER BY id")
@@ -149,6 +149,6 @@ async def test_more_than_100_rows_are_confirmed_at_a_terminal(
 
 
 async def test_replay_without_a_selection_is_refused(database_url: str) -> None:
-    run = await relay(database_url, "replay", "--yes")
+    run = await operate(database_url, "replay", "--yes")
     assert run.code == 2
     assert "name the published rows to replay" in run.stderr

@@ -34,7 +34,7 @@ from relay.database import (
 from relay.errors import SchemaNotReady
 from tests.conftest import Databases, with_database
 from tests.helpers.commands import RELAY, relay, relay_env
-from tests.integration.test_migrate import relations, schema_snapshot
+from tests.helpers.schema import relations, schema_snapshot
 
 APPLICATION_ENV = """
 from alembic import context

@@ -19,8 +19,14 @@ import pytest
 
 from relay.emulator import Faults
 from tests.conftest import Databases, with_database
-from tests.helpers.attacks import eventually, get, insert_text, payload_text
-from tests.helpers.engine import arrival_order_by_key, insert_rows, relay_env, status_counts
+from tests.helpers.attacks import get, insert_text, payload_text
+from tests.helpers.engine import (
+    arrival_order_by_key,
+    eventually,
+    insert_rows,
+    relay_env,
+    status_counts,
+)
 from tests.helpers.partner import running, secret_config, wait_for
 from tests.helpers.process import Finished, RelayProcess
 

@@ -23,7 +23,6 @@ from relay.emulator import Emulator
 from tests.helpers.attacks import (
     Watch,
     arrivals_by_id,
-    eventually,
     get,
     insert_text,
     nested,
@@ -31,7 +30,13 @@ from tests.helpers.attacks import (
     stored_text,
     timed_drain,
 )
-from tests.helpers.engine import engine_settings, insert_rows, running_daemon, status_counts
+from tests.helpers.engine import (
+    engine_settings,
+    eventually,
+    insert_rows,
+    running_daemon,
+    status_counts,
+)
 from tests.helpers.partner import CLIENT_ID, CLIENT_SECRET, running
 
 NUMBERS = ("12345678901234567.89", "123456789012345678901234567890", "0.1000000000000000000001")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.e2e.test_cli_foundation import environment
+from tests.helpers.commands import minimal_environment as environment
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 

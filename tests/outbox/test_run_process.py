@@ -13,19 +13,9 @@ import asyncpg
 from relay.emulator import Faults
 from tests.helpers.engine import insert_rows, relay_env, status_counts
 from tests.helpers.partner import running, secret_config, wait_for
+from tests.helpers.process import start_relay
 
 RELAY = str(Path(sys.executable).with_name("relay"))
-
-
-async def start_relay(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        RELAY,
-        "run",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 async def test_kill_9_mid_run_then_restart_loses_nothing(
