@@ -192,6 +192,23 @@ def _backlog_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
     ]
 
 
+def receive_table(results: list[Result]) -> str:
+    rows = []
+    for result in results:
+        if result["kind"] == "receive_backlog":
+            rows.append((
+                f"backlog of {result['events']:,}", f"{result['rate']:,} ev/s",
+                f"{result['relay_cpu_per_event_us']} µs/ev", result["duplicates"], "-", "-",
+            ))  # fmt: skip
+        else:
+            rows.append((
+                f"trickle {result['per_second']:g}/s for {result['seconds']:g} s", "-", "-",
+                "-", f"{result['p50_ms']} ms", f"{result['p99_ms']} ms",
+            ))  # fmt: skip
+    header = ("run", "stored", "relay CPU", "duplicates", "feed -> inbox p50", "p99")
+    return _table(header, rows)
+
+
 def render(document: Result) -> str:
     machine = document["machine"]
     results = document["results"]
@@ -210,6 +227,8 @@ def render(document: Result) -> str:
         parts += ["### Latency under a trickle", trickle_table(trickle)]
     if results.get("backlog"):
         parts += ["### Scaling with backlog (0 ms, c=32)", backlog_table(results["backlog"])]
+    if results.get("receive"):
+        parts += ["### Receiving into the inbox (0 ms)", receive_table(results["receive"])]
     for work in results.get("database", []):
         parts += [f"### Database work per event (0 ms, c={work['concurrency']})"]
         parts += [database_table(work)]

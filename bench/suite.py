@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import receive, report, scenarios
 from bench.database import BenchDatabase
 from bench.machine import describe
 from bench.measure import ROOT
@@ -37,6 +37,9 @@ class Plan:
     trickle_seconds: float
     backlog: tuple[tuple[str, int, int], ...]  # label, published rows, pending rows
     backlog_events: int
+    receive_backlog: int = 20_000  # events waiting for the receiver
+    receive_trickle_per_second: float = 50
+    receive_trickle_seconds: float = 20
     # Runs at 0 ms last a few seconds and drift with the machine by +-20 %: they are measured
     # in interleaved rounds (A B A B ..., A B C A B C ...) and each one's median run reported.
     throughput_rounds_at_0ms: int = 3
@@ -69,8 +72,10 @@ QUICK = Plan(
     backlog_events=2_000,
     throughput_rounds_at_0ms=1,
     backlog_rounds=1,
+    receive_backlog=2_000,
+    receive_trickle_seconds=5,
 )
-BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog")
+BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog", "receive")
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,12 +132,27 @@ def run_backlog(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
     return [_median_run(measured) for measured in runs.values()]
 
 
+def run_receive(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    partner = ctx.partner(0)
+    stored = receive.backlog(partner, ctx.db.url, ctx.log("receive-backlog"), plan.receive_backlog)
+    _progress([stored])
+    latency = receive.trickle(
+        partner,
+        ctx.db.url,
+        ctx.log("receive-trickle"),
+        plan.receive_trickle_per_second,
+        plan.receive_trickle_seconds,
+    )
+    return [stored, latency]
+
+
 RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = {
     "throughput": run_throughput,
     "naive": run_naive,
     "database": run_database,
     "trickle": run_trickle,
     "backlog": run_backlog,
+    "receive": run_receive,
 }
 
 
