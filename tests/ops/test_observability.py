@@ -316,6 +316,14 @@ async def test_json_log_lines_of_a_run_carry_context_and_no_secrets(
         shown = await relay_process(env, "dead", "show", str(invalid))
 
     lines = [orjson.loads(line) for line in stderr.splitlines() if line.strip()]
+    # Where it listens and whom it talks to, first thing, for whoever reads the log.
+    [started] = [line for line in lines if line["event"] == "relay.started"]
+    assert started["http"].startswith("127.0.0.1:")
+    assert (started["api_base_url"], started["token_url"]) == (
+        emulator.base_url,
+        emulator.base_url + "/connect/token",
+    )
+    assert started["environment"] == "sandbox"
     events = [line for line in lines if "outbox_id" in line]
     for line in events:
         missing = [name for name in EVENT_FIELDS if line.get(name) is None]
