@@ -15,7 +15,15 @@ import asyncpg
 
 from relay.emulator import Faults
 from relay.outbox.queries import LIVENESS_LOCK_CLASS
-from tests.helpers.engine import eventually, insert_rows, relay_env, status_counts
+from tests.helpers.engine import (
+    drain,
+    engine_settings,
+    eventually,
+    insert_rows,
+    relay_env,
+    running_daemon,
+    status_counts,
+)
 from tests.helpers.partner import running, secret_config, wait_for
 from tests.helpers.process import start_relay
 
@@ -113,3 +121,53 @@ async def test_a_restarted_relay_sends_its_predecessors_rows_as_soon_as_it_is_up
                 await second.wait()
     assert second.returncode == 0
     assert took <= 2.0, f"the restarted relay took {took:.2f}s to send the rows again"
+
+
+async def test_a_row_that_keeps_stopping_relays_is_dead_after_max_attempts_stops(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Taken back from a relay that stopped with it once already: with RELAY_MAX_ATTEMPTS=2,
+    this second stop makes it dead, unsent, with the reason, instead of stopping a third relay."""
+    [row_id] = await insert_rows(db, 1)
+    await db.execute(
+        "UPDATE outbox SET status = 'in_flight', attempts = 1, stops = 1, "
+        "claim_token = (12345::bigint << 32) | 1, lease_until = now() - interval '1 second' "
+        "WHERE id = $1",
+        row_id,
+    )
+    async with running() as emulator:
+        await drain(engine_settings(database_url, emulator, max_attempts=2))
+    row = await db.fetchrow("SELECT status, stops, last_error FROM outbox WHERE id = $1", row_id)
+    assert row is not None
+    assert (row["status"], row["stops"]) == ("dead", 2)
+    assert row["last_error"] == "the relay stopped while sending it 2 times"
+    assert emulator.stats()["events"] == 0
+
+
+async def test_a_relay_that_loses_its_liveness_connection_sends_none_of_its_queued_rows(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Its liveness lock went with the connection, so another relay may take its rows at once:
+    it gives back what it had queued (unsent, no attempt used) and takes its lock again."""
+    await insert_rows(db, 12)
+    async with running(secret_config(faults=Faults(latency_ms=400))) as emulator:
+        settings = engine_settings(database_url, emulator, concurrency=2)
+        async with running_daemon(settings) as daemon:
+            assert daemon.worker is not None
+            worker = daemon.worker
+            await wait_for(lambda: len(worker.queue) >= 2, within=10)
+            killed = await db.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'relay liveness' AND datname = current_database()"
+            )
+            assert killed == 1
+            await wait_for(lambda: not worker.liveness.alive.is_set(), within=5)
+            await wait_for(lambda: worker.liveness.alive.is_set(), within=10)
+            await eventually(lambda: _all_published(db, 12), within=30)
+            given_back = daemon.metrics.given_back.labels("liveness_lost")._value.get()
+    assert given_back >= 2
+    assert emulator.duplicates == 0
+
+
+async def _all_published(db: asyncpg.Connection, rows: int) -> bool:
+    return await status_counts(db) == {"published": rows}
