@@ -205,6 +205,7 @@ class Daemon:
             api_base,
             timeout=settings.receive_timeout,
             retry_after_cap=settings.retry_after_cap,
+            proxy=proxy_for(api_base, settings),
         )
         config = ReceiveConfig(settings.receive_from, settings.configuration_pause)
         receivers = [

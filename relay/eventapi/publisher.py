@@ -16,28 +16,17 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from relay.config import env_name
-from relay.errors import TokenRejected, TokenUnavailable
 from relay.eventapi.outcome import (
     CONTENT_TYPE,
     DEFAULT_RETRY_AFTER_CAP,
-    PROXY_AUTHENTICATION_REQUIRED,
-    C,
     Outcome,
     P,
     T,
     classify,
 )
 from relay.eventapi.proxy import Proxy
-from relay.eventapi.session import (
-    certificate_problem,
-    exception_origin,
-    proxy_refusal,
-    read_bounded,
-    unreachable,
-    untrusted_message,
-)
-from relay.eventapi.token import AccessToken, TokenProvider
+from relay.eventapi.session import exception_origin, no_answer, proxy_refused, read_bounded
+from relay.eventapi.token import AccessToken, TokenProvider, bearer
 from relay.metrics import Metrics
 from relay.routes import route_problem
 
@@ -147,21 +136,17 @@ class Publisher:
             if not isinstance(second, tuple):
                 return second
             _, status, headers, answer = second
-        if status == PROXY_AUTHENTICATION_REQUIRED:
-            # A proxy's answer, not Scalepoint's: the event is not at fault, so it is retried.
-            message = proxy_refusal(status, None, self._proxy)
-            return Outcome(T, "connection", http_status=status, error=message)
+        refused = proxy_refused(status, self._proxy)
+        if refused is not None:
+            return refused
         return classify(status, headers, answer, retry_after_cap=self._retry_after_cap)
 
     async def _attempt(
         self, event_type: str, body: bytes, url: str
     ) -> Outcome | tuple[AccessToken, int, Mapping[str, str], bytes]:
-        try:
-            token = await self._tokens.get()
-        except TokenUnavailable as error:
-            return Outcome(T, "token_unavailable", error=str(error))
-        except TokenRejected as error:
-            return Outcome(C, "token_rejected", error=str(error), for_all_routes=True)
+        token = await bearer(self._tokens)
+        if isinstance(token, Outcome):
+            return token
         headers = {
             "Authorization": f"Bearer {token.value}",
             "Content-Type": CONTENT_TYPE,
@@ -174,21 +159,4 @@ class Publisher:
                 answer = await read_bounded(response)
                 return token, response.status, response.headers, answer
         except (TimeoutError, aiohttp.ClientError) as error:
-            return self._failure(error, url)
-
-    def _failure(self, error: TimeoutError | aiohttp.ClientError, url: str) -> Outcome:
-        """The outcome of a request that got no usable answer."""
-        if isinstance(error, TimeoutError):  # aiohttp's own timeouts are TimeoutErrors too
-            seconds = self._timeout.total
-            return Outcome(T, "timeout", error=f"no answer within {seconds:g}s from {url}")
-        problem = certificate_problem(error)
-        if problem is not None:
-            # Retrying cannot help and every route shares the host: ask for the setting.
-            message = untrusted_message(url, problem)
-            return Outcome(C, "tls_certificate", error=message, for_all_routes=True)
-        cause = unreachable(error, url, env_name("api_base_url"), self._proxy)
-        if cause is not None:
-            return Outcome(T, "connection", error=cause)
-        if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-            return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
-        return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")
+            return no_answer(error, url, self._timeout, self._proxy)

@@ -23,11 +23,11 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
-from relay.errors import TokenRejected, TokenUnavailable
 from relay.eventapi.outcome import DEFAULT_RETRY_AFTER_CAP, Outcome, OutcomeKind, classify
+from relay.eventapi.proxy import Proxy
 from relay.eventapi.publisher import InvalidRoute, path_segment
-from relay.eventapi.session import certificate_problem, read_bounded, untrusted_message
-from relay.eventapi.token import AccessToken, TokenProvider
+from relay.eventapi.session import no_answer, proxy_refused, read_bounded
+from relay.eventapi.token import AccessToken, TokenProvider, bearer
 from relay.routes import route_problem
 
 log = structlog.get_logger("relay.eventapi.receive")
@@ -65,8 +65,11 @@ class Receiver:
         *,
         timeout: timedelta,
         retry_after_cap: timedelta = DEFAULT_RETRY_AFTER_CAP,
+        proxy: Proxy | None = None,
     ) -> None:
+        """``proxy``: the one ``session`` goes through, named in errors."""
         self._session = session
+        self._proxy = proxy
         self._tokens = tokens
         parts = urlsplit(api_base_url.rstrip("/"))
         self._origin = (parts.scheme, parts.netloc)
@@ -99,10 +102,7 @@ class Receiver:
             name = type(error).__name__
             log.error("receive.unexpected_error", error_class=name)
             answer = Outcome(T, "unexpected", error=name)
-        latency = time.perf_counter() - started
-        if isinstance(answer, Page):
-            return replace(answer, latency=latency)
-        return replace(answer, latency=latency)
+        return replace(answer, latency=time.perf_counter() - started)
 
     async def _fetch(self, url: str) -> Page | Outcome:
         first = await self._attempt(url)
@@ -118,17 +118,17 @@ class Receiver:
             _, status, headers, body = second
         if status == 200:
             return Page(body)
+        refused = proxy_refused(status, self._proxy)
+        if refused is not None:
+            return refused
         return classify(status, headers, body, retry_after_cap=self._retry_after_cap)
 
     async def _attempt(
         self, url: str
     ) -> Outcome | tuple[AccessToken, int, Mapping[str, str], bytes]:
-        try:
-            token = await self._tokens.get()
-        except TokenUnavailable as error:
-            return Outcome(T, "token_unavailable", error=str(error))
-        except TokenRejected as error:
-            return Outcome(C, "token_rejected", error=str(error), for_all_routes=True)
+        token = await bearer(self._tokens)
+        if isinstance(token, Outcome):
+            return token
         headers = {"Authorization": f"Bearer {token.value}", "Accept": "application/json"}
         try:
             async with self._session.get(
@@ -136,12 +136,5 @@ class Receiver:
             ) as response:
                 body = await read_bounded(response, MAX_PAGE_BYTES)
                 return token, response.status, response.headers, body
-        except TimeoutError:
-            seconds = self._timeout.total
-            return Outcome(T, "timeout", error=f"no answer within {seconds:g}s from {url}")
-        except aiohttp.ClientError as error:
-            problem = certificate_problem(error)
-            if problem is not None:
-                message = untrusted_message(url, problem)
-                return Outcome(C, "tls_certificate", error=message, for_all_routes=True)
-            return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")
+        except (TimeoutError, aiohttp.ClientError) as error:
+            return no_answer(error, url, self._timeout, self._proxy)

@@ -13,7 +13,13 @@ import aiohttp
 
 from relay.config import Settings, env_name
 from relay.errors import ConfigurationError
-from relay.eventapi.outcome import MAX_ANSWER_BYTES, PROXY_AUTHENTICATION_REQUIRED
+from relay.eventapi.outcome import (
+    MAX_ANSWER_BYTES,
+    PROXY_AUTHENTICATION_REQUIRED,
+    C,
+    Outcome,
+    T,
+)
 from relay.eventapi.proxy import Proxy, proxy_for
 
 # Token requests are single-flight: one in flight, and a spare while a closed one lingers.
@@ -158,3 +164,32 @@ def exception_origin(error: BaseException) -> str:
         return "unknown"
     frame = frames[-1]
     return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def no_answer(
+    error: TimeoutError | aiohttp.ClientError,
+    url: str,
+    timeout: aiohttp.ClientTimeout,
+    proxy: Proxy | None,
+) -> Outcome:
+    """The outcome of a request that got no usable answer (a publish or a receive)."""
+    if isinstance(error, TimeoutError):  # aiohttp's own timeouts are TimeoutErrors too
+        return Outcome(T, "timeout", error=f"no answer within {timeout.total:g}s from {url}")
+    problem = certificate_problem(error)
+    if problem is not None:
+        # Retrying cannot help and every route shares the host: ask for the setting.
+        message = untrusted_message(url, problem)
+        return Outcome(C, "tls_certificate", error=message, for_all_routes=True)
+    cause = unreachable(error, url, env_name("api_base_url"), proxy)
+    if cause is not None:
+        return Outcome(T, "connection", error=cause)
+    if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return Outcome(T, "bad_response", error=f"unreadable answer from {url}: {error}")
+    return Outcome(T, "connection", error=f"{type(error).__name__} talking to {url}")
+
+
+def proxy_refused(status: int, proxy: Proxy | None) -> Outcome | None:
+    """A 407 is the proxy's answer, not Scalepoint's: retried, naming the proxy."""
+    if status != PROXY_AUTHENTICATION_REQUIRED:
+        return None
+    return Outcome(T, "connection", http_status=status, error=proxy_refusal(status, None, proxy))

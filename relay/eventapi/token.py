@@ -43,7 +43,13 @@ from relay.errors import (
     TokenUnavailable,
 )
 from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
-from relay.eventapi.outcome import PROXY_AUTHENTICATION_REQUIRED, parse_retry_after, storable
+from relay.eventapi.outcome import (
+    PROXY_AUTHENTICATION_REQUIRED,
+    Outcome,
+    OutcomeKind,
+    parse_retry_after,
+    storable,
+)
 from relay.eventapi.proxy import proxy_for
 from relay.eventapi.session import (
     certificate_problem,
@@ -459,3 +465,16 @@ def _consume_exception(task: asyncio.Task[AccessToken]) -> None:
     # last_error; reading it here stops asyncio reporting "exception never retrieved".
     if not task.cancelled():
         task.exception()
+
+
+async def bearer(tokens: TokenProvider) -> AccessToken | Outcome:
+    """The token to send, or the outcome of not having one: a transient failure, or our
+    client refused (a configuration error of every route)."""
+    try:
+        return await tokens.get()
+    except TokenUnavailable as error:
+        return Outcome(OutcomeKind.TRANSIENT, "token_unavailable", error=str(error))
+    except TokenRejected as error:
+        return Outcome(
+            OutcomeKind.CONFIGURATION, "token_rejected", error=str(error), for_all_routes=True
+        )
