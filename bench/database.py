@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from relay.database import migrate
 from relay.outbox.queries import Queries
+from relay.schema import migrate
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "relay_bench"

@@ -6,7 +6,7 @@ from ``config.attributes["url"]`` (online) or is not needed at all (``--sql``).
 The revision lives in ``relay_alembic_version``, never in the ``alembic_version`` that an
 application's own Alembic keeps, often in the same schema: relay migrates whatever that one
 says, before or after it. An installation made by an older relay, whose revision is still in
-``alembic_version``, is carried over first (``relay.database.carry_over_sql``).
+``alembic_version``, is carried over first (``relay.schema.carry_over_sql``).
 
 Online, ``config.attributes`` gets back ``role`` (the role that migrated), ``before`` (the
 revision found, after any carry-over) and ``carried_over``.
@@ -22,15 +22,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from relay.database import (
+from relay.database import sqlalchemy_url
+from relay.errors import PrivilegeMissing
+from relay.schema import (
     MIGRATION_LOCK_KEY,
     REVISIONS,
     VERSION_TABLE,
     carry_over_sql,
     create_schema_sql,
-    sqlalchemy_url,
 )
-from relay.errors import PrivilegeMissing
 
 config = context.config
 schema: str = config.attributes["schema"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-from relay import DISTRIBUTION, database
+from relay import DISTRIBUTION, database, schema
 from relay.config import Settings, load_settings
 from relay.errors import (
     EXIT_CODE_MEANINGS,
@@ -141,28 +141,28 @@ def migrate(sql: bool, start: str | None, check: bool) -> None:
         raise click.UsageError("--check reads the database and --sql needs none: pick one")
     if start is not None and not sql:
         raise click.UsageError("--from goes with --sql")
-    if start is not None and start not in database.REVISIONS:
-        known = ", ".join(reversed(database.REVISIONS))
+    if start is not None and start not in schema.REVISIONS:
+        known = ", ".join(reversed(schema.REVISIONS))
         raise click.BadParameter(
             f"{start!r} is not a revision of this relay ({known})", param_hint="'--from'"
         )
     settings = settings_from_env()
     configure_logging(settings, floor="warning")  # what it prints is the output
     if sql:
-        click.echo(database.migration_sql(settings.schema_name, start))
+        click.echo(schema.migration_sql(settings.schema_name, start))
         return
-    schema = settings.schema_name
+    name = settings.schema_name
     if check:
-        click.echo(f"relay: {database.migration_check(settings.require_database_url(), schema)}")
+        click.echo(f"relay: {schema.migration_check(settings.require_database_url(), name)}")
         return
-    result = database.migrate(settings.require_database_url(), schema)
-    line = f'relay: schema "{schema}" is at revision {result.revision}'
+    result = schema.migrate(settings.require_database_url(), name)
+    line = f'relay: schema "{name}" is at revision {result.revision}'
     if result.newer:
-        line += f", {database.newer_than_relay()}"
+        line += f", {schema.newer_than_relay()}"
     elif result.carried_over:
         line += (
-            f" (its revision moved from {database.SHARED_VERSION_TABLE}, the application's "
-            f"Alembic table, to {database.VERSION_TABLE})"
+            f" (its revision moved from {schema.SHARED_VERSION_TABLE}, the application's "
+            f"Alembic table, to {schema.VERSION_TABLE})"
         )
     click.echo(line)
 

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import structlog
 
-from relay import database
+from relay import database, schema
 from relay.config import Settings
 from relay.errors import ConfigurationError, RelayError, TokenError
 from relay.eventapi.keys import load_key_material
@@ -158,7 +158,7 @@ class Daemon:
         except database.DATABASE_ERRORS as error:
             raise database.describe_connection_error(url, error) from None
         try:
-            await database.check_schema(pool, self.settings.schema_name)
+            await schema.check_schema(pool, self.settings.schema_name)
         except BaseException:
             await pool.close()
             raise

@@ -22,7 +22,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from relay.database import migrate
+from relay.schema import migrate
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -36,7 +36,7 @@ import asyncpg
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from relay import database, logs
+from relay import database, logs, schema
 from relay.config import Settings, load_settings
 from relay.daemon import Daemon
 from relay.demo.database import (
@@ -209,9 +209,9 @@ async def _prepare(run: Run, emulator: Emulator) -> None:
     await start_fresh(run.target)
     echo(f"relay demo: fresh start: {run.target.fresh}", soft_wrap=True)
     # migrate() runs its own event loop (Alembic), so it needs a thread of its own.
-    await asyncio.to_thread(database.migrate, run.target.url, run.target.schema)
+    await asyncio.to_thread(schema.migrate, run.target.url, run.target.schema)
     run.check()
-    echo(f"relay demo: schema migrated to revision {database.head_revision()}")
+    echo(f"relay demo: schema migrated to revision {schema.head_revision()}")
     faults = emulator.faults
     echo(
         f"relay demo: emulated EventApi at {emulator.base_url} "

@@ -32,12 +32,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from relay.database import (
-    CONNECTION_ERRORS,
-    DATABASE_ERRORS,
-    KEEPALIVES,
-    describe_database_error,
-)
+from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, KEEPALIVES, describe_database_error
 from relay.eventapi.outcome import Outcome, OutcomeKind, storable
 from relay.eventapi.receive import Page, Receiver, receive_path
 from relay.inbox.queries import InboxQueries

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from relay import database
+from relay import database, schema
 from relay.config import Settings, parse_duration
 from relay.errors import DatabaseRefused, UsageError
 from relay.ops.queries import AdminQueries
@@ -589,7 +589,7 @@ async def open_admin(settings: Settings, operator: str | None = None) -> AsyncIt
     except database.DATABASE_ERRORS as error:  # unreachable, or refused: login, database
         raise database.describe_connection_error(url, error) from None
     try:
-        await database.check_schema(pool, settings.schema_name)
+        await schema.check_schema(pool, settings.schema_name)
         yield Admin(pool, settings.schema_name, name, dead_blocks_key=settings.dead_blocks_key)
     except asyncpg.PostgresError as error:
         if isinstance(error, database.CONNECTION_ERRORS):

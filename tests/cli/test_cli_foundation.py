@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from relay import DISTRIBUTION
-from relay.database import head_revision
+from relay.schema import head_revision
 from tests.conftest import Databases, with_database
 from tests.helpers.commands import minimal_environment as environment
 from tests.helpers.schema import schema_snapshot

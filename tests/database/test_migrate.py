@@ -16,7 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.database import (
+from relay.errors import SchemaNotReady
+from relay.outbox import enqueue_async
+from relay.outbox.queries import NOTIFY_CHANNEL, Queries
+from relay.schema import (
     REVISIONS,
     VERSION_TABLE,
     alembic_revisions,
@@ -27,9 +30,6 @@ from relay.database import (
     migrate,
     migration_sql,
 )
-from relay.errors import SchemaNotReady
-from relay.outbox import enqueue_async
-from relay.outbox.queries import NOTIFY_CHANNEL, Queries
 from tests.conftest import Databases, with_database
 from tests.helpers.schema import relations, schema_snapshot
 

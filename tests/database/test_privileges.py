@@ -23,7 +23,9 @@ import psycopg
 import pytest
 
 from relay.cli import error_boundary
-from relay.database import (
+from relay.errors import PrivilegeMissing
+from relay.outbox import enqueue_async
+from relay.schema import (
     APPLICATION_GRANTS,
     RUNTIME_GRANTS,
     check_schema,
@@ -31,8 +33,6 @@ from relay.database import (
     migrate,
     missing_grants,
 )
-from relay.errors import PrivilegeMissing
-from relay.outbox import enqueue_async
 from tests.conftest import Databases, with_database
 from tests.helpers.commands import Run, relay, relay_env
 from tests.helpers.engine import payload

@@ -21,7 +21,8 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
-from relay.database import (
+from relay.errors import SchemaNotReady
+from relay.schema import (
     REVISIONS,
     Migrated,
     check_schema,
@@ -31,7 +32,6 @@ from relay.database import (
     migration_sql,
     schema_state,
 )
-from relay.errors import SchemaNotReady
 from tests.conftest import Databases, with_database
 from tests.helpers.commands import RELAY, relay, relay_env
 from tests.helpers.schema import relations, schema_snapshot

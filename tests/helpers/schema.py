@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from relay.database import VERSION_TABLE
+from relay.schema import VERSION_TABLE
 
 _SNAPSHOT_QUERIES = {
     "columns": """

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from relay.database import RUNTIME_GRANTS
+from relay.schema import RUNTIME_GRANTS
 from tests.helpers.commands import OPERATOR, admin_env, operate
 from tests.helpers.engine import (
     engine_settings,
