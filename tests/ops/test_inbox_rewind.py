@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from relay.config import Settings
+from relay.daemon import Daemon
 from relay.emulator import Emulator
 from tests.helpers.commands import operate
 from tests.helpers.engine import engine_settings, eventually, running_daemon
@@ -113,3 +114,43 @@ async def test_a_rewind_reaches_a_receiver_mid_poll_and_fills_the_gap_without_du
     assert entry is not None
     assert entry["action"] == "inbox_rewind"
     assert f"{RECEIVE}?lastEventId=_30" in entry["detail"]
+
+
+def receive_errors(daemon: Daemon, error_class: str) -> float:
+    value = daemon.metrics.registry.get_sample_value(
+        "relay_inbox_receive_errors_total",
+        {"country": "dk", "tenant": "abcinsurance", "error_class": error_class},
+    )
+    return value or 0.0
+
+
+async def test_a_rewind_to_an_id_scalepoint_does_not_know_is_flagged_and_undone_by_another(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    async with running() as emulator:
+        emulator.set_faults(receive_hold_seconds=0.3)
+        emulator.generate(*ROUTE, 5)
+        async with running_daemon(receive_settings(database_url, emulator)) as daemon:
+
+            async def received() -> bool:
+                return await last_event(db) == "_5"
+
+            await eventually(received, within=30)
+            typo = await operate(database_url, "inbox", "rewind", "dk/abcinsurance", "--to", "_50")
+            assert typo.code == 3, typo
+            assert "the inbox holds no event _50 of dk/abcinsurance" in typo.stdout
+
+            async def refused() -> bool:
+                return receive_errors(daemon, "http_400") >= 1
+
+            await eventually(refused, within=30)
+            undone = await operate(database_url, "inbox", "rewind", "dk/abcinsurance", "--to", "_5")
+            assert undone.code == 0, undone
+            emulator.generate(*ROUTE, 2)
+
+            async def resumed() -> bool:
+                return await last_event(db) == "_7"
+
+            # The receiver backs off after the 400s (full jitter, doubling from a second).
+            await eventually(resumed, within=60)
+        assert list(await inbox_ids(db)) == [f"_{n}" for n in range(1, 8)]
