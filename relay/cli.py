@@ -869,10 +869,8 @@ def inbox_show(event_id: int, as_json: bool) -> None:
     attempts, last error and its payload (the event's attributes, exactly as stored), or the
     raw item for one that was not an event. The only inbox command that prints a payload."""
     detail = _with_inbox(lambda inbox: inbox.event(event_id))
-    if as_json:
-        click.echo(detail.json_text())
-    else:
-        _emit(None, detail.lines(), as_json)
+    # Its own JSON text: the payload as PostgreSQL stores it, never re-encoded.
+    click.echo(detail.json_text() if as_json else "\n".join(detail.lines()))
 
 
 @inbox.command("retry")
