@@ -527,6 +527,13 @@ def exported_series() -> dict[str, frozenset[str]]:
     metrics.observe_publish("dk", "abcinsurance", 0.1)
     metrics.show_pauses({"circuit"}, {("*", "circuit"), ("dk/abcinsurance", "configuration")})
     metrics.claim_batch_size.observe(1)
+    # A receive route: what its receiver and the sampler report.
+    metrics.expect_receive_route("dk", "abcinsurance")
+    metrics.count_received("dk", "abcinsurance", {"case_created": 1})
+    metrics.count_malformed("dk", "abcinsurance", 1)
+    metrics.count_receive_error("dk", "abcinsurance", "http_503")
+    metrics.show_polling("dk", "abcinsurance", True)
+    metrics.show_receive_route("dk", "abcinsurance", lag=1.0, age=2.0)
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(text):

@@ -37,7 +37,7 @@ Every command exits with one of these codes, whatever the command (`relay.errors
 failure is printed as one line on standard error, starting with `relay:` (click's own usage
 errors start with `Usage:` and `Error:`), naming what to fix; a secret or the database password
 never appears in it. A representative failure of each class is tested for every command, as a
-real process (`tests/cli/test_exit_codes.py`).
+real process (`tests/cli/test_exit_codes.py`; `relay inbox`'s in `tests/ops/test_inbox_cli.py`).
 """
 
 # For each code, what leads to it: the commands' representative cases.
@@ -50,13 +50,16 @@ EXAMPLES = {
         "certificate not trusted (`check`); `requeue`, `replay` or `pause clear` naming no "
         "rows or routes; a bad `--operator`; `dead show` of a row that does not exist; "
         "`purge --older-than` in the future; a `replay` of more than 100 rows not confirmed; "
-        "`emulator` on a port that is taken"
+        "`emulator` on a port that is taken; `inbox retry` naming no events; `inbox show` of "
+        "an event that does not exist; `inbox rewind` of a route without a checkpoint, or "
+        "breaking the route rule"
     ),
     ExitCode.ATTENTION: (
         "`run --drain` left rows blocked behind dead rows; `requeue` or `replay` ids that were "
         "left alone (not dead, not published); `replay` rows held back behind newer rows of "
         "their key; `pause clear` of a route that had no pause; `migrate --check` with the "
-        "schema behind"
+        "schema behind; `inbox retry` choosing items that are not events (never made pending) "
+        "or naming ids that are not failed; `inbox rewind` to an event the inbox does not hold"
     ),
     ExitCode.DATABASE: (
         "connection refused or timed out; an unknown host, database or role; a wrong "

@@ -208,6 +208,24 @@ def _id(row: ReplayRow) -> int:
     return row.id
 
 
+def purge_cutoff(older_than: Moment, now: datetime) -> datetime:
+    """The moment ``--older-than`` names; a UsageError when it is in the future."""
+    cutoff = resolve(older_than, now)
+    if cutoff > now:
+        raise UsageError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
+    return cutoff
+
+
+@dataclass(frozen=True, slots=True)
+class Batches:
+    """What a purge in batches deleted, and its audit-log entry."""
+
+    rows: int
+    batches: int
+    seconds: float
+    audit_id: int | None
+
+
 # The operator's handle on one outbox schema -----------------------------------------------------
 
 
@@ -225,7 +243,7 @@ class Admin:
         self.dead_blocks_key = dead_blocks_key
         self.queries = AdminQueries(schema)
 
-    async def _record(
+    async def record(
         self,
         connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
         action: str,
@@ -336,7 +354,7 @@ class Admin:
             ids = sorted(row["id"] for row in rows)
             not_dead = sorted(set(selector.ids) - set(ids))
             if not dry_run:
-                entry = await self._record(
+                entry = await self.record(
                     connection,
                     "requeue",
                     selector.describe(now),
@@ -433,7 +451,7 @@ class Admin:
         self, connection: asyncpg.pool.PoolConnectionProxy, result: ReplayResult
     ) -> int:
         left = {"held_back": [row.id for row in result.held], "not_published": result.not_published}
-        return await self._record(
+        return await self.record(
             connection,
             "replay",
             result.selector,
@@ -468,7 +486,7 @@ class Admin:
                 await connection.execute(self.queries.unpark_routes, cleared, *defaults)
                 await connection.execute(self.queries.notify, self.schema)
             not_paused = sorted(set(routes or ()) - set(cleared))
-            entry = await self._record(
+            entry = await self.record(
                 connection,
                 "pause_clear",
                 {"all": True} if routes is None else {"routes": routes},
@@ -497,13 +515,41 @@ class Admin:
         """Delete published rows (and their delivery log) published before ``older_than``.
 
         Small batches, each its own transaction, through the same statement the daemon's
-        RELAY_RETENTION uses. Dead rows are never purged. The audit-log entry is written with
-        the first batch and brought up to date in each batch's transaction, so it counts what
-        was deleted even when the purge is stopped half-way (its outcome stays ``running``).
+        RELAY_RETENTION uses (see :meth:`purge_in_batches`). Dead rows are never purged.
         """
         now = await self.now()
-        cutoff = self._cutoff(older_than, now)
-        purge_batch = Queries(self.schema).purge_published
+        cutoff = purge_cutoff(older_than, now)
+        batches = await self.purge_in_batches(
+            Queries(self.schema).purge_published, "purge", cutoff, now, batch_size
+        )
+        log.info(
+            "admin.purged",
+            rows=batches.rows,
+            batches=batches.batches,
+            cutoff=iso(cutoff),
+            operator=self.operator,
+            schema=self.schema,
+            audit_id=batches.audit_id,
+        )
+        return PurgeResult(
+            cutoff=cutoff,
+            rows=batches.rows,
+            batches=batches.batches,
+            seconds=batches.seconds,
+            audit_id=batches.audit_id,
+            operator=self.operator,
+        )
+
+    async def purge_in_batches(
+        self, statement: str, action: str, cutoff: datetime, now: datetime, batch_size: int
+    ) -> Batches:
+        """Run a retention ``statement`` ($1: older than this many seconds, $2: batch size)
+        until it deletes nothing, each batch in its own transaction, recorded as ``action``.
+
+        The audit-log entry is written with the first batch and brought up to date in each
+        batch's transaction, so it counts what was deleted even when the purge is stopped
+        half-way (its outcome stays ``running``).
+        """
         base = (now - cutoff).total_seconds()
         parameters = {"older_than": cutoff, "batch_size": batch_size}
         started = time.monotonic()
@@ -515,14 +561,14 @@ class Admin:
                     # The statement counts back from the database's now(), which moves on
                     # while we purge; widen the window as it does, so the cut-off stays put.
                     window = base + time.monotonic() - started
-                    status = await connection.execute(purge_batch, window, batch_size)
+                    status = await connection.execute(statement, window, batch_size)
                     deleted = int(status.split()[-1])
                     outcome = "running" if deleted else "done"
                     detail = {"batches": batches + (1 if deleted else 0)}
                     if entry is None:
-                        entry = await self._record(
+                        entry = await self.record(
                             connection,
-                            "purge",
+                            action,
                             parameters,
                             rows=deleted,
                             ids=None,
@@ -537,36 +583,12 @@ class Admin:
                     break
                 rows += deleted
                 batches += 1
-        seconds = time.monotonic() - started
-        log.info(
-            "admin.purged",
-            rows=rows,
-            batches=batches,
-            cutoff=iso(cutoff),
-            operator=self.operator,
-            schema=self.schema,
-            audit_id=entry,
-        )
-        return PurgeResult(
-            cutoff=cutoff,
-            rows=rows,
-            batches=batches,
-            seconds=seconds,
-            audit_id=entry,
-            operator=self.operator,
-        )
-
-    @staticmethod
-    def _cutoff(older_than: Moment, now: datetime) -> datetime:
-        cutoff = resolve(older_than, now)
-        if cutoff > now:
-            raise UsageError(f"--older-than {iso(cutoff)} is in the future; nothing to purge")
-        return cutoff
+        return Batches(rows, batches, time.monotonic() - started, entry)
 
     async def purge_preview(self, older_than: Moment) -> PurgePreview:
         """What ``purge`` would delete now, counted; nothing is changed or recorded."""
         now = await self.now()
-        cutoff = self._cutoff(older_than, now)
+        cutoff = purge_cutoff(older_than, now)
         row = await self.pool.fetchrow(self.queries.purge_preview, cutoff)
         assert row is not None
         return PurgePreview(cutoff=cutoff, **dict(row))

@@ -1,6 +1,6 @@
 """What the operator commands answer: ``relay status``, ``relay dead list|show``, ``relay
 requeue``, ``relay pause clear``, ``relay purge`` and ``relay audit`` results, each as lines for
-people and as JSON for scripts.
+people and as JSON for scripts (``relay inbox``'s are in ``relay.ops.inbox_reports``).
 
 Timestamps print in UTC with millisecond precision and a Z, ages and waits in their two largest
 units (``3d 4h``).
@@ -37,7 +37,8 @@ def human_duration(seconds: float) -> str:
     return " ".join(parts[:2])
 
 
-def _relative(moment: datetime | None, now: datetime) -> str:
+def relative(moment: datetime | None, now: datetime) -> str:
+    """``2026-11-28T14:02:00.000Z (3m 5s ago)``, ``... (in 2m)``; ``-`` for None."""
     if moment is None:
         return "-"
     delta = (moment - now).total_seconds()
@@ -166,7 +167,7 @@ class StatusReport:
             f"  pending    {counts['pending']:>10,}   oldest unfinished: {oldest}",
             f"  in_flight  {counts['in_flight']:>10,}",
             f"  published  {counts['published']:>10,}   last published: "
-            + _relative(self.last_published_at, self.at),
+            + relative(self.last_published_at, self.at),
             f"  dead       {counts['dead']:>10,}",
             f"  blocked    {counts['blocked']:>10,}   behind dead rows, or on paused routes",
         ]
@@ -174,12 +175,12 @@ class StatusReport:
     def _retrying_lines(self) -> list[str]:
         lines = [
             f"retrying: {self.retrying:,} rows, next attempt "
-            + _relative(self.next_retry_at, self.at)
+            + relative(self.next_retry_at, self.at)
         ]
         for row in self.retrying_rows:
             lines.append(
                 f"  {row.id:>10}  {row.event_type}  attempts {row.attempts}  "
-                f"last {row.error_class}  next {_relative(row.next_attempt_at, self.at)}"
+                f"last {row.error_class}  next {relative(row.next_attempt_at, self.at)}"
             )
         if self.blocked_by_dead:
             lines.append(
@@ -568,6 +569,8 @@ class AuditEntry:
 
 
 def _compact(value: object) -> str:
+    if isinstance(value, Mapping):  # a checkpoint before and after a rewind, say
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return ", ".join(str(item) for item in value[:20]) + (
             f", ... ({len(value) - 20} more)" if len(value) > 20 else ""

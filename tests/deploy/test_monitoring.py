@@ -95,6 +95,45 @@ def test_the_dashboard_shows_what_an_operator_needs() -> None:
     assert "by (outcome_class)" in queries
 
 
+def test_the_inbox_is_watched_by_alerts_and_the_dashboard() -> None:
+    rule = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text(encoding="utf-8"))
+    inbox = {
+        alert["alert"]: alert["expr"]
+        for group in rule["spec"]["groups"]
+        if group["name"] == "relay-inbox"
+        for alert in group["rules"]
+    }
+    assert sorted(inbox) == [
+        "RelayInboxMalformedItems",
+        "RelayInboxNotPolled",
+        "RelayInboxReceiveErrors",
+        "RelayInboxStale",
+    ]
+    assert "max by (country, tenant) (relay_inbox_polling) == 0" in inbox["RelayInboxNotPolled"]
+    # A route no relay is configured for any more must not alert for ever.
+    assert "relay_inbox_polling" in inbox["RelayInboxStale"]
+    tests = yaml.safe_load((MONITORING / "prometheusrule.test.yaml").read_text(encoding="utf-8"))[
+        "tests"
+    ]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
+    assert set(inbox) <= tested
+
+    board = json.loads((MONITORING / "relay-dashboard.json").read_text(encoding="utf-8"))
+    queries = " ".join(
+        target["expr"] for panel in board["panels"] for target in panel.get("targets", [])
+    )
+    for metric in (
+        "relay_inbox_events_received_total",
+        "relay_inbox_lag_seconds",
+        "relay_inbox_checkpoint_age_seconds",
+        "relay_inbox_receive_errors_total",
+        "relay_inbox_items_malformed_total",
+        "relay_inbox_polling",
+    ):
+        assert metric in queries, metric
+    assert "by (country, tenant, event_type)" in queries
+
+
 def test_the_component_lists_its_files() -> None:
     component = yaml.safe_load((MONITORING / "kustomization.yaml").read_text(encoding="utf-8"))
     assert component["kind"] == "Component"
