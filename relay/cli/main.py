@@ -1,0 +1,215 @@
+"""The ``relay`` command group, its one error boundary (known errors become one line and an
+exit code) and what every command shares: settings, logging, the one-line summaries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+import click
+
+from relay import DISTRIBUTION, database
+from relay.config import Settings, load_settings
+from relay.errors import (
+    EXIT_CODE_MEANINGS,
+    ExitCode,
+    RelayError,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
+    """Print a RelayError as one line (with its causes) and exit with its class's code (see
+    relay.errors.ExitCode); no traceback. Ctrl-C exits 130. Anything else is unexpected: Python
+    prints its traceback and exits 1."""
+
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except RelayError as error:
+            message = str(error)
+            cause = error.__cause__
+            while cause is not None:
+                message += f" (caused by {type(cause).__name__}: {cause})"
+                cause = cause.__cause__
+            click.echo(f"relay: {message}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("relay: interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
+        except Exception as error:
+            # A right the role lacks, met after the start-up checks: one line, too.
+            refused = database.refused_right(error)
+            if refused is None:
+                raise
+            click.echo(f"relay: {refused}", err=True)
+            sys.exit(refused.exit_code)
+
+    return wrapper
+
+
+def settings_from_env(**overrides: object) -> Settings:
+    return load_settings(**overrides)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(settings: Settings, floor: str | None = None) -> None:
+    """Configure logging (RELAY_LOG_LEVEL, RELAY_LOG_FORMAT), then log each of the settings'
+    warnings as ``settings.warning``.
+
+    A command whose output is what it prints passes ``floor``: after the warnings it logs only
+    at that level and above, unless RELAY_LOG_LEVEL is debug.
+    """
+    import structlog
+
+    from relay import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    log = structlog.get_logger("relay.config")
+    for warning in settings.warnings():
+        log.warning("settings.warning", detail=warning)
+    if floor is not None and settings.log_level != "debug":
+        quieter = max(settings.log_level, floor, key=LOG_LEVELS.index)
+        if quieter != settings.log_level:
+            logs.configure(quieter, settings.log_format)
+
+
+def _exit_codes_epilog() -> str:
+    rows = [f"  {int(code):<4} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()]
+    return "\b\nExit codes, the same for every command (docs/cli.md):\n" + "\n".join(rows)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_exit_codes_epilog(),
+)
+@click.version_option(package_name=DISTRIBUTION, prog_name="relay", message="%(prog)s %(version)s")
+def main() -> None:
+    """Deliver events between the insurer's database and Scalepoint's EventApi: the outbox
+    published, the inbox received.
+
+    Configuration comes from RELAY_* environment variables (see README.md).
+    """
+
+
+# What the operator commands share ---------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from relay.ops.admin import Admin, Moment
+
+T = TypeVar("T")
+
+
+class MomentType(click.ParamType["Moment"]):
+    """A duration back from now (30d, 2h, 15m) or an ISO 8601 timestamp."""
+
+    name = "DURATION|TIMESTAMP"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Moment:
+        from datetime import datetime, timedelta
+
+        from relay.ops.admin import parse_moment
+
+        if isinstance(value, timedelta | datetime):
+            return value
+        try:
+            return parse_moment(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+MOMENT = MomentType()
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+OPERATOR_OPTION = click.option(
+    "--operator",
+    default=None,
+    metavar="NAME",
+    help="Who you are, for the audit log (default: $USER, $LOGNAME, else the OS user). Under "
+    "kubectl exec there is no $USER: give your name.",
+)
+
+
+def with_admin(work: Callable[[Admin], Awaitable[T]], operator: str | None = None) -> T:
+    """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA, as ``operator``."""
+    import asyncio
+
+    from relay.ops.admin import open_admin, operator_name
+
+    name = operator_name(operator)  # a bad --operator needs no database
+    settings = settings_from_env()
+    configure_logging(settings)
+
+    async def go() -> T:
+        async with open_admin(settings, name) as admin:
+            return await work(admin)
+
+    return asyncio.run(go())
+
+
+def attention(needed: bool) -> None:
+    """Exit 3 when the command finished but left something for the operator to look at."""
+    if needed:
+        sys.exit(ExitCode.ATTENTION)
+
+
+def emit(document: object, lines: list[str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+# The one-line summaries `relay --help` lists ---------------------------------------------------
+
+# click would cut each command's first sentence to the terminal's width and end it with "...";
+# these fit 80 columns whole. Kept together so they read as one list; tests/cli/test_help.py
+# holds every command to one.
+SUMMARIES = {
+    ("audit",): "Show the audit log: who changed what, and when",
+    ("check",): "Check the partner settings by fetching a token",
+    ("dead",): "List dead rows, or show one in full",
+    ("dead", "list"): "List dead rows, oldest first, without payloads",
+    ("dead", "show"): "Show one row in full, with its payload and attempts",
+    ("demo",): "Run everything end to end on this machine",
+    ("emulator",): "Run a local stand-in for Scalepoint's EventApi",
+    ("enqueue",): "Write one event into the outbox and print its id",
+    ("inbox",): "See and repair the inbox of events received",
+    ("inbox", "list"): "List received events, newest first, without payloads",
+    ("inbox", "purge"): "Delete processed events older than a cut-off",
+    ("inbox", "retry"): "Have consumers process failed events again",
+    ("inbox", "rewind"): "Fetch a route's events again, after an event id",
+    ("inbox", "show"): "Show one received event in full, with its payload",
+    ("inbox", "status"): "Show each receive route: checkpoint, lag, events",
+    ("migrate",): "Create or upgrade the outbox schema",
+    ("pause",): "List the pauses that hold the relays, or lift them",
+    ("pause", "clear"): "Lift pauses now",
+    ("pause", "list"): "List every pause: route, kind, time left, why",
+    ("purge",): "Delete published rows older than a cut-off",
+    ("replay",): "Send published events again",
+    ("requeue",): "Send dead rows again",
+    ("run",): "Run the relay until SIGTERM (or, with --drain, done)",
+    ("status",): "Show the outbox: counts, ages, retries, dead rows",
+}
+
+
+def summarise() -> None:
+    """Give every command its one-line summary (once they are all added to ``main``)."""
+    for path, summary in SUMMARIES.items():
+        command: click.Command = main
+        for word in path:
+            assert isinstance(command, click.Group)
+            command = command.commands[word]
+        command.short_help = summary
