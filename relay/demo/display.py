@@ -201,6 +201,8 @@ def _inbox_rows(receipts: Receipts, inbox: InboxTally) -> list[tuple[str, str]]:
     ]
     if inbox.pending:
         rows.append(("Not consumed", f"{inbox.pending:,} pending: a consumer takes them next"))
+    for route, reason in inbox.paused.items():
+        rows.append(("Paused", f"{route} by the relay: {reason}"))
     polls = sum(stream.get("polls", 0) for stream in receipts.stream_stats.values())
     pages = receipts.malformed_sent // len(MALFORMED_ITEMS)
     faults = (
@@ -266,9 +268,16 @@ def _milliseconds(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
 
 
+def _title(run: Run) -> str:
+    if run.interrupted:
+        return "relay demo: interrupted"
+    if run.gave_up:
+        return f"relay demo: stopped waiting ({run.gave_up})"
+    return "relay demo: done"
+
+
 def _summary_table(run: Run, tally: Tally, inbox: InboxTally | None) -> Table:
-    title = "relay demo: interrupted" if run.interrupted else "relay demo: done"
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=_title(run), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for name, value in _summary_rows(run, tally):
@@ -376,7 +385,7 @@ def print_report(run: Run, tally: Tally | None, inbox: InboxTally | None) -> Non
         console.print(_inbox_table(inbox))
     for line in _next_steps(run, tally):
         console.print(Text(line), soft_wrap=True)
-    status = "interrupted" if run.interrupted else "done"
+    status = "interrupted" if run.interrupted else "stopped waiting" if run.gave_up else "done"
     console.print(
         f"relay demo: {tally.published} published, {tally.dead_count} dead, "
         f"{tally.left} left of {tally.total} events ({status})",

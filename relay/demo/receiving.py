@@ -244,6 +244,9 @@ INBOX_ROWS = """
     SELECT country || '/' || tenant AS route, event_id, event_type, status, received_at,
            raw IS NOT NULL AS malformed, last_error
     FROM "{schema}".inbox ORDER BY id"""
+PAUSED = """
+    SELECT country || '/' || tenant AS route, pause_reason
+    FROM "{schema}".inbox_checkpoint WHERE paused_until > now() ORDER BY 1"""
 CASES_EXIST = """SELECT to_regclass('"{schema}".demo_cases_by_type') IS NOT NULL"""
 COUNTED = 'SELECT route, event_type, cases FROM "{schema}".demo_cases_by_type'
 
@@ -282,6 +285,7 @@ class InboxTally:
     routes: dict[str, RouteTally]
     counted: dict[tuple[str, str], int]  # (route, type) -> cases, the consumer's own table
     latencies: list[float]  # seconds from feed to received_at, of the events fed live
+    paused: dict[str, str] = field(default_factory=dict)  # route -> why the relay paused it
 
     def _sum(self, status: str | None = None) -> int:
         return sum(
@@ -344,6 +348,7 @@ async def read_inbox(target: Target, receipts: Receipts) -> InboxTally:
     connection = await connect(target.url)
     try:
         rows = await connection.fetch(INBOX_ROWS.format(schema=target.schema))
+        paused = await connection.fetch(PAUSED.format(schema=target.schema))
         counted = []
         if await connection.fetchval(CASES_EXIST.format(schema=target.schema)):
             counted = await connection.fetch(COUNTED.format(schema=target.schema))
@@ -367,4 +372,5 @@ async def read_inbox(target: Target, receipts: Receipts) -> InboxTally:
         routes=routes,
         counted={(row["route"], row["event_type"]): row["cases"] for row in counted},
         latencies=latencies,
+        paused={row["route"]: row["pause_reason"] or "" for row in paused},
     )

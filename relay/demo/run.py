@@ -105,6 +105,9 @@ FAULTS = Faults(
     receive_drop_next=DROPPED_POLLS,
     receive_malformed_next=MALFORMED_PAGES,
 )
+# With nothing moving in either direction for this long, the demo stops waiting and says so.
+STALL_SECONDS = 20.0
+FAILURE = 1  # the exit code when it stopped waiting
 POOL_CLOSE_SECONDS = 3.0
 
 
@@ -248,10 +251,12 @@ async def _watch(
     progress: Progress,
     bars: _Bars,
 ) -> None:
-    """Refresh the bars until the relay stops; stop it once all is done."""
+    """Refresh the bars until the relay stops; stop it once all is done, or nothing moves."""
     receipts = run.receipts
     assert receipts is not None
     metrics = daemon.metrics
+    last: tuple[object, ...] = ()
+    moved = time.monotonic()
     while not relay.done():
         await asyncio.wait([relay], timeout=REFRESH_SECONDS)
         receipts.observe(emulator)
@@ -263,6 +268,12 @@ async def _watch(
         if daemon.stop.is_set():
             continue
         if finished(snapshot, receipts, feeding):
+            daemon.stop.set()
+        now = (published, dead, snapshot, receipts.fed, receipts.dropped_polls)
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > STALL_SECONDS:
+            run.gave_up = f"nothing moved for {STALL_SECONDS:g} s"
             daemon.stop.set()
 
 
@@ -414,7 +425,9 @@ def run_demo(events: int, *, keep_server: bool, console: Console | None = None) 
             "('relay demo --keep' leaves it running, to look further with 'relay status')",
             soft_wrap=True,
         )
-    return INTERRUPTED if run.interrupted else 0
+    if run.interrupted:
+        return INTERRUPTED
+    return FAILURE if run.gave_up else 0
 
 
 def _stop_leftover(console: Console) -> None:

@@ -42,6 +42,7 @@ class Run:
     routes: Counter[str] = field(default_factory=Counter)
     main_task: asyncio.Task[None] | None = None
     receipts: Receipts | None = None  # the receive side: what the emulator fed and saw
+    gave_up: str | None = None  # why the demo stopped waiting before everything was done
 
     def interrupt(self) -> None:
         """First Ctrl-C: finish cleanly. Second: stop now."""

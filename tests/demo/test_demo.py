@@ -414,3 +414,38 @@ def test_ctrl_c_during_delivery_finishes_in_flight_work_and_exits_130(
     assert sum(stored["statuses"].values()) == inbox["received"]
     assert stored["statuses"].get("processed", 0) == inbox["processed"] == stored["counted"]
     assert stored["events"] == stored["distinct"]
+
+
+# The demo as a process whose emulator never answers one receive route but with 404, which
+# pauses that route for a minute: the demo must not wait for it forever.
+STALLING = """
+import sys
+from relay.demo import run
+run.FAULTS.receive_route_status = {"dk/budgetinsurance": 404}
+run.STALL_SECONDS = 2.0
+sys.exit(run.run_demo(100, keep_server=False))
+"""
+
+
+def test_the_demo_stops_waiting_when_nothing_moves_and_says_so(
+    database_url: str, tmp_path: Path
+) -> None:
+    demo = subprocess.run(
+        [sys.executable, "-c", STALLING],
+        cwd=tmp_path,
+        env=environment(RELAY_DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 1, output
+    assert "relay demo: stopped waiting (nothing moved for 2 s)" in output
+    assert "(stopped waiting)" in output
+    assert "dk/budgetinsurance by the relay: http_404" in output  # the reason, in the summary
+    outcome = result(output.replace("(stopped waiting)", "(done)"))
+    assert outcome["published"] + outcome["dead"] == outcome["total"]  # the outbox got through
+    inbox = result(output.replace("(stopped waiting)", "(done)"), INBOX_RESULT)
+    budget = next(route for route in receive_plan(100) if route.tenant == "budgetinsurance")
+    assert inbox["missing"] == budget.backlog  # the paused route's events wait at the emulator
+    assert inbox["duplicates"] == 0
