@@ -2,8 +2,10 @@
 imports it.
 
 Its parts: ``run`` (the orchestration), ``database`` (the embedded PostgreSQL or the one of
-RELAY_DATABASE_URL), ``events`` (a realistic mix of events) and ``display`` (the live
-progress and the summary).
+RELAY_DATABASE_URL), ``events`` (a realistic mix of events to publish), ``receiving`` (the
+events the emulator sends, the consumer that processes them, the inbox judged against the
+emulator's streams), ``state`` (what one run knows) and ``display`` (the live progress and
+the summary).
 """
 
 from relay.demo.run import run_demo, stop

@@ -7,16 +7,19 @@ own (``relay_demo``, re-created each run), so an outbox that holds real events i
 
 In one process it then starts the emulated partner with realistic latency and a few injected
 failures, migrates, enqueues a realistic mix of events through the producer API (plus a handful
-of invalid rows written with plain SQL, which must end dead), runs the relay until the queue is
-drained with a live progress bar, and prints a summary.
+of invalid rows written with plain SQL, which must end dead) and has the emulator hold events
+for two receive routes (``relay.demo.receiving``). It runs the relay, publishing and receiving,
+with a consumer per receive route beside it, until the outbox is drained and every event fed
+is in the inbox and consumed, with a live progress bar; then it prints a summary of both
+directions.
 
 At the end the embedded server is stopped, unless ``--keep`` asks to leave it running for the
 commands the summary lists (``relay demo --stop`` stops it then).
 
 Ctrl-C leaves nothing half-written: the enqueue commits whole transactions only, the relay
-finishes the requests in flight and gives the rest back, and the embedded server is stopped
-(exit code 130). A second Ctrl-C stops without waiting for requests in flight; the rows they
-held are given back all the same.
+finishes the requests in flight and gives the rest back, a consumer's event in progress rolls
+back with its count, and the embedded server is stopped (exit code 130). A second Ctrl-C stops
+without waiting for requests in flight; the rows they held are given back all the same.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
-from typing import TextIO, cast
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass
+from typing import Any, TextIO, cast
 
 import asyncpg
 from rich.console import Console
@@ -63,8 +67,28 @@ from relay.demo.events import (
     invalid_payloads,
     realistic_events,
 )
+from relay.demo.receiving import (
+    DROPPED_POLLS,
+    MALFORMED,
+    MALFORMED_PAGES,
+    RECEIVE_HOLD,
+    RECEIVE_ROUTES,
+    RECEIVE_TIMEOUT,
+    InboxTally,
+    Receipts,
+    Snapshot,
+    consume_route,
+    create_cases_table,
+    feed_backlog,
+    feed_live,
+    finished,
+    read_inbox,
+    read_snapshot,
+    receive_plan,
+)
 from relay.demo.state import Interrupted, Run
 from relay.emulator import Emulator, EmulatorConfig, Faults
+from relay.metrics import Metrics
 from relay.outbox import enqueue_async
 from relay.outbox.store import Store
 
@@ -77,7 +101,14 @@ FAULTS = Faults(
     error_rate=0.02,
     error_status=503,
     drop_rate=0.005,
+    receive_hold_seconds=RECEIVE_HOLD,
+    receive_drop_next=DROPPED_POLLS,
+    receive_malformed_next=MALFORMED_PAGES,
 )
+# With nothing moving in either direction for this long, the demo stops waiting and says so.
+STALL_SECONDS = 20.0
+FAILURE = 1  # the exit code when it stopped waiting
+POOL_CLOSE_SECONDS = 3.0
 
 
 class _Stderr(io.TextIOBase):
@@ -95,7 +126,8 @@ class _Stderr(io.TextIOBase):
 
 
 def demo_settings(target: Target, emulator: Emulator, secret: str) -> Settings:
-    """Relay settings aimed at the in-process emulator; short backoffs so the demo is quick."""
+    """Relay settings aimed at the in-process emulator; short backoffs so the demo is quick,
+    and a receive timeout a little above the emulator's hold."""
     return load_settings(
         database_url=target.url,
         RELAY_SCHEMA=target.schema,  # the field's alias: schema_name= would be ignored
@@ -114,6 +146,8 @@ def demo_settings(target: Target, emulator: Emulator, secret: str) -> Settings:
         backoff_cap=1.0,
         shutdown_grace=3.0,
         dead_blocks_key=True,
+        receive_routes=tuple(f"{country}/{tenant}" for country, tenant, _ in RECEIVE_ROUTES),
+        receive_timeout=RECEIVE_TIMEOUT,
         retention=None,
         log_level="warning",
         log_format="auto",
@@ -167,23 +201,106 @@ async def _enqueue_batch(
     run.transactions += 1
 
 
-async def _deliver(run: Run, daemon: Daemon, progress: Progress, task: TaskID) -> None:
-    """Run the relay until it has drained the queue (or Ctrl-C), updating the bar."""
-    metrics = daemon.metrics
+@dataclass(frozen=True, slots=True)
+class _Bars:
+    deliver: TaskID
+    receive: TaskID
+    consume: TaskID
+
+
+async def _exchange(run: Run, daemon: Daemon, emulator: Emulator, progress: Progress) -> None:
+    """Run the relay, the live feed and the consumers until the outbox is drained and every
+    event fed is received and consumed (or Ctrl-C), updating the bars."""
+    receipts = run.receipts
+    assert receipts is not None
+    bars = _Bars(
+        progress.add_task("deliver", total=run.committed, detail=""),
+        progress.add_task("receive", total=receipts.planned + MALFORMED, detail=""),
+        progress.add_task("consume", total=receipts.planned, detail=""),
+    )
     started = time.monotonic()
-    relay = asyncio.create_task(daemon.run(drain=True), name="relay")
+    relay = asyncio.create_task(daemon.run(), name="relay")
+    helpers = [asyncio.create_task(feed_live(emulator, receipts), name="feed")]
     try:
-        while not relay.done():
-            await asyncio.wait([relay], timeout=REFRESH_SECONDS)
-            published, dead = metric_total(metrics.published), metric_total(metrics.dead)
-            detail = f"{dead} dead, {metric_total(metrics.retried)} retried"
-            progress.update(task, completed=published + dead, detail=detail)
+        async with AsyncExitStack() as stack:
+            pool = await database.create_pool(run.target.url, min_size=0, max_size=4)
+            stack.push_async_callback(_close, pool)
+            stack.push_async_callback(_cancel, helpers)  # before the pool closes
+            helpers += [
+                asyncio.create_task(consume_route(pool, run.target.schema, route), name=route)
+                for route in receipts.routes
+            ]
+            watcher = await connect(run.target.url)
+            stack.push_async_callback(watcher.close)
+            await _watch(run, daemon, emulator, relay, helpers[0], watcher, progress, bars)
         relay.result()
     finally:
         if not relay.done():  # a second Ctrl-C cancelled us; _summarise gives held rows back
             relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
+        await _cancel([relay, *helpers])
         run.relay_seconds = time.monotonic() - started
+
+
+async def _watch(
+    run: Run,
+    daemon: Daemon,
+    emulator: Emulator,
+    relay: asyncio.Task[object],
+    feeding: asyncio.Task[None],
+    watcher: asyncpg.Connection,
+    progress: Progress,
+    bars: _Bars,
+) -> None:
+    """Refresh the bars until the relay stops; stop it once all is done, or nothing moves."""
+    receipts = run.receipts
+    assert receipts is not None
+    metrics = daemon.metrics
+    last: tuple[object, ...] = ()
+    moved = time.monotonic()
+    while not relay.done():
+        await asyncio.wait([relay], timeout=REFRESH_SECONDS)
+        receipts.observe(emulator)
+        snapshot = await read_snapshot(watcher, run.target.schema)
+        published, dead = metric_total(metrics.published), metric_total(metrics.dead)
+        detail = f"{dead} dead, {metric_total(metrics.retried)} retried"
+        progress.update(bars.deliver, completed=published + dead, detail=detail)
+        _show_inbox(progress, bars, metrics, snapshot)
+        if daemon.stop.is_set():
+            continue
+        if finished(snapshot, receipts, feeding):
+            daemon.stop.set()
+        now = (published, dead, snapshot, receipts.fed, receipts.dropped_polls)
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > STALL_SECONDS:
+            run.gave_up = f"nothing moved for {STALL_SECONDS:g} s"
+            daemon.stop.set()
+
+
+def _show_inbox(progress: Progress, bars: _Bars, metrics: Metrics, snapshot: Snapshot) -> None:
+    retried = metric_total(metrics.inbox_errors)  # polls that failed and were asked again
+    progress.update(
+        bars.receive,
+        completed=snapshot.events + snapshot.malformed,
+        detail=f"{snapshot.malformed} malformed, {retried} retried",
+    )
+    progress.update(
+        bars.consume, completed=snapshot.processed, detail=f"{snapshot.consumer_failed} failed"
+    )
+
+
+async def _close(pool: asyncpg.Pool) -> None:
+    """Close the consumers' pool; should a connection not come back, cut them all."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+    except TimeoutError:
+        pool.terminate()
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _demo(run: Run, secret: str) -> None:
@@ -192,14 +309,16 @@ async def _demo(run: Run, secret: str) -> None:
         settings = demo_settings(run.target, emulator, secret)
         logs.configure(settings.log_level, settings.log_format, stream=cast(TextIO, _Stderr()))
         run.daemon = Daemon(settings)
+        run.receipts = receipts = Receipts(receive_plan(run.events))
         if run.interrupted:
             run.daemon.stop.set()
         try:
             await _prepare(run, emulator)
-            await _send(run, run.daemon)
+            await _send(run, run.daemon, emulator)
         finally:
             run.emulator = emulator.stats()
             run.routes = Counter(f"{e.country}/{e.tenant}" for e in emulator.events)
+            receipts.capture(emulator)
 
 
 async def _prepare(run: Run, emulator: Emulator) -> None:
@@ -212,6 +331,7 @@ async def _prepare(run: Run, emulator: Emulator) -> None:
     await asyncio.to_thread(schema.migrate, run.target.url, run.target.schema)
     run.check()
     echo(f"relay demo: schema migrated to revision {schema.head_revision()}")
+    await create_cases_table(run.target)
     faults = emulator.faults
     echo(
         f"relay demo: emulated EventApi at {emulator.base_url} "
@@ -219,16 +339,25 @@ async def _prepare(run: Run, emulator: Emulator) -> None:
         f"{faults.error_rate:.0%} answered 503, {faults.drop_rate:.1%} connections dropped)",
         soft_wrap=True,
     )
+    receipts = run.receipts
+    assert receipts is not None
+    feed_backlog(emulator, receipts)
+    echo(
+        f"relay demo: receiving {', '.join(receipts.routes)}: {receipts.backlog:,} events "
+        f"waiting at the emulator, {receipts.planned - receipts.backlog:,} more fed while the "
+        f"relay polls (held up to {faults.receive_hold_seconds:g} s); {DROPPED_POLLS} poll "
+        f"dropped, {MALFORMED_PAGES} page with {MALFORMED} items that are not events",
+        soft_wrap=True,
+    )
 
 
-async def _send(run: Run, daemon: Daemon) -> None:
+async def _send(run: Run, daemon: Daemon, emulator: Emulator) -> None:
     with progress_bar(run.console) as progress:
         enqueue = progress.add_task("enqueue", total=run.events, detail="")
         run.stage = "enqueueing"
         await _enqueue(run, progress, enqueue)
-        deliver = progress.add_task("deliver", total=run.committed, detail="")
         run.stage = "delivering"
-        await _deliver(run, daemon, progress, deliver)
+        await _exchange(run, daemon, emulator, progress)
     run.stage = "done"
 
 
@@ -246,15 +375,15 @@ async def _main(run: Run, secret: str) -> None:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _summarise(run: Run) -> Tally | None:
-    if run.stage in ("starting", "migrating"):
+async def _summarise(run: Run) -> tuple[Tally, InboxTally] | None:
+    if run.stage in ("starting", "migrating") or run.receipts is None:
         return None
     tally = await read_tally(run.target)
     if tally.in_flight and run.daemon is not None:
         await _give_back(run.target, run.daemon.settings.worker_id)
         run.given_back = tally.in_flight
         tally = await read_tally(run.target)
-    return tally
+    return tally, await read_inbox(run.target, run.receipts)
 
 
 async def _give_back(target: Target, worker_id: str) -> None:
@@ -285,7 +414,8 @@ def run_demo(events: int, *, keep_server: bool, console: Console | None = None) 
             asyncio.run(_main(run, secrets.token_urlsafe(24)))
         except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C
             run.interrupted = True
-        print_report(run, asyncio.run(_summarise(run)))
+        summary = asyncio.run(_summarise(run))
+        print_report(run, *(summary or (None, None)))
         if run.server_left_running:
             target.embedded.cleanup_mode = None  # leave it running for the commands above
     # The stack has stopped the embedded server (unless another process still uses it).
@@ -295,7 +425,9 @@ def run_demo(events: int, *, keep_server: bool, console: Console | None = None) 
             "('relay demo --keep' leaves it running, to look further with 'relay status')",
             soft_wrap=True,
         )
-    return INTERRUPTED if run.interrupted else 0
+    if run.interrupted:
+        return INTERRUPTED
+    return FAILURE if run.gave_up else 0
 
 
 def _stop_leftover(console: Console) -> None:

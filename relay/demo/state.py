@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from relay.demo.database import Target
+from relay.demo.receiving import Receipts
 
 if TYPE_CHECKING:
     from relay.daemon import Daemon
@@ -40,6 +41,8 @@ class Run:
     emulator: dict[str, Any] = field(default_factory=dict)
     routes: Counter[str] = field(default_factory=Counter)
     main_task: asyncio.Task[None] | None = None
+    receipts: Receipts | None = None  # the receive side: what the emulator fed and saw
+    gave_up: str | None = None  # why the demo stopped waiting before everything was done
 
     def interrupt(self) -> None:
         """First Ctrl-C: finish cleanly. Second: stop now."""

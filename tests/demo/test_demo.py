@@ -6,6 +6,7 @@ root, pgserver runs it as a system user ``pgserver`` that it creates on first us
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,8 @@ import psycopg
 import pytest
 
 from relay.demo.events import INVALID_ROWS
+from relay.demo.receiving import CASES_TABLE, MALFORMED_PAGES, receive_plan
+from relay.emulator.receive import MALFORMED_ITEMS
 
 # Each test runs the command as a process (imports alone take a second or two): several
 # seconds apiece. 'make test' runs them; deselect with -m "not slow" for a quick loop.
@@ -31,6 +34,16 @@ RESULT = re.compile(
     r"(?P<total>\d+) events \((?P<status>done|interrupted)\)$",
     re.MULTILINE,
 )
+INBOX_RESULT = re.compile(
+    r"^relay demo: inbox: (?P<received>\d+) received of (?P<sent>\d+) sent \((?P<events>\d+) "
+    r"events, (?P<malformed>\d+) malformed\), (?P<duplicates>\d+) duplicates, "
+    r"(?P<missing>\d+) missing, (?P<processed>\d+) processed, (?P<failed>\d+) failed, "
+    r"(?P<pending>\d+) pending \((?P<status>done|interrupted)\)$",
+    re.MULTILINE,
+)
+LATENCY = re.compile(r"p50 (?P<p50>[\d.,]+) ms, p99 (?P<p99>[\d.,]+) ms, from the emulator's feed")
+MALFORMED = MALFORMED_PAGES * len(MALFORMED_ITEMS)  # items that are not events, kept as failed
+LOOK_FURTHER = ("relay status", "relay dead list", "relay inbox status", "relay inbox list")
 EXPORTED_URL = re.compile(r"export RELAY_DATABASE_URL='([^']+)'")
 REASONS = (
     "payload must be a JSON object, not a JSON array",
@@ -55,8 +68,8 @@ def relay_demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Complet
     )
 
 
-def result(output: str) -> dict[str, Any]:
-    match = RESULT.search(output)
+def result(output: str, pattern: re.Pattern[str] = RESULT) -> dict[str, Any]:
+    match = pattern.search(output)
     assert match is not None, output
     return {
         name: int(value) if value.isdigit() else value for name, value in match.groupdict().items()
@@ -77,11 +90,14 @@ def payload_strings(document: Any) -> Iterator[str]:
 
 
 def assert_no_payload_contents(url: str, schema: str, output: str) -> None:
-    """Nothing from a published payload (names, case tokens, claim ids...) is in the output;
-    the reasons of the dead rows may quote their payloads, and only there."""
+    """Nothing from a published or received payload (names, case tokens, claim ids...) is in
+    the output; the reasons of the dead rows may quote their payloads, and only there."""
     with psycopg.connect(url) as connection:
         rows = connection.execute(
             f'SELECT payload FROM "{schema}".outbox WHERE status = %s', ("published",)
+        ).fetchall()
+        rows += connection.execute(
+            f'SELECT payload FROM "{schema}".inbox WHERE payload IS NOT NULL'
         ).fetchall()
     values = {value for (payload,) in rows for value in payload_strings(payload)}
     assert len(values) > 2 * len(rows)  # names, user names, tokens, numbers, uuids...
@@ -102,6 +118,67 @@ def assert_complete(output: str, total: int) -> None:
     assert "duplicates 0" in output
     for reason in REASONS:
         assert reason in output
+    assert_inbox_complete(output, total)
+
+
+def assert_inbox_complete(output: str, total: int) -> None:
+    """Every event the emulator fed is received once, processed, and nothing else pending;
+    the malformed items are kept as failed."""
+    fed = sum(route.total for route in receive_plan(total))
+    inbox = result(output, INBOX_RESULT)
+    assert inbox == {
+        "received": fed + MALFORMED,
+        "sent": fed + MALFORMED,
+        "events": fed,
+        "malformed": MALFORMED,
+        "duplicates": 0,
+        "missing": 0,
+        "processed": fed,
+        "failed": MALFORMED,
+        "pending": 0,
+        "status": "done",
+    }
+    assert inbox["processed"] + inbox["failed"] == inbox["received"]
+    # Events fed while a poll was held are answered at once, not when the hold ends (4 s).
+    latency = LATENCY.search(output)
+    assert latency is not None, output
+    assert float(latency["p50"].replace(",", "")) < 1000
+
+
+def inbox_counts(url: str, schema: str) -> dict[str, Any]:
+    """The inbox and the consumer's table, as the database has them."""
+    with psycopg.connect(url) as connection:
+        statuses = connection.execute(
+            f'SELECT status, count(*) FROM "{schema}".inbox GROUP BY status'
+        ).fetchall()
+        routes = connection.execute(
+            f"SELECT country || '/' || tenant, count(*), count(DISTINCT event_id) "
+            f'FROM "{schema}".inbox WHERE raw IS NULL GROUP BY 1'
+        ).fetchall()
+        counted = connection.execute(
+            f'SELECT coalesce(sum(cases), 0) FROM "{schema}".{CASES_TABLE}'
+        ).fetchone()
+    assert counted is not None
+    return {
+        "statuses": dict(statuses),
+        "events": {route: rows for route, rows, _ in routes},
+        "distinct": {route: distinct for route, _, distinct in routes},
+        "counted": int(counted[0]),
+    }
+
+
+def assert_inbox_rows(url: str, schema: str, total: int) -> None:
+    """The inbox holds each route's planned events once, all processed, and the consumer
+    counted each of them once."""
+    plan = {route.name: route.total for route in receive_plan(total)}
+    fed = sum(plan.values())
+    counts = inbox_counts(url, schema)
+    assert counts == {
+        "statuses": {"processed": fed, "failed": MALFORMED},
+        "events": plan,
+        "distinct": plan,
+        "counted": fed,
+    }
 
 
 def wait_for(condition: Callable[[], bool], within: float = 60.0) -> None:
@@ -137,7 +214,7 @@ def test_demo_on_an_embedded_postgresql_kept_running_and_stopped(tmp_path: Path)
         assert "using an embedded PostgreSQL in .relay-demo/pgdata" in output
         assert "dropped and re-created database relay_demo" in output
         assert_complete(output, 300)
-        for command in ("relay status", "relay dead list", "relay dead show ", "relay demo --stop"):
+        for command in (*LOOK_FURTHER, "relay dead show ", "relay demo --stop"):
             assert command in run.stdout
         # --keep leaves the server running for the commands the summary lists, at its URL.
         exported = EXPORTED_URL.search(run.stdout)
@@ -146,6 +223,21 @@ def test_demo_on_an_embedded_postgresql_kept_running_and_stopped(tmp_path: Path)
         assert server is not None
         assert process_exists(server)
         assert_no_payload_contents(exported.group(1), "public", output)
+        assert_inbox_rows(exported.group(1), "public", 300)
+        # The inbox command the summary lists sees the same as the summary.
+        status = subprocess.run(
+            [RELAY, "inbox", "status", "--json"],
+            env=environment(RELAY_DATABASE_URL=exported.group(1)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        routes = json.loads(status.stdout)["routes"]
+        plan = {route.name: route.total for route in receive_plan(300)}
+        assert {route["route"]: route["processed"] for route in routes} == plan
+        assert sum(route["failed"] for route in routes) == MALFORMED
+        assert sum(route["pending"] for route in routes) == 0
     finally:
         stop = relay_demo(tmp_path, env, "--stop")
     assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -236,14 +328,21 @@ def test_demo_uses_the_database_of_relay_database_url(database_url: str, tmp_pat
         connection.execute(
             "INSERT INTO outbox (event_type, payload) VALUES ('payment_status_updated', '{}')"
         )
+        connection.execute(
+            "INSERT INTO inbox (country, tenant, event_id, event_type, payload) "
+            "VALUES ('dk', 'abcinsurance', '_1', 'case_created', '{}')"
+        )
     run = relay_demo(tmp_path, environment(RELAY_DATABASE_URL=database_url), "--events", "300")
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert "using the database of RELAY_DATABASE_URL" in output
     assert 'dropped and re-created schema "relay_demo"' in output
     assert "export RELAY_SCHEMA=relay_demo" in run.stdout
+    for command in LOOK_FURTHER:
+        assert command in run.stdout
     assert_complete(output, 300)
     assert_no_payload_contents(database_url, "relay_demo", output)
+    assert_inbox_rows(database_url, "relay_demo", 300)
     assert not (tmp_path / ".relay-demo").exists()
     with psycopg.connect(database_url) as connection:
         counts: dict[str, int] = dict(
@@ -252,20 +351,24 @@ def test_demo_uses_the_database_of_relay_database_url(database_url: str, tmp_pat
             ).fetchall()
         )
         untouched = connection.execute("SELECT status FROM public.outbox").fetchall()
+        unconsumed = connection.execute("SELECT status FROM public.inbox").fetchall()
     assert counts == {"published": 300 - INVALID_ROWS, "dead": INVALID_ROWS}
     assert untouched == [("pending",)]  # the application's own outbox is left alone
+    assert unconsumed == [("pending",)]  # and its inbox too: the demo consumes its own only
 
 
-def published_rows(url: str) -> int:
+def both_directions_moved(url: str) -> bool:
+    """Some outbox rows are published and some received events processed."""
     with psycopg.connect(url) as connection:
         try:
             row = connection.execute(
-                "SELECT count(*) FROM relay_demo.outbox WHERE status = 'published'"
+                "SELECT (SELECT count(*) FROM relay_demo.outbox WHERE status = 'published'),"
+                " (SELECT count(*) FROM relay_demo.inbox WHERE status = 'processed')"
             ).fetchone()
         except psycopg.errors.UndefinedTable:
-            return 0
+            return False
     assert row is not None
-    return int(row[0])
+    return bool(row[0] and row[1])
 
 
 def test_ctrl_c_during_delivery_finishes_in_flight_work_and_exits_130(
@@ -280,7 +383,7 @@ def test_ctrl_c_during_delivery_finishes_in_flight_work_and_exits_130(
         text=True,
     ) as demo:
         try:
-            wait_for(lambda: published_rows(database_url) > 0 or demo.poll() is not None)
+            wait_for(lambda: both_directions_moved(database_url) or demo.poll() is not None)
             demo.send_signal(signal.SIGINT)
             output, _ = demo.communicate(timeout=60)
         finally:
@@ -301,3 +404,48 @@ def test_ctrl_c_during_delivery_finishes_in_flight_work_and_exits_130(
     assert counts.get("published", 0) == outcome["published"] > 0
     assert sum(counts.values()) == outcome["total"]
     assert outcome["published"] + outcome["dead"] + outcome["left"] == outcome["total"]
+    # What was received is stored once; each processed event was counted in its transaction.
+    inbox = result(output, INBOX_RESULT)
+    assert inbox["status"] == "interrupted"
+    assert inbox["duplicates"] == 0
+    assert inbox["processed"] > 0
+    assert inbox["processed"] + inbox["failed"] + inbox["pending"] == inbox["received"]
+    stored = inbox_counts(database_url, "relay_demo")
+    assert sum(stored["statuses"].values()) == inbox["received"]
+    assert stored["statuses"].get("processed", 0) == inbox["processed"] == stored["counted"]
+    assert stored["events"] == stored["distinct"]
+
+
+# The demo as a process whose emulator never answers one receive route but with 404, which
+# pauses that route for a minute: the demo must not wait for it forever.
+STALLING = """
+import sys
+from relay.demo import run
+run.FAULTS.receive_route_status = {"dk/budgetinsurance": 404}
+run.STALL_SECONDS = 2.0
+sys.exit(run.run_demo(100, keep_server=False))
+"""
+
+
+def test_the_demo_stops_waiting_when_nothing_moves_and_says_so(
+    database_url: str, tmp_path: Path
+) -> None:
+    demo = subprocess.run(
+        [sys.executable, "-c", STALLING],
+        cwd=tmp_path,
+        env=environment(RELAY_DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 1, output
+    assert "relay demo: stopped waiting (nothing moved for 2 s)" in output
+    assert "(stopped waiting)" in output
+    assert "dk/budgetinsurance by the relay: http_404" in output  # the reason, in the summary
+    outcome = result(output.replace("(stopped waiting)", "(done)"))
+    assert outcome["published"] + outcome["dead"] == outcome["total"]  # the outbox got through
+    inbox = result(output.replace("(stopped waiting)", "(done)"), INBOX_RESULT)
+    budget = next(route for route in receive_plan(100) if route.tenant == "budgetinsurance")
+    assert inbox["missing"] == budget.backlog  # the paused route's events wait at the emulator
+    assert inbox["duplicates"] == 0
