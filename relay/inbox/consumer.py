@@ -80,16 +80,15 @@ class InboxEvent:
     ) -> bool:
         if error is None:
             await self.connection.execute(self._queries.processed, self.id)
+            self.done = True  # from here on, only this block touches the transaction
             await self._transaction.commit()
-            self.done = True
             return False
+        self.done = True
         await self._transaction.rollback()
         if isinstance(error, Exception):
             # The consumer's own failure: recorded, retried later, and the loop goes on.
             await self._record_failure(error)
-            self.done = True
             return True
-        self.done = True
         return False  # cancellation and the like go through
 
     async def _record_failure(self, error: Exception) -> None:
@@ -131,10 +130,24 @@ async def consume(
             try:
                 yield event
             finally:
-                if not event.done:
-                    # Iterated past without `async with`: nothing is marked; it is due again.
-                    await event._transaction.rollback()
-                await pool.release(event.connection)
+                await _finish(pool, event)
+
+
+async def _finish(pool: asyncpg.Pool, event: InboxEvent) -> None:
+    """Hand the event's connection back to the pool, whatever state it was left in.
+
+    An event iterated past without ``async with`` is rolled back (nothing is marked; it is due
+    again). A connection that cannot roll back (its statement was cancelled under it) is
+    closed, which rolls back too: it must reach the pool either way, or closing the pool
+    would wait for it for ever.
+    """
+    try:
+        if not event.done:
+            await event._transaction.rollback()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        event.connection.terminate()
+    finally:
+        await pool.release(event.connection)
 
 
 async def _claim(

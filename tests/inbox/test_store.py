@@ -243,3 +243,40 @@ async def test_two_plain_sql_consumers_process_every_event_once(
     effects = await db.fetch("SELECT event_id, count(*) AS n FROM effect GROUP BY event_id")
     assert len(effects) == 1000
     assert {row["n"] for row in effects} == {1}
+
+
+async def test_a_consumer_cancelled_while_it_holds_an_event_hands_everything_back(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Its change rolls back, the event is due again, and the pool closes at once."""
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    await store(db, page(["_1"]), None, "next")
+    await db.execute("CREATE TABLE effect (event_id text)")
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=3)
+    holding = asyncio.Event()
+
+    async def consumer() -> None:
+        async for event in consume(pool, poll_interval=0.05):
+            async with event as connection:
+                await connection.execute("INSERT INTO effect VALUES ($1)", event.event_id)
+                holding.set()
+                await connection.execute("SELECT pg_sleep(30)")  # cancelled in the middle
+
+    task = asyncio.create_task(consumer())
+    await asyncio.wait_for(holding.wait(), 10)
+
+    async def sleeping() -> bool:
+        query = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' "
+            "AND state = 'active' AND datname = current_database()"
+        )
+        return bool(query)
+
+    await eventually(sleeping)  # cancelled in the middle of a statement, the worst moment
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.wait_for(pool.close(), 5)
+    row = await db.fetchrow("SELECT status, attempts FROM inbox")
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+    assert await db.fetchval("SELECT count(*) FROM effect") == 0
