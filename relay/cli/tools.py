@@ -168,12 +168,14 @@ def emulator(
 )
 @error_boundary
 def demo(events: int, keep_server: bool, stop_only: bool) -> None:
-    """Run the relay end to end on this machine: database, emulated EventApi, thousands of events.
+    """Run the relay end to end on this machine, both ways: thousands of events published from
+    the outbox, a stream of Scalepoint's events received into the inbox and consumed.
 
     Without RELAY_DATABASE_URL it starts an embedded PostgreSQL in .relay-demo/pgdata (the
     'embedded' extra) and re-creates database relay_demo in it; with RELAY_DATABASE_URL it
-    re-creates schema relay_demo in that database and touches no other schema. The emulator
-    adds latency and a few failures; a live progress bar and a summary follow. The embedded
+    re-creates schema relay_demo in that database and touches no other schema. The emulated
+    EventApi adds latency and a few failures on both sides (a dropped poll, items that are not
+    events); live progress bars and a summary follow. The embedded
     PostgreSQL is stopped at the end, unless --keep leaves it running for a closer look
     ('relay demo --stop' stops it then). Ctrl-C stops cleanly (exit code 130).
     """
