@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,6 +40,7 @@ from asyncpg.transaction import Transaction
 from relay.inbox.queries import NOTIFY_CHANNEL, InboxQueries
 
 MAX_ERROR = 1000
+RELEASE_TIMEOUT = 10.0  # seconds a rollback may take before the connection is closed instead
 
 
 @dataclass(slots=True)
@@ -58,7 +60,9 @@ class InboxEvent:
     _transaction: Transaction = field(repr=False)
     _queries: InboxQueries = field(repr=False)
     _policy: tuple[int, float] = field(repr=False)  # max attempts, base retry delay
-    done: bool = False
+    _pool: asyncpg.Pool = field(repr=False)
+    _open: bool = field(default=True, repr=False)  # not yet committed or rolled back
+    released: bool = False  # its connection went back to the pool
 
     @property
     def payload(self) -> Any:
@@ -78,18 +82,35 @@ class InboxEvent:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        if error is None:
-            await self.connection.execute(self._queries.processed, self.id)
-            self.done = True  # from here on, only this block touches the transaction
-            await self._transaction.commit()
-            return False
-        self.done = True
-        await self._transaction.rollback()
-        if isinstance(error, Exception):
-            # The consumer's own failure: recorded, retried later, and the loop goes on.
-            await self._record_failure(error)
-            return True
-        return False  # cancellation and the like go through
+        try:
+            if error is None:
+                await self.connection.execute(self._queries.processed, self.id)
+                await self._transaction.commit()
+                self._open = False
+                return False
+            await self._transaction.rollback()
+            self._open = False
+            if isinstance(error, Exception):
+                # The consumer's own failure: recorded, retried later, and the loop goes on.
+                await self._record_failure(error)
+                return True
+            return False  # cancellation and the like go through
+        finally:
+            # Whatever happened above (a cancellation in the middle of the commit included),
+            # the event's connection goes back to the pool here, not when the generator is
+            # closed: a loop left by an exception does not close its generator.
+            await self.release()
+
+    async def release(self) -> None:
+        """Hand the connection back to the pool, once; a transaction still open is rolled back
+        (nothing is marked; the event is due again)."""
+        if self.released:
+            return
+        self.released = True
+        if self._open:
+            await _hand_back(self._pool, self.connection, self._transaction)
+        else:
+            await self._pool.release(self.connection)
 
     async def _record_failure(self, error: Exception) -> None:
         max_attempts, base = self._policy
@@ -116,38 +137,48 @@ async def consume(
     for good after ``max_attempts``.
     """
     queries = InboxQueries(schema)
-    wake = asyncio.Event()
     types = list(event_types) if event_types is not None else None
     chosen = list(routes) if routes is not None else None
-    async with _listening(pool, wake):
-        while True:
-            wake.clear()
-            event = await _claim(pool, queries, types, chosen, (max_attempts, retry_delay))
+    claim = functools.partial(_claim, pool, queries, types, chosen, (max_attempts, retry_delay))
+    while True:
+        event = await claim() or await _wait(pool, poll_interval, claim)
+        if event is None:
+            continue
+        try:
+            yield event
+        finally:
+            # Iterated past without ``async with``: rolled back, due again.
+            await event.release()
+
+
+async def _wait(
+    pool: asyncpg.Pool,
+    poll_interval: float,
+    claim: Callable[[], Awaitable[InboxEvent | None]],
+) -> InboxEvent | None:
+    """Nothing was due: listen for the inbox's notification, claim once more (an event stored
+    before the LISTEN took effect is not missed), else wait for a notification or
+    ``poll_interval``. The listening connection is held only while waiting, never while the
+    caller holds an event."""
+    wake = asyncio.Event()
+
+    def notified(*_: object) -> None:
+        wake.set()
+
+    connection = await pool.acquire()
+    try:
+        await connection.add_listener(NOTIFY_CHANNEL, notified)
+        try:
+            event = await claim()
             if event is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), poll_interval)
-                continue
-            try:
-                yield event
-            finally:
-                await _finish(pool, event)
-
-
-async def _finish(pool: asyncpg.Pool, event: InboxEvent) -> None:
-    """Hand the event's connection back to the pool, whatever state it was left in.
-
-    An event iterated past without ``async with`` is rolled back (nothing is marked; it is due
-    again). A connection that cannot roll back (its statement was cancelled under it) is
-    closed, which rolls back too: it must reach the pool either way, or closing the pool
-    would wait for it for ever.
-    """
-    try:
-        if not event.done:
-            await event._transaction.rollback()
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        event.connection.terminate()
+            return event
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.remove_listener(NOTIFY_CHANNEL, notified)
     finally:
-        await pool.release(event.connection)
+        await pool.release(connection)
 
 
 async def _claim(
@@ -162,13 +193,12 @@ async def _claim(
     try:
         await transaction.start()
         row = await connection.fetchrow(queries.claim, types, routes)
-    except BaseException:
-        with contextlib.suppress(Exception):
+        if row is None:
             await transaction.rollback()
-        await pool.release(connection)
+    except BaseException:  # a cancellation above included: the connection goes back
+        await _hand_back(pool, connection, transaction)
         raise
     if row is None:
-        await transaction.rollback()
         await pool.release(connection)
         return None
     return InboxEvent(
@@ -185,21 +215,23 @@ async def _claim(
         _transaction=transaction,
         _queries=queries,
         _policy=policy,
+        _pool=pool,
     )
 
 
-@contextlib.asynccontextmanager
-async def _listening(pool: asyncpg.Pool, wake: asyncio.Event) -> AsyncIterator[None]:
-    """Wake on the inbox's NOTIFY, on a connection of the pool held while consuming."""
-    connection = await pool.acquire()
+async def _hand_back(
+    pool: asyncpg.Pool, connection: PoolConnectionProxy, transaction: Transaction
+) -> None:
+    """Roll back and hand the connection back to the pool, whatever state it was left in.
 
-    def notified(*_: object) -> None:
-        wake.set()
-
+    A connection that cannot roll back (a statement was cancelled under it, or the transaction
+    never started) is closed, which rolls back too: it must reach the pool either way, or
+    closing the pool would wait for it for ever.
+    """
     try:
-        await connection.add_listener(NOTIFY_CHANNEL, notified)
-        yield
+        async with asyncio.timeout(RELEASE_TIMEOUT):
+            await transaction.rollback()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        connection.terminate()
     finally:
-        with contextlib.suppress(Exception):
-            await connection.remove_listener(NOTIFY_CHANNEL, notified)
         await pool.release(connection)

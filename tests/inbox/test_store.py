@@ -245,29 +245,40 @@ async def test_two_plain_sql_consumers_process_every_event_once(
     assert {row["n"] for row in effects} == {1}
 
 
+SLEEP_AT_COMMIT = """
+CREATE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER sleep_at_commit AFTER INSERT ON effect
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sleep_at_commit();
+"""
+
+
+@pytest.mark.parametrize("moment", ["in its own statement", "in the commit"])
 async def test_a_consumer_cancelled_while_it_holds_an_event_hands_everything_back(
-    db: asyncpg.Connection, database_url: str
+    db: asyncpg.Connection, database_url: str, moment: str
 ) -> None:
-    """Its change rolls back, the event is due again, and the pool closes at once."""
+    """Its change rolls back, the event is due again, and the pool closes at once, even though
+    the caller keeps the generator (a loop left by an exception does not close it)."""
     await db.execute(Q.ensure_checkpoint, "dk", "abc")
     await store(db, page(["_1"]), None, "next")
     await db.execute("CREATE TABLE effect (event_id text)")
+    if moment == "in the commit":
+        await db.execute(SLEEP_AT_COMMIT)
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=3)
-    holding = asyncio.Event()
+    events = consume(pool, poll_interval=0.05)
 
     async def consumer() -> None:
-        async for event in consume(pool, poll_interval=0.05):
+        async for event in events:
             async with event as connection:
                 await connection.execute("INSERT INTO effect VALUES ($1)", event.event_id)
-                holding.set()
-                await connection.execute("SELECT pg_sleep(30)")  # cancelled in the middle
+                if moment == "in its own statement":
+                    await connection.execute("SELECT pg_sleep(30)")
 
     task = asyncio.create_task(consumer())
-    await asyncio.wait_for(holding.wait(), 10)
 
     async def sleeping() -> bool:
         query = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' "
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
             "AND state = 'active' AND datname = current_database()"
         )
         return bool(query)
@@ -280,3 +291,32 @@ async def test_a_consumer_cancelled_while_it_holds_an_event_hands_everything_bac
     assert row is not None
     assert (row["status"], row["attempts"]) == ("pending", 0)
     assert await db.fetchval("SELECT count(*) FROM effect") == 0
+
+
+async def test_a_consumer_cancelled_at_any_moment_of_its_polling_hands_every_connection_back(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Cancelled after 0, 1, 2, ... turns of the event loop, the consumer is stopped at each
+    await of its claim and its wait in turn (its rollback of an empty claim included); each
+    time both of its connections go back to the pool, and the pool then closes at once."""
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    await store(db, page(["_1"]), None, "next")  # a case_created: never due for this consumer
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=2)
+
+    async def consumer() -> None:
+        async for _event in consume(pool, event_types=["claim_updated"], poll_interval=0):
+            raise AssertionError("no claim_updated event was stored")
+
+    for turns in range(400):
+        task = asyncio.create_task(consumer())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+        async with asyncio.timeout(5):  # both connections are free again
+            first, second = await pool.acquire(), await pool.acquire()
+        await pool.release(first)
+        await pool.release(second)
+    await asyncio.wait_for(pool.close(), 5)
+    assert await db.fetchval("SELECT status FROM inbox") == "pending"
