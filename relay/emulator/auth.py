@@ -22,7 +22,7 @@ from relay.emulator.replies import oauth_error
 from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, certificate_thumbprint
 
 if TYPE_CHECKING:
-    from relay.emulator import EmulatorConfig
+    from relay.emulator.model import EmulatorConfig
 
 # How far the client's clock may be off the partner's, either way. Strict, but as tolerant as
 # the relay's own assertions need: they are backdated by relay.eventapi.keys.CLOCK_SKEW_SECONDS.
