@@ -22,8 +22,8 @@ from relay.cli.main import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from relay.ops.admin import Moment
     from relay.ops.inbox import InboxAdmin
+    from relay.ops.selection import Moment
 
 T = TypeVar("T")
 

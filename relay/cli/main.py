@@ -105,7 +105,8 @@ def main() -> None:
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from relay.ops.admin import Admin, Moment
+    from relay.ops.admin import Admin
+    from relay.ops.selection import Moment
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ class MomentType(click.ParamType["Moment"]):
     ) -> Moment:
         from datetime import datetime, timedelta
 
-        from relay.ops.admin import parse_moment
+        from relay.ops.selection import parse_moment
 
         if isinstance(value, timedelta | datetime):
             return value
@@ -145,7 +146,8 @@ def with_admin(work: Callable[[Admin], Awaitable[T]], operator: str | None = Non
     """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA, as ``operator``."""
     import asyncio
 
-    from relay.ops.admin import open_admin, operator_name
+    from relay.ops.admin import open_admin
+    from relay.ops.selection import operator_name
 
     name = operator_name(operator)  # a bad --operator needs no database
     settings = settings_from_env()

@@ -24,8 +24,9 @@ from relay.errors import (
 )
 
 if TYPE_CHECKING:
-    from relay.ops.admin import Admin, Moment
+    from relay.ops.admin import Admin
     from relay.ops.reports import ReplayResult
+    from relay.ops.selection import Moment
 
 
 @main.command()
@@ -99,7 +100,7 @@ def requeue(
     --all-dead. Running relays are woken at once. Recorded in the audit log (relay audit)
     with the operator's name. Exit code 3 when ids named were left alone (not dead).
     """
-    from relay.ops.admin import DeadSelector
+    from relay.ops.selection import DeadSelector
 
     selector = DeadSelector(ids, event_type, since, until, all_dead)
     selector.check()  # before connecting: a bad selection needs no database
@@ -150,7 +151,7 @@ def replay(
     at a terminal. Recorded in the audit log (relay audit). Exit code 3 when rows were held
     back or ids named were not published.
     """
-    from relay.ops.admin import ReplaySelector
+    from relay.ops.selection import ReplaySelector
 
     selector = ReplaySelector(ids, event_type, since, until)
     selector.check()  # before connecting: a bad selection needs no database
@@ -218,7 +219,7 @@ def pause_clear(
     Name the routes (dk/abcinsurance; * is the pause of every route), or --all. Recorded in
     the audit log (relay audit). Exit code 3 when a route named had no pause.
     """
-    from relay.ops.admin import NoSelector
+    from relay.ops.selection import NoSelector
 
     if bool(routes) == clear_all:
         raise NoSelector("name the routes to lift (dk/abcinsurance, *), or --all; not both")

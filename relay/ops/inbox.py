@@ -35,15 +35,7 @@ import structlog
 from relay.errors import UsageError
 from relay.eventapi.receive import receive_path
 from relay.inbox.queries import MALFORMED_PREFIX, MAX_EVENT_ID, InboxQueries
-from relay.ops.admin import (
-    DEFAULT_PURGE_BATCH,
-    MAX_LOGGED_IDS,
-    Admin,
-    Moment,
-    NoSelector,
-    purge_cutoff,
-    resolve,
-)
+from relay.ops.admin import DEFAULT_PURGE_BATCH, MAX_LOGGED_IDS, Admin
 from relay.ops.inbox_reports import (
     Checkpoint,
     InboxEventDetail,
@@ -58,6 +50,7 @@ from relay.ops.inbox_reports import (
 )
 from relay.ops.queries import InboxAdminQueries
 from relay.ops.reports import iso, jsonable
+from relay.ops.selection import Moment, NoSelector, purge_cutoff, resolve
 from relay.routes import route_name
 
 log = structlog.get_logger("relay.ops.inbox")

@@ -15,12 +15,11 @@ from structlog.testing import capture_logs
 
 from relay.config import load_settings
 from relay.errors import RelayError, UsageError
-from relay.ops.admin import (
-    Admin,
+from relay.ops.admin import Admin, open_admin
+from relay.ops.selection import (
     DeadSelector,
     NoSelector,
     NoSuchRow,
-    open_admin,
     operator_name,
     parse_moment,
     resolve,

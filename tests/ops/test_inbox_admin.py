@@ -18,8 +18,9 @@ from relay.config import load_settings
 from relay.errors import UsageError
 from relay.inbox import consume
 from relay.inbox.queries import INBOX_LOCK_CLASS
-from relay.ops.admin import NoSelector, open_admin
+from relay.ops.admin import open_admin
 from relay.ops.inbox import FailedSelector, InboxAdmin, NoCheckpoint, NoSuchEvent
+from relay.ops.selection import NoSelector
 from tests.helpers.engine import eventually
 from tests.ops.inbox_rows import (
     RECEIVE,

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from relay.config import load_settings
-from relay.ops.admin import Admin, NoSelector, ReplaySelector, open_admin
+from relay.ops.admin import Admin, open_admin
+from relay.ops.selection import NoSelector, ReplaySelector
 from tests.helpers.engine import (
     arrival_order_by_key,
     engine_settings,

@@ -12,7 +12,8 @@ import time
 import asyncpg
 
 from relay.config import load_settings
-from relay.ops.admin import DeadSelector, open_admin
+from relay.ops.admin import open_admin
+from relay.ops.selection import DeadSelector
 from tests.helpers.engine import (
     arrival_order_by_key,
     engine_settings,
