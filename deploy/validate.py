@@ -533,7 +533,7 @@ def exported_series() -> dict[str, frozenset[str]]:
     metrics.count_malformed("dk", "abcinsurance", 1)
     metrics.count_receive_error("dk", "abcinsurance", "http_503")
     metrics.show_polling("dk", "abcinsurance", True)
-    metrics.show_receive_route("dk", "abcinsurance", lag=1.0, age=2.0)
+    metrics.show_receive_route("dk", "abcinsurance", lag=1.0, age=2.0, waiting=(3, 4.0))
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(text):

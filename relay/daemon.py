@@ -231,7 +231,11 @@ class Daemon:
                 self.metrics.oldest_pending_age.set(oldest)
                 for route in await inbox.route_sample() if inbox is not None else []:
                     self.metrics.show_receive_route(
-                        route.country, route.tenant, route.lag, route.age
+                        route.country,
+                        route.tenant,
+                        route.lag,
+                        route.age,
+                        (route.pending, route.oldest_pending),
                     )
             except database.DATABASE_ERRORS as error:
                 log.warning("sample.failed", error=database.describe_database_error(error))

@@ -278,6 +278,19 @@ class Metrics:
             ["country", "tenant"],
             registry=r,
         )
+        self.inbox_pending = Gauge(
+            "relay_inbox_pending_events",
+            "Received events waiting for the insurer's consumers, per route (sampled).",
+            ["country", "tenant"],
+            registry=r,
+        )
+        self.inbox_oldest_pending_age = Gauge(
+            "relay_inbox_oldest_pending_age_seconds",
+            "Seconds since the oldest event waiting for consumers was received, 0 when none "
+            "waits (sampled).",
+            ["country", "tenant"],
+            registry=r,
+        )
         self.inbox_polling = Gauge(
             "relay_inbox_polling",
             "1 while this relay is the route's one receiver.",
@@ -409,9 +422,20 @@ class Metrics:
     def show_polling(self, country: str, tenant: str, polling: bool) -> None:
         self.inbox_polling.labels(*self.route_labels(country, tenant)).set(1 if polling else 0)
 
-    def show_receive_route(self, country: str, tenant: str, lag: float | None, age: float) -> None:
-        """The sampled state of a receive route: how far behind, and since its last answer."""
+    def show_receive_route(
+        self,
+        country: str,
+        tenant: str,
+        lag: float | None,
+        age: float,
+        waiting: tuple[int, float],
+    ) -> None:
+        """The sampled state of a receive route: how far behind, since its last answer, and
+        the events waiting for the insurer's consumers (how many, the oldest's age)."""
         labels = self.route_labels(country, tenant)
         if lag is not None:
             self.inbox_lag.labels(*labels).set(lag)
         self.inbox_checkpoint_age.labels(*labels).set(age)
+        pending, oldest = waiting
+        self.inbox_pending.labels(*labels).set(pending)
+        self.inbox_oldest_pending_age.labels(*labels).set(oldest)

@@ -184,13 +184,23 @@ class InboxQueries:
 
     @property
     def route_sample(self) -> str:
-        """Per route: seconds behind (now minus the newest received event's own time) and
-        since its last answer, for the sampled gauges."""
+        """Per route: seconds behind (now minus the newest received event's own time), since
+        its last answer, and the events waiting for consumers (how many, and the oldest's age),
+        for the sampled gauges. The waiting events are read through the ready index."""
+        s = self.schema
         return f"""
-            SELECT country, tenant,
-                   extract(epoch FROM now() - newest_event_at)::float8 AS lag,
-                   extract(epoch FROM now() - coalesce(answered_at, updated_at))::float8 AS age
-            FROM "{self.schema}".inbox_checkpoint"""
+            SELECT c.country, c.tenant,
+                   extract(epoch FROM now() - c.newest_event_at)::float8 AS lag,
+                   extract(epoch FROM now() - coalesce(c.answered_at, c.updated_at))::float8 AS age,
+                   coalesce(w.pending, 0) AS pending,
+                   coalesce(w.oldest_pending, 0)::float8 AS oldest_pending
+            FROM "{s}".inbox_checkpoint c
+            LEFT JOIN (
+                SELECT country, tenant, count(*) AS pending,
+                       extract(epoch FROM now() - min(received_at)) AS oldest_pending
+                FROM "{s}".inbox WHERE status = 'pending'
+                GROUP BY country, tenant
+            ) w USING (country, tenant)"""
 
     # Retention ---------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ class RouteSample:
     tenant: str
     lag: float | None  # seconds behind the newest received event's own time
     age: float  # seconds since the route last answered
+    pending: int  # events waiting for the insurer's consumers
+    oldest_pending: float  # seconds since the oldest of them was received; 0 when none
 
 
 class InboxStore:

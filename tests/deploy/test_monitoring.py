@@ -104,6 +104,7 @@ def test_the_inbox_is_watched_by_alerts_and_the_dashboard() -> None:
         for alert in group["rules"]
     }
     assert sorted(inbox) == [
+        "RelayInboxConsumersBehind",
         "RelayInboxMalformedItems",
         "RelayInboxNotPolled",
         "RelayInboxReceiveErrors",
@@ -129,6 +130,8 @@ def test_the_inbox_is_watched_by_alerts_and_the_dashboard() -> None:
         "relay_inbox_receive_errors_total",
         "relay_inbox_items_malformed_total",
         "relay_inbox_polling",
+        "relay_inbox_pending_events",
+        "relay_inbox_oldest_pending_age_seconds",
     ):
         assert metric in queries, metric
     assert "by (country, tenant, event_type)" in queries

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 
 import asyncpg
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
 from relay.inbox import consume
 from relay.inbox.queries import InboxQueries
+from relay.inbox.store import InboxStore
+from relay.metrics import Metrics
 from tests.helpers.engine import eventually
 
 Q = InboxQueries("public")
@@ -320,3 +324,47 @@ async def test_a_consumer_cancelled_at_any_moment_of_its_polling_hands_every_con
         await pool.release(second)
     await asyncio.wait_for(pool.close(), 5)
     assert await db.fetchval("SELECT status FROM inbox") == "pending"
+
+
+async def test_the_sampled_gauges_count_what_waits_for_consumers_per_route(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """An operator sees per route how many received events wait for the insurer's consumers
+    and how long the oldest has waited; processed and failed events are not waiting."""
+    for tenant, ids in (("abc", ["_1", "_2", "_3"]), ("quiet", ["_9"])):
+        await db.execute(Q.ensure_checkpoint, "dk", tenant)
+        start = f"/api/events/v1/dk/external/{tenant}/receive"
+        row = await db.fetchrow(
+            Q.store_page, "dk", tenant, None, "next", page(ids), None, None, start
+        )
+        assert row is not None
+    await db.execute("UPDATE inbox SET received_at = now() - interval '10 minutes'")
+    await db.execute("UPDATE inbox SET status = 'processed' WHERE event_id IN ('_1', '_9')")
+    await db.execute(Q.ensure_checkpoint, "dk", "idle")
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        samples = {
+            sample.tenant: sample for sample in await InboxStore(pool, "public").route_sample()
+        }
+    finally:
+        await pool.close()
+    assert {tenant: samples[tenant].pending for tenant in samples} == {
+        "abc": 2,
+        "quiet": 0,
+        "idle": 0,
+    }
+    assert 600 <= samples["abc"].oldest_pending < 660
+    assert samples["quiet"].oldest_pending == samples["idle"].oldest_pending == 0
+
+    metrics = Metrics()
+    for sample in samples.values():
+        metrics.show_receive_route(
+            sample.country, sample.tenant, sample.lag, sample.age,
+            (sample.pending, sample.oldest_pending),
+        )  # fmt: skip
+    exposition = generate_latest(metrics.registry).decode()
+    assert 'relay_inbox_pending_events{country="dk",tenant="abc"} 2.0' in exposition
+    assert 'relay_inbox_pending_events{country="dk",tenant="idle"} 0.0' in exposition
+    assert re.search(
+        r'relay_inbox_oldest_pending_age_seconds\{country="dk",tenant="abc"\} 6\d\d\.', exposition
+    )
