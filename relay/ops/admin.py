@@ -22,9 +22,8 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -73,14 +72,7 @@ def _id(row: ReplayRow) -> int:
     return row.id
 
 
-@dataclass(frozen=True, slots=True)
-class Batches:
-    """What a purge in batches deleted, and its audit-log entry."""
-
-    rows: int
-    batches: int
-    seconds: float
-    audit_id: int | None
+Purged = TypeVar("Purged", bound=PurgeResult)
 
 
 # The operator's handle on one outbox schema -----------------------------------------------------
@@ -374,39 +366,30 @@ class Admin:
         Small batches, each its own transaction, through the same statement the daemon's
         RELAY_RETENTION uses (see :meth:`purge_in_batches`). Dead rows are never purged.
         """
-        now = await self.now()
-        cutoff = purge_cutoff(older_than, now)
-        batches = await self.purge_in_batches(
-            Queries(self.schema).purge_published, "purge", cutoff, now, batch_size
-        )
-        log.info(
-            "admin.purged",
-            rows=batches.rows,
-            batches=batches.batches,
-            cutoff=iso(cutoff),
-            operator=self.operator,
-            schema=self.schema,
-            audit_id=batches.audit_id,
-        )
-        return PurgeResult(
-            cutoff=cutoff,
-            rows=batches.rows,
-            batches=batches.batches,
-            seconds=batches.seconds,
-            audit_id=batches.audit_id,
-            operator=self.operator,
+        statement = Queries(self.schema).purge_published
+        return await self.purge_in_batches(
+            statement, "purge", older_than, batch_size, PurgeResult, "admin.purged"
         )
 
     async def purge_in_batches(
-        self, statement: str, action: str, cutoff: datetime, now: datetime, batch_size: int
-    ) -> Batches:
+        self,
+        statement: str,
+        action: str,
+        older_than: Moment,
+        batch_size: int,
+        result: type[Purged],
+        event: str,
+    ) -> Purged:
         """Run a retention ``statement`` ($1: older than this many seconds, $2: batch size)
-        until it deletes nothing, each batch in its own transaction, recorded as ``action``.
+        until it deletes nothing, each batch in its own transaction, recorded as ``action``
+        and logged as ``event``; what it deleted comes back as ``result``.
 
         The audit-log entry is written with the first batch and brought up to date in each
         batch's transaction, so it counts what was deleted even when the purge is stopped
         half-way (its outcome stays ``running``).
         """
+        now = await self.now()
+        cutoff = purge_cutoff(older_than, now)
         base = (now - cutoff).total_seconds()
         parameters = {"older_than": cutoff, "batch_size": batch_size}
         started = time.monotonic()
@@ -440,7 +423,23 @@ class Admin:
                     break
                 rows += deleted
                 batches += 1
-        return Batches(rows, batches, time.monotonic() - started, entry)
+        log.info(
+            event,
+            rows=rows,
+            batches=batches,
+            cutoff=iso(cutoff),
+            operator=self.operator,
+            schema=self.schema,
+            audit_id=entry,
+        )
+        return result(
+            cutoff=cutoff,
+            rows=rows,
+            batches=batches,
+            seconds=time.monotonic() - started,
+            audit_id=entry,
+            operator=self.operator,
+        )
 
     async def purge_preview(self, older_than: Moment) -> PurgePreview:
         """What ``purge`` would delete now, counted; nothing is changed or recorded."""

@@ -49,7 +49,7 @@ from relay.ops.inbox_reports import (
     RewindResult,
 )
 from relay.ops.queries import InboxAdminQueries
-from relay.ops.reports import iso, jsonable
+from relay.ops.reports import jsonable
 from relay.ops.selection import Moment, NoSelector, purge_cutoff, resolve
 from relay.routes import route_name
 
@@ -316,26 +316,9 @@ class InboxAdmin:
         """Delete processed events processed before ``older_than``, in small batches through
         the statement the daemon's RELAY_RETENTION runs. Pending and failed events are never
         purged. Recorded in the audit log as it goes; writes ``admin.inbox_purged``."""
-        now = await self.admin.now()
-        cutoff = purge_cutoff(older_than, now)
         statement = InboxQueries(self.schema).purge_processed
-        done = await self.admin.purge_in_batches(statement, "inbox_purge", cutoff, now, batch_size)
-        log.info(
-            "admin.inbox_purged",
-            rows=done.rows,
-            batches=done.batches,
-            cutoff=iso(cutoff),
-            operator=self.operator,
-            schema=self.schema,
-            audit_id=done.audit_id,
-        )
-        return InboxPurgeResult(
-            cutoff=cutoff,
-            rows=done.rows,
-            batches=done.batches,
-            seconds=done.seconds,
-            audit_id=done.audit_id,
-            operator=self.operator,
+        return await self.admin.purge_in_batches(
+            statement, "inbox_purge", older_than, batch_size, InboxPurgeResult, "admin.inbox_purged"
         )
 
     async def purge_preview(self, older_than: Moment) -> InboxPurgePreview:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from relay.ops.reports import (
+    PurgeResult,
     fields_of,
     human_duration,
     id_list,
@@ -401,19 +402,8 @@ class RewindResult:
 
 
 @dataclass(frozen=True, slots=True)
-class InboxPurgeResult:
+class InboxPurgeResult(PurgeResult):
     """What a purge of processed events deleted."""
-
-    cutoff: datetime
-    rows: int
-    batches: int
-    seconds: float
-    audit_id: int | None = None
-    operator: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready values."""
-        return {**fields_of(self), "dry_run": False}
 
     def lines(self) -> list[str]:
         """One summary line, and where it was recorded."""
