@@ -12,8 +12,10 @@ of them a claim took half a second. They are parked as ``blocked``, outside that
   at a time while the pause has run out, so that exactly one probe goes first.
 
 Parking is an optimisation, never a correctness condition: claims still check every rule, so
-a row that is not (yet) parked is only skipped, not sent. At start-up, and every few sweeps,
-rows whose reason is gone are unparked, whatever the reason was lost to.
+a row that is not (yet) parked is only skipped, not sent; and the claim looks at one row per
+ordering key, so rows behind a dead row cost it one step until they are parked. When the
+relay starts, and every few sweeps, rows whose reason is gone are unparked, whatever the
+reason was lost to.
 
 Jobs run one at a time on one task, off the path of the senders.
 """
@@ -35,6 +37,11 @@ log = structlog.get_logger("relay.outbox.parking")
 SWEEP_INTERVAL = 30.0
 # Every this many sweeps, also unpark rows whose reason is gone.
 STALE_EVERY = 10
+# Rows behind dead rows are parked this many per transaction, with a rest of REST times the
+# batch's own time after each: parking 100,000 of them takes 1.5 s of the database's time,
+# spread over 15 s, so the claims beside it keep their pace.
+PARK_BATCH = 2_000
+REST = 9.0
 
 Job = Callable[[], Awaitable[int]]
 
@@ -47,16 +54,16 @@ class Parker:
         self.jobs: asyncio.Queue[tuple[str, Job]] = asyncio.Queue()
 
     async def start(self) -> None:
-        """Unpark what has no reason to wait, and park what waits behind a dead row."""
+        """Unpark what has no reason to wait, and park what waits behind a dead row: the
+        first jobs of ``run``, off the claim's path (a million rows to park take seconds, and
+        the claim steps over them meanwhile; see ``Queries.claim``)."""
         await self._do("unpark_stale", self._unpark_stale)
         if self.dead_blocks_key:
-            await self._do("park_behind_dead", lambda: self.store.park_behind_dead(None))
+            await self._do("park_behind_dead", lambda: self._park_behind_dead(None))
 
     def behind_dead(self, dead_ids: list[int]) -> None:
         if self.dead_blocks_key and dead_ids:
-            self.jobs.put_nowait(
-                ("park_behind_dead", lambda: self.store.park_behind_dead(dead_ids))
-            )
+            self.jobs.put_nowait(("park_behind_dead", lambda: self._park_behind_dead(dead_ids)))
 
     def route_paused(self, route: str) -> None:
         self.jobs.put_nowait(("park_route", lambda: self.store.park_route(route)))
@@ -71,6 +78,7 @@ class Parker:
         self.jobs.put_nowait(("unpark_probe", lambda: self.store.unpark_route(route, 1)))
 
     async def run(self) -> None:
+        await self.start()
         sweeps = 0
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         while True:
@@ -83,9 +91,19 @@ class Parker:
                 if sweeps % STALE_EVERY == 0:
                     await self._do("unpark_stale", self._unpark_stale)
                 if self.dead_blocks_key:
-                    await self._do("park_behind_dead", lambda: self.store.park_behind_dead(None))
+                    await self._do("park_behind_dead", lambda: self._park_behind_dead(None))
                 continue
             await self._do(name, job)
+
+    async def _park_behind_dead(self, dead_ids: list[int] | None) -> int:
+        total = 0
+        while True:
+            started = time.monotonic()
+            parked = await self.store.park_behind_dead(dead_ids, PARK_BATCH)
+            total += parked
+            if parked < PARK_BATCH:
+                return total
+            await asyncio.sleep((time.monotonic() - started) * REST)
 
     async def _unpark_stale(self) -> int:
         return await self.store.unpark_stale(dead_blocks_key=self.dead_blocks_key)

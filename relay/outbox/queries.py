@@ -25,32 +25,76 @@ def _route(alias: str, country: str = "$3", tenant: str = "$4") -> str:
     return f"coalesce({alias}.country, {country}) || '/' || coalesce({alias}.tenant, {tenant})"
 
 
-def _ready_rows(schema: str, status_clause: str, order: str) -> str:
-    """Rows this worker may take now, locked, skipping rows other replicas hold.
+def _unpaused(schema: str, alias: str) -> str:
+    """The row's route has no pause in force, and no global pause is in force."""
+    return f"""NOT EXISTS (
+              SELECT 1 FROM "{schema}".relay_pause p
+              WHERE p.until > now() AND p.route IN ('*', {_route(alias)}))"""
 
-    A keyed row is eligible only when no other row of its key is in flight and no earlier one
-    is unfinished. The key's advisory lock is taken first: while any producer transaction for
-    that key is open (it holds the lock shared, see migration 0001's insert trigger) the row
-    waits. Only once the lock is held does ``outbox_key_ready`` look for earlier rows, and it
-    is VOLATILE, so it reads a snapshot taken after the lock: a producer that committed a
-    smaller id in the meantime is seen. CASE fixes that order of evaluation.
-    Rows of a paused route, or every row while a global pause is active, are left alone.
+
+def _key_free(schema: str, alias: str) -> str:
+    """A keyed row may go: its key's advisory lock is free, and no other row of its key is in
+    flight and no earlier one unfinished.
+
+    The key's advisory lock is taken first: while any producer transaction for that key is
+    open (it holds the lock shared, see migration 0001's insert trigger) the row waits. Only
+    once the lock is held does ``outbox_key_ready`` look for earlier rows, and it is VOLATILE,
+    so it reads a snapshot taken after the lock: a producer that committed a smaller id in the
+    meantime is seen. CASE fixes that order of evaluation.
     """
+    key = f"{alias}.ordering_key"
+    return f"""CASE
+                WHEN {key} IS NULL THEN true
+                WHEN pg_try_advisory_xact_lock({ORDERING_LOCK_CLASS}, hashtext({key}))
+                    THEN "{schema}".outbox_key_ready({alias}.ordering_key, {alias}.id, $5)
+                ELSE false
+              END"""
+
+
+def _expired_rows(schema: str) -> str:
+    """Rows in flight whose lease ran out (their holder died: see ``rescue``), locked,
+    skipping rows other replicas hold; each must be free to go by its key."""
     return f"""
         SELECT o.id FROM "{schema}".outbox o
-        WHERE {status_clause}
-          AND NOT EXISTS (
-              SELECT 1 FROM "{schema}".relay_pause p
-              WHERE p.until > now() AND p.route IN ('*', {_route("o")}))
-          AND CASE
-                WHEN o.ordering_key IS NULL THEN true
-                WHEN pg_try_advisory_xact_lock({ORDERING_LOCK_CLASS}, hashtext(o.ordering_key))
-                    THEN "{schema}".outbox_key_ready(o.ordering_key, o.id, $5)
-                ELSE false
-              END
-        ORDER BY {order}
+        WHERE o.status = 'in_flight' AND (o.lease_until IS NULL OR o.lease_until <= now())
+          AND {_unpaused(schema, "o")}
+          AND {_key_free(schema, "o")}
+        ORDER BY o.lease_until NULLS FIRST, o.id
         LIMIT $1
         FOR UPDATE OF o SKIP LOCKED"""
+
+
+def _key_heads(schema: str) -> str:
+    """The first pending row of up to $9 ordering keys, stepping through the keys in order
+    from just after key $8 and round to the start (one index descent per key): a key with a
+    million rows waiting behind a dead or an in-flight row costs one step, never a walk. The
+    step number ``n`` says where the claim got to; the next claim starts after its last key,
+    so every key's turn comes, however many keys cannot go."""
+    next_key = f"""SELECT ordering_key, id FROM "{schema}".outbox
+                  WHERE status = 'pending' AND ordering_key IS NOT NULL"""
+    return f"""
+        after_cursor(k, id, n) AS (
+            (SELECT a.ordering_key, a.id, 1
+             FROM ({next_key} AND ordering_key > $8 ORDER BY ordering_key, id LIMIT 1) a)
+            UNION ALL
+            SELECT nxt.ordering_key, nxt.id, a.n + 1
+            FROM after_cursor a, LATERAL (
+                {next_key} AND ordering_key > a.k ORDER BY ordering_key, id LIMIT 1) nxt
+            WHERE a.n < $9
+        ), from_start(k, id, n) AS (
+            (SELECT f.ordering_key, f.id, (SELECT count(*) FROM after_cursor) + 1
+             FROM ({next_key} AND ordering_key <= $8 ORDER BY ordering_key, id LIMIT 1) f)
+            UNION ALL
+            SELECT nxt.ordering_key, nxt.id, f.n + 1
+            FROM from_start f, LATERAL (
+                {next_key} AND ordering_key > f.k AND ordering_key <= $8
+                ORDER BY ordering_key, id LIMIT 1) nxt
+            WHERE f.n < $9
+        ), heads AS (
+            SELECT k, id, n FROM after_cursor
+            UNION ALL
+            SELECT k, id, n FROM from_start WHERE (SELECT count(*) FROM after_cursor) < $9
+        )"""
 
 
 def _envelope_columns() -> str:
@@ -82,40 +126,66 @@ class Queries:
     def claim(self) -> str:
         """Claim up to $1 rows for claim $7 of worker $2, with a lease of $6 seconds.
 
-        Rows whose lease ran out (their holder died: see ``rescue``) come back first, then
-        pending rows in the order they became available. The claim counts the attempt and,
-        for a row taken back from a holder that stopped, the stop. Committed before any HTTP
-        call is made. $3/$4: default country/tenant, $5: whether a dead row blocks its key.
-        The payload comes back as the text PostgreSQL renders (sent unchanged), with its
-        envelope fields read out for validation.
+        Rows whose lease ran out (their holder died: see ``rescue``) come back first. Then, in
+        the order they became available, rows without a key (``outbox_loose_idx``) and the
+        first pending row of each of up to $9 keys (``_key_heads``, from after key $8): two
+        paths, so neither kind of backlog is walked by the other. Rows of a paused route,
+        or every row while a global pause is active, are left alone.
+
+        The claim counts the attempt and, for a row taken back from a holder that stopped,
+        the stop. Committed before any HTTP call is made. $3/$4: default country/tenant, $5:
+        whether a dead row blocks its key. The payload comes back as the text PostgreSQL
+        renders (sent unchanged), with its envelope fields read out for validation.
+
+        Always at least one row: ``next_key`` (where the next claim's step through the keys
+        begins) on every row, and a row of NULLs besides it when nothing was claimed.
         """
-        expired = _ready_rows(
-            self.schema,
-            "o.status = 'in_flight' AND (o.lease_until IS NULL OR o.lease_until <= now())",
-            "o.lease_until NULLS FIRST, o.id",
-        )
-        pending = _ready_rows(
-            self.schema, "o.status = 'pending' AND o.available_at <= now()", "o.available_at, o.id"
-        )
+        s = self.schema
         return f"""
-            WITH expired AS ({expired}),
-                 pending AS ({pending}),
-                 chosen AS (
-                     SELECT id, true AS rescued FROM expired
-                     UNION ALL
-                     (SELECT id, false FROM pending)
-                     LIMIT $1)
-            UPDATE "{self.schema}".outbox o
-            SET status = 'in_flight', claimed_by = $2, claim_token = $7,
-                lease_until = now() + $6 * interval '1 second',
-                attempts = o.attempts + 1,
-                stops = o.stops + CASE WHEN chosen.rescued THEN 1 ELSE 0 END,
-                blocked_by = NULL
-            FROM chosen
-            WHERE o.id = chosen.id
-            RETURNING o.id, o.claim_token AS token, o.event_type, o.payload::text AS payload,
-                      o.tenant, o.country, o.ordering_key, o.attempts, o.stops, o.created_at,
-                      {_envelope_columns()}"""
+            WITH RECURSIVE {_key_heads(s)},
+            expired AS ({_expired_rows(s)}),
+            keyed AS (
+                SELECT o.id, o.available_at FROM heads h JOIN "{s}".outbox o ON o.id = h.id
+                WHERE o.status = 'pending' AND o.available_at <= now()
+                  AND {_unpaused(s, "o")}
+                  AND {_key_free(s, "o")}
+                ORDER BY o.available_at, o.id
+                LIMIT $1
+                FOR UPDATE OF o SKIP LOCKED
+            ), loose AS (
+                SELECT o.id, o.available_at FROM "{s}".outbox o
+                WHERE o.status = 'pending' AND o.ordering_key IS NULL
+                  AND o.available_at <= now()
+                  AND {_unpaused(s, "o")}
+                ORDER BY o.available_at, o.id
+                LIMIT $1
+                FOR UPDATE OF o SKIP LOCKED
+            ), chosen AS (
+                SELECT id, true AS rescued FROM expired
+                UNION ALL
+                (SELECT id, false FROM (
+                    SELECT id, available_at FROM keyed
+                    UNION ALL
+                    SELECT id, available_at FROM loose) ready
+                 ORDER BY available_at, id)
+                LIMIT $1
+            ), claimed AS (
+                UPDATE "{s}".outbox o
+                SET status = 'in_flight', claimed_by = $2, claim_token = $7,
+                    lease_until = now() + $6 * interval '1 second',
+                    attempts = o.attempts + 1,
+                    stops = o.stops + CASE WHEN chosen.rescued THEN 1 ELSE 0 END,
+                    blocked_by = NULL
+                FROM chosen
+                WHERE o.id = chosen.id
+                RETURNING o.id, o.claim_token AS token, o.event_type,
+                          o.payload::text AS payload, o.tenant, o.country, o.ordering_key,
+                          o.attempts, o.stops, o.created_at,
+                          {_envelope_columns()}
+            )
+            SELECT claimed.*, next.key AS next_key
+            FROM (SELECT coalesce((SELECT k FROM heads ORDER BY n DESC LIMIT 1), '') AS key) next
+            LEFT JOIN claimed ON true"""
 
     @property
     def record(self) -> str:
@@ -250,13 +320,22 @@ class Queries:
 
     @property
     def park_behind(self) -> str:
-        """The second statement of ``park_behind_dead``: block pending rows of keys $1 whose
-        id is above the key's dead row $2."""
+        """The second statement of ``park_behind_dead``: block at most $3 pending rows of keys
+        $1 whose id is above the key's dead row $2 (found through ``outbox_head_idx``)."""
+        s = self.schema
         return f"""
-            UPDATE "{self.schema}".outbox o
+            UPDATE "{s}".outbox o
             SET status = 'blocked', blocked_by = 'dead_row'
-            FROM unnest($1::text[], $2::bigint[]) AS d(ordering_key, id)
-            WHERE o.ordering_key = d.ordering_key AND o.id > d.id AND o.status = 'pending'"""
+            WHERE o.id IN (
+                SELECT b.id
+                FROM unnest($1::text[], $2::bigint[]) AS d(ordering_key, id),
+                     LATERAL (SELECT p.id FROM "{s}".outbox p
+                              WHERE p.status = 'pending' AND p.ordering_key = d.ordering_key
+                                AND p.id > d.id
+                              ORDER BY p.ordering_key, p.id
+                              LIMIT $3) b
+                LIMIT $3)
+              AND o.status = 'pending'"""
 
     @property
     def unpark_stale(self) -> str:

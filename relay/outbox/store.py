@@ -116,8 +116,17 @@ class Store:
         self.defaults = defaults
 
     async def claim(
-        self, limit: int, token: int, *, lease_seconds: float, dead_blocks_key: bool
-    ) -> list[ClaimedRow]:
+        self,
+        limit: int,
+        token: int,
+        *,
+        lease_seconds: float,
+        dead_blocks_key: bool,
+        after_key: str = "",
+        key_steps: int | None = None,
+    ) -> tuple[list[ClaimedRow], str]:
+        """Claim up to ``limit`` rows; return them (by id) and the ordering key after which
+        the next claim's step through the keys begins (see ``Queries.claim``)."""
         rows = await self.pool.fetch(
             self.queries.claim,
             limit,
@@ -127,10 +136,12 @@ class Store:
             dead_blocks_key,
             lease_seconds,
             token,
+            after_key,
+            key_steps if key_steps is not None else 2 * limit,
         )
-        claimed = [claimed_row(row) for row in rows]
+        claimed = [claimed_row(row) for row in rows if row["id"] is not None]
         claimed.sort(key=lambda row: row.id)
-        return claimed
+        return claimed, rows[0]["next_key"] if rows else ""
 
     async def record(self, results: Sequence[Result]) -> set[int]:
         """Write outcomes in one statement; return the ids written (fence held, or published)."""
@@ -159,8 +170,9 @@ class Store:
     async def release_all(self) -> None:
         await self.pool.execute(self.queries.release_all, self.worker)
 
-    async def park_behind_dead(self, dead_ids: Sequence[int] | None) -> int:
-        """Block pending rows behind dead rows ($1, or every dead keyed row); return how many."""
+    async def park_behind_dead(self, dead_ids: Sequence[int] | None, batch: int) -> int:
+        """Block at most ``batch`` pending rows behind dead rows (``dead_ids``, or every dead
+        keyed row); return how many."""
         async with self.pool.acquire() as connection, connection.transaction():
             dead = await connection.fetch(
                 self.queries.park_behind_dead, None if dead_ids is None else list(dead_ids)
@@ -171,6 +183,7 @@ class Store:
                 self.queries.park_behind,
                 [row["ordering_key"] for row in dead],
                 [row["id"] for row in dead],
+                batch,
             )
         return int(status.split()[-1])
 

@@ -185,6 +185,7 @@ class Worker:
         self.claiming: asyncio.Future[list[ClaimedRow]] | None = None
         self.claim_failed = False
         self.claims = 0
+        self.key_cursor = ""  # the ordering key after which the next claim looks for heads
         self.published = 0
         self.dead = 0
         self.running = asyncio.Event()  # set once the engine claims (liveness lock held)
@@ -217,7 +218,6 @@ class Worker:
         stopped.cancel()
         if stop.is_set():
             return None
-        await self.parker.start()
         await self.keeper.rescue()  # a predecessor's rows, at once rather than in a second
         await self.pauses.refresh()
         self.running.set()
@@ -372,11 +372,12 @@ class Worker:
         self.claim_failed = True
         self.claims = (self.claims + 1) % 2**32
         started = self.clock()
-        rows = await self.store.claim(
+        rows, self.key_cursor = await self.store.claim(
             size,
             incarnation << 32 | self.claims,
             lease_seconds=self.config.lease.total_seconds(),
             dead_blocks_key=self.config.dead_blocks_key,
+            after_key=self.key_cursor,
         )
         self.claim_failed = False
         fresh = self.holdings.take(rows, started)

@@ -78,7 +78,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 def test_upgrade_downgrade_upgrade_round_trips(empty_database_url: str) -> None:
     migrate(empty_database_url, "public")
     first = schema_snapshot(empty_database_url)
-    assert {"outbox", "outbox_delivery", "relay_pause", "outbox_ready_idx"} <= relations(first)
+    assert {"outbox", "outbox_delivery", "relay_pause", "outbox_loose_idx"} <= relations(first)
     assert first["revision"] == [(head_revision(),)]
 
     downgrade(empty_database_url, "public")
@@ -138,7 +138,9 @@ async def test_a_custom_schema_lives_beside_public(
     await db.execute(
         "INSERT INTO events_out.outbox (event_type, payload) VALUES ('claim_updated', '{}')"
     )
-    claimed = await db.fetch(Queries("events_out").claim, 10, "w", "dk", "abc", True, 60.0, 1 << 32)
+    claimed = await db.fetch(
+        Queries("events_out").claim, 10, "w", "dk", "abc", True, 60.0, 1 << 32, "", 20
+    )
     assert sorted(row["event_type"] for row in claimed) == ["case_created", "claim_updated"]
     assert row_id in {row["id"] for row in claimed}
     assert await db.fetchval("SELECT count(*) FROM public.outbox") == 0
@@ -307,10 +309,14 @@ async def test_the_claim_query_reads_only_the_partial_index(db: asyncpg.Connecti
         True,
         60.0,
         1 << 32,
+        "",
+        20,
     )
     nodes = list(plan_nodes(json.loads(explained)[0]["Plan"]))
     scans = [
         (node["Node Type"], node.get("Relation Name"), node.get("Index Name")) for node in nodes
     ]
-    assert any(index == "outbox_ready_idx" for _, _, index in scans), scans
+    # Rows without a key by availability, the others key by key: both partial indexes.
+    assert any(index == "outbox_loose_idx" for _, _, index in scans), scans
+    assert any(index == "outbox_head_idx" for _, _, index in scans), scans
     assert not any(kind == "Seq Scan" and table == "outbox" for kind, table, _ in scans), scans

@@ -58,10 +58,10 @@ async def test_a_row_claimed_again_by_its_own_relay_is_sent_once(
     pool = await create_pool(database_url)
     try:
         store = Store(pool, "public", "w")
-        first = await store.claim(10, 1 << 32 | 1, lease_seconds=0.0, dead_blocks_key=True)
+        first, _ = await store.claim(10, 1 << 32 | 1, lease_seconds=0.0, dead_blocks_key=True)
         holdings = Holdings(60.0)
         assert [row.id for row in holdings.take(first, 0.0)] == [row_id]
-        again = await store.claim(10, 1 << 32 | 2, lease_seconds=60.0, dead_blocks_key=True)
+        again, _ = await store.claim(10, 1 << 32 | 2, lease_seconds=60.0, dead_blocks_key=True)
         assert [row.id for row in again] == [row_id]
         assert holdings.take(again, 0.0) == []  # not queued a second time
         recorder = Recorder(
@@ -155,7 +155,7 @@ async def test_a_batch_the_database_refuses_is_written_row_by_row(
     try:
         store = Store(pool, "public", "w")
         token = 5 << 32 | 1
-        rows = await store.claim(10, token, lease_seconds=60.0, dead_blocks_key=True)
+        rows, _ = await store.claim(10, token, lease_seconds=60.0, dead_blocks_key=True)
         holdings = Holdings(60.0)
         holdings.take(rows, 0.0)
         recorder = Recorder(

@@ -23,9 +23,14 @@ CLAIM = Queries("public").claim
 FILLER = 300_000
 
 
-async def claim(connection: asyncpg.Connection, token: int, limit: int = 10) -> list[int]:
-    rows = await connection.fetch(CLAIM, limit, "w", "dk", "abc", True, 60.0, token)
-    return sorted(row["id"] for row in rows)
+async def claim(
+    connection: asyncpg.Connection, token: int, limit: int = 10, *, dead_blocks_key: bool = True
+) -> list[int]:
+    """The ids one claim takes (its keys stepped through from the first)."""
+    rows = await connection.fetch(
+        CLAIM, limit, "w", "dk", "abc", dead_blocks_key, 60.0, token, "", 2 * limit
+    )
+    return sorted(row["id"] for row in rows if row["id"] is not None)
 
 
 async def executing(watcher: asyncpg.Connection, pid: int) -> bool:
@@ -83,16 +88,13 @@ async def test_a_requeued_dead_row_waits_while_a_later_row_of_its_key_is_in_flig
 ) -> None:
     """With RELAY_DEAD_BLOCKS_KEY=false the key moved on past its dead row; requeueing that
     row must not put two rows of the key in flight at once."""
-    first, second, third = await insert_rows(db, 3, ordering_key="case-2")
+    first, second, _third = await insert_rows(db, 3, ordering_key="case-2")
     await db.execute("UPDATE outbox SET status = 'dead' WHERE id = $1", first)
-    rows = await db.fetch(CLAIM, 10, "w", "dk", "abc", False, 60.0, 1 << 32 | 1)
-    assert [row["id"] for row in rows] == [second]
+    assert await claim(db, 1 << 32 | 1, dead_blocks_key=False) == [second]
     await db.execute(
         "UPDATE outbox SET status = 'pending', attempts = 0 WHERE id = $1", first
     )  # what relay requeue does to the dead row
-    rows = await db.fetch(CLAIM, 10, "w", "dk", "abc", False, 60.0, 1 << 32 | 2)
-    assert rows == []  # neither the requeued row nor the third: the second is in flight
+    # Neither the requeued row nor the third: the second is in flight.
+    assert await claim(db, 1 << 32 | 2, dead_blocks_key=False) == []
     await db.execute("UPDATE outbox SET status = 'published' WHERE id = $1", second)
-    rows = await db.fetch(CLAIM, 10, "w", "dk", "abc", False, 60.0, 1 << 32 | 3)
-    assert [row["id"] for row in rows] == [first]
-    assert third not in [row["id"] for row in rows]
+    assert await claim(db, 1 << 32 | 3, dead_blocks_key=False) == [first]
