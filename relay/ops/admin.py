@@ -318,8 +318,9 @@ class Admin:
     async def clear_pauses(
         self, routes: list[str] | None, *, defaults: tuple[str | None, str | None]
     ) -> PauseClearResult:
-        """Lift the pauses of ``routes`` (every pause when None): delete their rows, let
-        their parked rows go, and wake the relays, which pick the change up at once.
+        """Lift the pauses of ``routes`` (every pause when None): delete their rows, make
+        every row waiting on those routes due now (parked, or deferred by a throttle or a
+        retry; attempts untouched), and wake the relays, which pick the change up at once.
 
         Records it in the audit log; writes the ``admin.pauses_cleared`` audit line.
         """
@@ -331,8 +332,11 @@ class Admin:
             cleared = sorted(
                 row["route"] for row in await connection.fetch(self.queries.clear_pauses, routes)
             )
+            released = 0
             if cleared:
-                await connection.execute(self.queries.unpark_routes, cleared, *defaults)
+                # --all: every route, whatever defaults the relays give rows without one.
+                named = ["*"] if routes is None else cleared
+                released = len(await connection.fetch(self.queries.unpark_routes, named, *defaults))
                 await connection.execute(self.queries.notify, self.schema)
             not_paused = sorted(set(routes or ()) - set(cleared))
             entry = await self.record(
@@ -342,11 +346,12 @@ class Admin:
                 rows=len(cleared),
                 ids=None,
                 outcome="partial" if not_paused else "done",
-                detail={"lifted": cleared, "not_paused": not_paused},
+                detail={"lifted": cleared, "not_paused": not_paused, "released": released},
             )
         log.info(
             "admin.pauses_cleared",
             routes=cleared,
+            released=released,
             operator=self.operator,
             schema=self.schema,
             audit_id=entry,
@@ -354,6 +359,7 @@ class Admin:
         return PauseClearResult(
             lifted=[before[route] for route in cleared if route in before],
             not_paused=not_paused,
+            released=released,
             audit_id=entry,
             operator=self.operator,
         )

@@ -175,14 +175,18 @@ class AdminQueries:
 
     @property
     def unpark_routes(self) -> str:
-        """Unblock the parked rows of routes $1 ($2/$3: the default country and tenant, NULL
-        when unknown here; the relays, which know them, unblock the rest when they see the
-        pause gone)."""
+        """Send now what waits on routes $1 (every route when $1 holds '*'): their parked rows,
+        and their pending rows due later (a throttle's or a retry's wait), attempts untouched.
+        $2/$3: the default country and tenant, NULL when unknown here; the relays, which know
+        them, unblock the rest when they see the pause gone. Returns the ids."""
         return f"""
             UPDATE "{self.schema}".outbox o
             SET status = 'pending', blocked_by = NULL, available_at = now()
-            WHERE o.status = 'blocked' AND o.blocked_by = 'route_pause'
-              AND coalesce(o.country, $2) || '/' || coalesce(o.tenant, $3) = ANY($1::text[])"""
+            WHERE ((o.status = 'blocked' AND o.blocked_by = 'route_pause')
+                   OR (o.status = 'pending' AND o.available_at > now()))
+              AND ('*' = ANY($1::text[])
+                   OR coalesce(o.country, $2) || '/' || coalesce(o.tenant, $3) = ANY($1::text[]))
+            RETURNING o.id"""
 
     @property
     def unpark_keys(self) -> str:

@@ -449,6 +449,7 @@ class PauseClearResult:
     not_paused: list[str]
     audit_id: int
     operator: str
+    released: int = 0  # rows made due at once
 
     @property
     def needs_attention(self) -> bool:
@@ -460,6 +461,7 @@ class PauseClearResult:
         return {
             "lifted": [fields_of(pause) for pause in self.lifted],
             "not_paused": self.not_paused,
+            "released": self.released,
             "audit_id": self.audit_id,
             "operator": self.operator,
         }
@@ -467,6 +469,8 @@ class PauseClearResult:
     def lines(self) -> list[str]:
         """The pauses lifted, the routes that had none, where it was recorded."""
         lines = pause_lines(self.lifted, "lifted:")
+        if self.lifted:
+            lines.append(f"rows due now: {self.released}")
         if self.not_paused:
             lines.append(f"relay: no pause to lift on: {', '.join(self.not_paused)}")
         return lines + recorded_line(self.audit_id, self.operator)

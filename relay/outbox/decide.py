@@ -155,19 +155,16 @@ def _next_state(
     used, spared = row.attempts, max(row.attempts - 1, 0)
     if outcome.kind is OutcomeKind.PERMANENT:
         return "dead", used, None
-    if outcome.kind is OutcomeKind.CONFIGURATION and outcome.for_all_routes:
-        # Our client is refused everywhere: the rows wait, keeping their attempts.
-        return "pending", spared, policy.configuration_pause.total_seconds()
-    if is_throttle(outcome):
-        assert outcome.retry_after is not None
-        return "pending", spared, outcome.retry_after.total_seconds()
+    if outcome.kind is OutcomeKind.CONFIGURATION or is_throttle(outcome):
+        # A refusal of the route (or of our client everywhere) or the partner's pace: the
+        # route (or every route) is paused for it, and the pause holds the row, its attempts
+        # kept. The row is due at once, so whatever ends the pause (its time, a probe's
+        # success, `relay pause clear`) lets it go then, not at a time of its own.
+        return "pending", spared, 0.0
     attempts = used if counts else spared
     if policy.give_up.exhausted(attempts, now - row.created_at):
         return "dead", attempts, None
     delay = policy.retry.delay(max(attempts, 1), outcome.retry_after)
-    if outcome.kind is OutcomeKind.CONFIGURATION:
-        # The route is paused for everyone this long anyway.
-        delay = max(delay, policy.configuration_pause)
     return "pending", attempts, delay.total_seconds()
 
 
@@ -179,7 +176,7 @@ def decide(
     The claim counted the attempt (``row.attempts`` includes it). ``counts`` is False while the
     circuit is open or probing: an outage is nobody's fault, so the attempts it causes are
     given back, as are attempts answered with a throttle (429/503 with Retry-After) or a
-    refusal of our client on every route.
+    refusal of the route or of our client, which pause the route or every route instead.
     """
     if outcome.kind is OutcomeKind.PUBLISHED:
         status, attempts, delay = "published", row.attempts, None

@@ -438,6 +438,7 @@ async def test_every_change_is_recorded_with_its_operator_and_selection(
     assert orjson.loads(pauses["detail"]) == {
         "lifted": ["dk/abcinsurance"],
         "not_paused": ["dk/nowhere"],
+        "released": 0,
     }
     for entry in entries:  # never a payload
         assert "correlationId" not in entry["parameters"] + (entry["detail"] or "")

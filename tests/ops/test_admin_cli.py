@@ -304,7 +304,7 @@ async def test_changes_are_recorded_under_the_operators_name(
     assert entries[2]["row_ids"] == [dead]
     assert entries[2]["parameters"] == {"ids": [dead]}
     assert entries[1]["rows_affected"] == 1
-    assert entries[0]["detail"] == {"lifted": ["*"], "not_paused": []}
+    assert entries[0]["detail"] == {"lifted": ["*"], "not_paused": [], "released": 0}
     assert entries[0]["at"].endswith("Z")
     text = await operate(database_url, "audit", "--since", "1h", "--limit", "2")
     assert text.code == 0, text.stderr

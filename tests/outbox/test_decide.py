@@ -147,14 +147,15 @@ def outcome(kind: OutcomeKind, status: int | None = None, **kw: object) -> Outco
         (row(), outcome(OutcomeKind.PUBLISHED, 201, event_api_id="9"), True, "published", 1, None),
         (row(), outcome(OutcomeKind.PERMANENT, 400), True, "dead", 1, None),
         (row(attempts=3), outcome(OutcomeKind.TRANSIENT, 503), True, "pending", 3, 2.0),
-        # A throttle (429/503 with Retry-After) defers the row without using an attempt.
+        # A throttle (429/503 with Retry-After) uses no attempt; the route's pause holds the
+        # row, which is due the moment the pause ends (or is cleared).
         (
             row(attempts=2),
             outcome(OutcomeKind.TRANSIENT, 429, retry_after=timedelta(seconds=30)),
             True,
             "pending",
             1,
-            30.0,
+            0.0,
         ),
         # Retry-After on another transient answer is a floor under the jittered backoff.
         (
@@ -178,24 +179,25 @@ def outcome(kind: OutcomeKind, status: int | None = None, **kw: object) -> Outco
         ),
         # While the circuit is open an outage costs no attempt.
         (row(attempts=3), outcome(OutcomeKind.TRANSIENT, 503), False, "pending", 2, 1.0),
-        # A route refused (403, 404) costs the attempt, and waits at least for the route's pause.
-        (row(attempts=2), outcome(OutcomeKind.CONFIGURATION, 404), True, "pending", 2, 60.0),
+        # A route refused (403, 404) is the route's trouble, not the row's: no attempt used,
+        # however old the row; the route's pause holds it.
+        (row(attempts=2), outcome(OutcomeKind.CONFIGURATION, 404), True, "pending", 1, 0.0),
         (
             row(attempts=5, age=timedelta(hours=2)),
-            outcome(OutcomeKind.CONFIGURATION, 404),
+            outcome(OutcomeKind.CONFIGURATION, 403),
             True,
-            "dead",
-            5,
-            None,
+            "pending",
+            4,
+            0.0,
         ),
-        # Our client refused everywhere: the row waits, using no attempt.
+        # Our client refused everywhere: the row waits under the global pause, no attempt used.
         (
             row(attempts=2),
             outcome(OutcomeKind.CONFIGURATION, 401, for_all_routes=True),
             True,
             "pending",
             1,
-            60.0,
+            0.0,
         ),
     ],
 )
