@@ -18,6 +18,29 @@ MALFORMED_PREFIX = "!malformed:"
 MAX_EVENT_ID = 200
 
 
+def _not_an_event(item: str) -> str:
+    """Why the JSON value ``item`` is not an event, or NULL when it is one: an object with a
+    string ``id`` (1 to MAX_EVENT_ID characters), a string ``type`` and an object
+    ``attributes``."""
+    return f"""CASE
+                WHEN jsonb_typeof({item}) <> 'object'
+                    THEN 'not an event: a JSON ' || jsonb_typeof({item})
+                WHEN jsonb_typeof({item} -> 'id') IS DISTINCT FROM 'string'
+                    THEN 'not an event: ' || coalesce('its id is a JSON '
+                         || jsonb_typeof({item} -> 'id'), 'no id')
+                WHEN length({item} ->> 'id') > {MAX_EVENT_ID}
+                    THEN 'not an event: an id longer than {MAX_EVENT_ID} characters'
+                WHEN {item} ->> 'id' = ''
+                    THEN 'not an event: an empty id'
+                WHEN jsonb_typeof({item} -> 'type') IS DISTINCT FROM 'string'
+                    THEN 'not an event: ' || coalesce('its type is a JSON '
+                         || jsonb_typeof({item} -> 'type'), 'no type')
+                WHEN jsonb_typeof({item} -> 'attributes') IS DISTINCT FROM 'object'
+                    THEN 'not an event: ' || coalesce('its attributes are a JSON '
+                         || jsonb_typeof({item} -> 'attributes'), 'no attributes')
+              END"""
+
+
 @dataclass(frozen=True, slots=True)
 class InboxQueries:
     schema: str
@@ -69,9 +92,10 @@ class InboxQueries:
         The checkpoint moves only if it still says where this page was asked for ($3): a
         poller that lost its route (its lock went with its connection) cannot move it back.
         Events are inserted only when it moved, in the page's order, each at most once per
-        route (a page fetched again stores nothing again). An item that is not an event is
-        kept raw as ``failed``, under an id made of where it was asked for and its place, so
-        the next fetch of the same page finds it too.
+        route (a page fetched again stores nothing again). An item is an event only if it is
+        a JSON object with a string ``id``, a string ``type`` and an object ``attributes``;
+        anything else is kept raw as ``failed`` with the reason, under an id made of where it
+        was asked for and its place, so the next fetch of the same page finds it too.
         $1 country, $2 tenant, $3 the checkpoint it was asked from (NULL: the start), $4 the
         next path, $5 the page (JSON text), $6 the last event id, $7 the newest event's time,
         $8 the path asked.
@@ -87,12 +111,11 @@ class InboxQueries:
                 WHERE country = $1 AND tenant = $2 AND next_path IS NOT DISTINCT FROM $3
                 RETURNING 1
             ), items AS (
-                SELECT e.item, e.n,
-                       jsonb_typeof(e.item) = 'object'
-                       AND jsonb_typeof(e.item -> 'id') IN ('string', 'number')
-                       AND length(e.item ->> 'id') BETWEEN 1 AND {MAX_EVENT_ID} AS good
+                SELECT e.item, e.n, {_not_an_event("e.item")} AS problem
                 FROM jsonb_array_elements($5::jsonb -> 'data') WITH ORDINALITY AS e(item, n)
                 WHERE EXISTS (SELECT 1 FROM moved)
+            ), checked AS (
+                SELECT item, n, problem IS NULL AS good, problem FROM items
             ), inserted AS (
                 INSERT INTO "{s}".inbox (country, tenant, event_id, event_type, event_timestamp,
                                          payload, raw, status, last_error)
@@ -106,13 +129,8 @@ class InboxQueries:
                        CASE WHEN good THEN item -> 'attributes' END,
                        CASE WHEN good THEN NULL ELSE item END,
                        CASE WHEN good THEN 'pending' ELSE 'failed' END,
-                       CASE WHEN good THEN NULL
-                            WHEN jsonb_typeof(item) <> 'object'
-                            THEN 'not an event: a JSON ' || jsonb_typeof(item)
-                            WHEN length(item ->> 'id') > {MAX_EVENT_ID}
-                            THEN 'not an event: an id longer than {MAX_EVENT_ID} characters'
-                            ELSE 'not an event: no id' END
-                FROM items
+                       problem
+                FROM checked
                 ORDER BY n
                 ON CONFLICT (country, tenant, event_id) DO NOTHING
                 RETURNING status, event_type

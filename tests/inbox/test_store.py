@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 import asyncpg
+import orjson
 import psycopg
 import pytest
 from prometheus_client import generate_latest
@@ -116,6 +117,42 @@ async def test_items_that_are_not_events_are_kept_raw_as_failed_and_the_route_mo
     await db.execute("UPDATE inbox_checkpoint SET next_path = NULL")
     await store(db, text, None, "next")
     assert await db.fetchval("SELECT count(*) FROM inbox") == 5
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({"id": "_1", "type": "case_created", "attributes": "not an object"},
+         "its attributes are a JSON string"),
+        ({"id": "_1", "type": "case_created", "attributes": [1]},
+         "its attributes are a JSON array"),
+        ({"id": "_1", "type": "case_created"}, "no attributes"),
+        ({"id": "_1", "type": "case_created", "attributes": None},
+         "its attributes are a JSON null"),
+        ({"id": "_1", "attributes": {}}, "no type"),
+        ({"id": "_1", "type": 7, "attributes": {}}, "its type is a JSON number"),
+        ({"id": 1, "type": "case_created", "attributes": {}}, "its id is a JSON number"),
+        ({"id": "", "type": "case_created", "attributes": {}}, "an empty id"),
+    ],
+)  # fmt: skip
+async def test_an_item_is_an_event_only_with_a_string_id_and_type_and_object_attributes(
+    db: asyncpg.Connection, item: dict[str, object], reason: str
+) -> None:
+    """A consumer is handed events, never a string where an event's attributes belong: the
+    item is kept raw as failed with the reason, and the route moves on past it."""
+    await db.execute(Q.ensure_checkpoint, "dk", "abc")
+    text = orjson.dumps(
+        {"links": {"next": "next"}, "data": [item, {"id": "_2", "type": "t", "attributes": {}}]}
+    ).decode()
+    result = await store(db, text, None, "next")
+    assert (result["moved"], result["stored"], result["malformed"]) == (1, 1, 1)
+    rows = await db.fetch("SELECT status, payload, raw, last_error FROM inbox ORDER BY id")
+    assert [(r["status"], r["last_error"]) for r in rows] == [
+        ("failed", f"not an event: {reason}"),
+        ("pending", None),
+    ]
+    assert rows[0]["payload"] is None
+    assert orjson.loads(rows[0]["raw"]) == item
 
 
 async def test_two_consumers_process_every_event_once(
