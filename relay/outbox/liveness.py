@@ -11,9 +11,12 @@ may now take them): ``alive`` is cleared and ``on_lost`` called. It reconnects w
 keeping its incarnation when it can, and sets ``wake`` on every (re)connect since notifications
 sent meanwhile are lost.
 
-What still falls back to the lease: a host that vanishes without closing its sockets (power
-loss, a network partition) is noticed by PostgreSQL only through TCP keepalives, which this
-connection asks the server to send (``KEEPALIVES``); until then its rows wait for their lease.
+A host that vanishes without closing its sockets (power loss, a network partition) is noticed
+by PostgreSQL through the TCP keepalives and user timeout this connection asks the server for
+(``KEEPALIVES``): its lock goes about 6 s after the host went quiet, and its rows are rescued
+then. This side asks the server something every ``heartbeat`` and counts the connection lost
+when no answer comes within ``heartbeat_timeout``: within 3 s of a cut, before the server can
+let another relay take its rows, it stops sending them.
 A pooler in transaction mode (PgBouncer) cannot carry a session lock or LISTEN, so the relay
 must reach PostgreSQL directly or through a session-mode pool.
 """
@@ -44,7 +47,8 @@ class Liveness:
         wake: asyncio.Event,
         *,
         on_lost: Callable[[], None] = lambda: None,
-        heartbeat: float = 5.0,
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 2.0,
         connect_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -52,6 +56,7 @@ class Liveness:
         self.wake = wake
         self.on_lost = on_lost
         self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
         self.connect_timeout = connect_timeout
         self.rng = rng or random.SystemRandom()
         self.incarnation = self._draw()
@@ -119,7 +124,7 @@ class Liveness:
                     await asyncio.wait_for(closed.wait(), self.heartbeat)
                 except TimeoutError:
                     # Nothing heard for a while: make sure the server is still there.
-                    await connection.execute("SELECT 1", timeout=self.heartbeat)
+                    await connection.execute("SELECT 1", timeout=self.heartbeat_timeout)
         except CONNECTION_ERRORS as error:
             self.problem = f"liveness connection lost: {describe_database_error(error)}"
 
