@@ -194,8 +194,11 @@ async def test_failed_twice_then_published_leaves_three_delivery_rows(
             [row_id] = await insert_rows(db, 1)
 
             async def failed_twice() -> bool:
-                attempts = await db.fetchval("SELECT attempts FROM outbox WHERE id = $1", row_id)
-                return bool(attempts == 2)
+                # Two answers recorded (attempts counts the one in flight too, from its claim).
+                logged = await db.fetchval(
+                    "SELECT count(*) FROM outbox_delivery WHERE outbox_id = $1", row_id
+                )
+                return bool(logged == 2)
 
             await eventually(failed_twice)
             emulator.clear_faults()
