@@ -78,6 +78,21 @@ class BenchDatabase:
                 (count,),
             )
 
+    def load_blocked(self, count: int) -> None:
+        """A dead row of one ordering key and ``count`` rows of that key behind it, written
+        before (and available before) anything else: rows no claim may send, not yet parked."""
+        with self._connect() as db:
+            db.execute(
+                f"INSERT INTO outbox (event_type, payload, ordering_key, status, last_error) "
+                f"VALUES ('{EVENT_TYPE}', {PAYLOAD_SQL}, 'bench-dead', 'dead', 'bench')"
+            )
+            db.execute(
+                f"INSERT INTO outbox (event_type, payload, ordering_key, available_at) "
+                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL}, 'bench-dead', now() - interval '1 hour' "
+                f"FROM generate_series(1, %s)",
+                (count,),
+            )
+
     def load_published(self, count: int) -> None:
         """Rows already delivered, with their delivery-log rows, as months of traffic leave."""
         with self._connect() as db:
@@ -155,7 +170,8 @@ class BenchDatabase:
         claim = Queries("public").claim
         with psycopg.connect(self.url) as db:
             db.execute(
-                f"PREPARE bench_claim (int, text, text, text, boolean, float8, bigint) AS {claim}",
+                "PREPARE bench_claim (int, text, text, text, boolean, float8, bigint, text, int) "
+                f"AS {claim}",
                 prepare=False,
             )
             mode = "force_generic_plan" if generic else "force_custom_plan"
@@ -163,7 +179,8 @@ class BenchDatabase:
             db.execute(f"SET LOCAL jit = {'on' if jit else 'off'}")
             rows = db.execute(
                 "EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim "
-                f"({int(limit)}, 'bench-explain', 'dk', 'abcinsurance', true, 60, {1 << 32})"
+                f"({int(limit)}, 'bench-explain', 'dk', 'abcinsurance', true, 60, {1 << 32}, "
+                f"'', {2 * int(limit)})"
             ).fetchall()
             db.rollback()
         return "\n".join(str(row[0]) for row in rows)

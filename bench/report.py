@@ -132,6 +132,44 @@ def backlog_table(results: list[Result]) -> str:
     return _table(header, rows)
 
 
+def blocked_table(results: list[Result]) -> str:
+    base = results[0]
+    rows = [
+        (
+            r["label"],
+            f"{r['blocked_rows']:,}",
+            r["rate"],
+            _rates(r),
+            f"{r['rate'] / base['rate']:.2f}",
+            r["first_row_s"],
+            r["cpu_per_event_us"],
+            r["postgres_cpu_per_event_us"],
+        )
+        for r in results
+    ]
+    header = (
+        "run", "rows behind a dead row", "ev/s without a key (median)", "ev/s of each round",
+        "vs alone", "first row, s after the process started", "relay CPU µs/ev",
+        "PostgreSQL CPU µs/ev",
+    )  # fmt: skip
+    return _table(header, rows)
+
+
+def _blocked_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
+    if len(results) < 2:
+        return []
+    base = results[0]
+    checks = []
+    for r in results[1:]:
+        ratio = r["rate"] / base["rate"]
+        checks.append((f"rate beside {r['label']} vs alone", ">= 0.8x", f"{ratio:.2f}x",
+                       ratio >= 0.8))  # fmt: skip
+        later = r["first_row_s"] - base["first_row_s"]
+        checks.append((f"first row beside {r['label']}, later than alone", "<= 1 s",
+                       f"{later:+.2f} s", later <= 1.0))  # fmt: skip
+    return checks
+
+
 def database_table(result: Result) -> str:
     published = max(result["published"], 1)
     rows = [
@@ -170,6 +208,7 @@ def targets(document: Result) -> list[tuple[str, str, str, bool]]:
         value = work["statements_per_event"]
         checks.append(("statements per event", "<= 0.2", f"{value}", value <= 0.2))
     checks += _backlog_targets(results.get("backlog", []))
+    checks += _blocked_targets(results.get("blocked", []))
     relay_runs = [r for name in ("throughput", "backlog", "trickle") for r in results.get(name, [])]
     rss = [r["peak_rss_mb"] for r in relay_runs if r["kind"] != "ceiling"]
     if rss:
@@ -227,6 +266,8 @@ def render(document: Result) -> str:
         parts += ["### Latency under a trickle", trickle_table(trickle)]
     if results.get("backlog"):
         parts += ["### Scaling with backlog (0 ms, c=32)", backlog_table(results["backlog"])]
+    if results.get("blocked"):
+        parts += ["### Beside a blocked backlog (0 ms, c=32)", blocked_table(results["blocked"])]
     if results.get("receive"):
         parts += ["### Receiving into the inbox (0 ms)", receive_table(results["receive"])]
     for work in results.get("database", []):

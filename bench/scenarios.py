@@ -298,6 +298,44 @@ def backlog(
     }
 
 
+# Beside a blocked backlog: rows without a key, behind rows no claim may send ---------------
+
+
+def blocked(ctx: Context, label: str, *, blocked: int, free: int, concurrency: int) -> Result:
+    """``free`` rows without a key, published by a relay that starts beside ``blocked`` rows
+    of one key waiting behind a dead row (written first, available first, not yet parked):
+    their rate and how soon the first of them goes must not depend on ``blocked``."""
+    partner = ctx.partner(0)
+    ctx.db.clear()
+    if blocked:
+        ctx.db.load_blocked(blocked)
+    ctx.db.load_pending(free)
+    ctx.db.vacuum_analyze()
+    partner.reset()
+    env = relay_environment(partner, ctx.db.url, concurrency)
+    background = wait_for_quiet(ctx.quiet_limit)
+    meter = ctx.meter(partner)
+    with running_relay(env, ctx.log(f"blocked-{label}")) as relay:
+        deadline = time.monotonic() + 600
+        while partner.stats()["events"] < free:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"blocked {label}: fewer than {free} events in 600 s")
+            time.sleep(0.05)
+        usage = relay.stop()
+    window = meter.read()
+    arrivals = partner.arrivals()
+    first = min(arrival.at for arrival in arrivals) - relay.started
+    return {
+        "kind": "blocked",
+        "label": label,
+        "blocked_rows": blocked,
+        "concurrency": concurrency,
+        "rate": round(arrival_rate(arrivals), 1),
+        "first_row_s": round(first, 3),
+        **_costs(len(arrivals), usage, window, background, ctx.startup_cpu.get("relay", 0)),
+    }
+
+
 # Latency under a trickle --------------------------------------------------------------------
 
 

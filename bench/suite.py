@@ -37,6 +37,9 @@ class Plan:
     trickle_seconds: float
     backlog: tuple[tuple[str, int, int], ...]  # label, published rows, pending rows
     backlog_events: int
+    blocked: tuple[tuple[str, int], ...] = (("alone", 0), ("100k blocked", 100_000))
+    blocked_free: int = 10_000  # rows without a key published beside the blocked ones
+    blocked_rounds: int = 3
     receive_backlog: int = 20_000  # events waiting for the receiver
     receive_trickle_per_second: float = 50
     receive_trickle_seconds: float = 20
@@ -60,6 +63,7 @@ FULL = Plan(
         ("1M pending", 0, 1_000_000),
     ),
     backlog_events=20_000,
+    blocked=(("alone", 0), ("100k blocked", 100_000), ("1M blocked", 1_000_000)),
 )
 QUICK = Plan(
     rows=2_000,
@@ -74,8 +78,11 @@ QUICK = Plan(
     backlog_rounds=1,
     receive_backlog=2_000,
     receive_trickle_seconds=5,
+    blocked=(("alone", 0), ("20k blocked", 20_000)),
+    blocked_free=2_000,
+    blocked_rounds=1,
 )
-BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog", "receive")
+BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog", "blocked", "receive")
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,6 +139,24 @@ def run_backlog(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
     return [_median_run(measured) for measured in runs.values()]
 
 
+def run_blocked(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    """Interleaved rounds (alone, beside 100k, beside 1M, alone, ...), each one's median."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in plan.blocked}
+    for _ in range(plan.blocked_rounds):
+        for label, rows in plan.blocked:
+            run = partial(
+                scenarios.blocked,
+                ctx,
+                label,
+                blocked=rows,
+                free=plan.blocked_free,
+                concurrency=plan.concurrency,
+            )
+            runs[label].append(ctx.measure(run))
+            _progress(runs[label][-1:])
+    return [_median_run(measured) for measured in runs.values()]
+
+
 def run_receive(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
     partner = ctx.partner(0)
     stored = receive.backlog(partner, ctx.db.url, ctx.log("receive-backlog"), plan.receive_backlog)
@@ -152,13 +177,15 @@ RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = 
     "database": run_database,
     "trickle": run_trickle,
     "backlog": run_backlog,
+    "blocked": run_blocked,
     "receive": run_receive,
 }
 
 
 def _progress(results: list[dict[str, Any]]) -> None:
     for result in results:
-        keys = ["kind", "label", "latency_ms", "concurrency", "rate", "cpu_per_event_us"]
+        keys = ["kind", "label", "latency_ms", "concurrency", "rate", "first_row_s"]
+        keys += ["cpu_per_event_us"]
         keys += ["foreign_cores", "tries"]
         print("  " + ", ".join(f"{key}={result[key]}" for key in keys if key in result), flush=True)
 
