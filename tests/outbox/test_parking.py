@@ -190,18 +190,16 @@ async def test_rows_behind_a_dead_row_are_parked_beside_the_claims(
     with every row behind the dead row parked, out of the indexes claims read."""
     await insert_blocked_behind_dead(db, 20_000)
     await insert_rows(db, FREE)
-    async with running() as emulator:
-        async with running_daemon(engine_settings(database_url, emulator)):
+    async with running() as emulator, running_daemon(engine_settings(database_url, emulator)):
 
-            async def parked() -> bool:
-                count = await db.fetchval(
-                    "SELECT count(*) FROM outbox WHERE status = 'blocked' "
-                    "AND blocked_by = 'dead_row'"
-                )
-                return bool(count == 20_000)
+        async def parked() -> bool:
+            count = await db.fetchval(
+                "SELECT count(*) FROM outbox WHERE status = 'blocked' AND blocked_by = 'dead_row'"
+            )
+            return bool(count == 20_000)
 
-            await wait_for(lambda: len(emulator.events) == FREE, within=60)
-            await eventually(parked, within=60)
+        await wait_for(lambda: len(emulator.events) == FREE, within=60)
+        await eventually(parked, within=60)
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'") == 0
 
 
