@@ -139,7 +139,7 @@ async def test_a_custom_schema_lives_beside_public(
         "INSERT INTO events_out.outbox (event_type, payload) VALUES ('claim_updated', '{}')"
     )
     claimed = await db.fetch(
-        Queries("events_out").claim, 10, "w", "dk", "abc", True, 60.0, 1 << 32, "", 20
+        Queries("events_out").claim, 10, "w", "dk", "abc", True, 60.0, 1 << 32, "", 20, []
     )
     assert sorted(row["event_type"] for row in claimed) == ["case_created", "claim_updated"]
     assert row_id in {row["id"] for row in claimed}
@@ -311,6 +311,7 @@ async def test_the_claim_query_reads_only_the_partial_index(db: asyncpg.Connecti
         1 << 32,
         "",
         20,
+        [],
     )
     nodes = list(plan_nodes(json.loads(explained)[0]["Plan"]))
     scans = [

@@ -145,6 +145,38 @@ async def test_results_are_fenced_per_claim_but_an_accepted_publish_is_always_ke
     ]
 
 
+async def test_a_result_written_twice_logs_its_attempt_once(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """The write of a batch committed, its answer was lost with the connection, and the
+    write was retried: the accepted publish is kept once, and so is its delivery-log row (the
+    table refuses a second row for one claim). Also after the row's lease ran out and another
+    claim, rescued, published it again: one row for each claim."""
+    ids = await insert_rows(db, 2)
+    pool = await create_pool(database_url)
+    try:
+        store = Store(pool, "public", "w")
+        await store.claim(10, 7 << 32 | 1, lease_seconds=0.0, dead_blocks_key=True)
+        first = [published(ids[0], 7 << 32 | 1), failed(ids[1], 7 << 32 | 1, delay=0.0)]
+        assert await store.record(first) == set(ids)
+        assert await store.record(first) == set()  # the retry: the fence and the log hold
+        again, _ = await store.claim(10, 9 << 32 | 1, lease_seconds=60.0, dead_blocks_key=True)
+        assert [row.id for row in again] == [ids[1]]
+        rescued = published(ids[1], 9 << 32 | 1, "second")
+        assert await store.record([rescued]) == {ids[1]}
+        assert await store.record([rescued]) == set()
+    finally:
+        await pool.close()
+    log = await db.fetch(
+        "SELECT outbox_id, outcome, claim_token FROM outbox_delivery ORDER BY outbox_id, id"
+    )
+    assert [(r["outbox_id"], r["outcome"], r["claim_token"]) for r in log] == [
+        (ids[0], "created", 7 << 32 | 1),
+        (ids[1], "http_503", 7 << 32 | 1),
+        (ids[1], "created", 9 << 32 | 1),
+    ]
+
+
 async def test_a_batch_the_database_refuses_is_written_row_by_row(
     db: asyncpg.Connection, database_url: str
 ) -> None:
