@@ -162,9 +162,17 @@ class Settings(BaseSettings):
     backoff_base: Duration = Field(default=timedelta(seconds=1))
     backoff_cap: Duration = Field(default=timedelta(minutes=10))
     circuit_threshold: int = Field(default=20, ge=1)
-    circuit_pause: Duration = Field(default=timedelta(seconds=5))
-    circuit_pause_cap: Duration = Field(default=timedelta(minutes=5))
-    configuration_pause: Duration = Field(default=timedelta(seconds=60))
+    circuit_pause: Duration = Field(
+        default=timedelta(seconds=1), description="a route's first pause when its circuit opens"
+    )
+    circuit_pause_cap: Duration = Field(
+        default=timedelta(seconds=2),
+        description="the longest circuit pause: a failing route is probed at least this often",
+    )
+    configuration_pause: Duration = Field(
+        default=timedelta(seconds=10),
+        description="pause (and probe) of a route or of every route after a refusal",
+    )
     retry_after_cap: Duration = Field(
         default=timedelta(minutes=5), description="the longest Retry-After honoured"
     )
@@ -172,7 +180,7 @@ class Settings(BaseSettings):
         default=timedelta(seconds=1), description="first retry delay after a failed token request"
     )
     token_backoff_cap: Duration = Field(
-        default=timedelta(seconds=60), description="longest retry delay between token requests"
+        default=timedelta(seconds=2), description="longest retry delay between token requests"
     )
     shutdown_grace: Duration = Field(default=timedelta(seconds=20))
     dead_blocks_key: bool = Field(

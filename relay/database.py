@@ -163,6 +163,13 @@ async def create_pool(
     return pool
 
 
+# A database call that failed for the connection is tried again after at most this long
+# (jittered): a server back after a restart or a failover is used within about a second,
+# whatever the length of the outage. A relay asks a down server about once a second per
+# part of its engine, which a server starting up can take.
+RECONNECT_CAP = 1.0
+
+
 class DatabaseCalls:
     """How the engine runs its database calls: a connection error is waited out with backoff
     (and reported once), anything else is the statement's own problem and is raised.
@@ -175,7 +182,7 @@ class DatabaseCalls:
         on_error: Callable[[str], None] | None = None,
         *,
         base: float = 0.1,
-        cap: float = 30.0,
+        cap: float = RECONNECT_CAP,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.on_error = on_error
@@ -227,6 +234,7 @@ __all__ = [
     "CONNECTION_ERRORS",
     "DATABASE_ERRORS",
     "KEEPALIVES",
+    "RECONNECT_CAP",
     "DatabaseCalls",
     "asyncpg_dsn",
     "create_pool",

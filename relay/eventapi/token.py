@@ -196,6 +196,10 @@ class TokenProvider:
         # shield: a caller being cancelled must not cancel the refresh others are waiting on.
         return await asyncio.shield(self._start_refresh())
 
+    def next_attempt_in(self) -> float:
+        """Seconds until the next token request may go (0 when it may go now)."""
+        return max(0.0, self._not_before - self._clock())
+
     def invalidate(self, token: AccessToken) -> None:
         """Forget ``token`` after the API refused it; a newer current token is kept."""
         if self._token is token:
@@ -268,12 +272,15 @@ class TokenProvider:
         if self._metrics is not None:
             self._metrics.token_failures.labels(reason=reason).inc()
         error_class, status = _labels(error)
-        # Not the message: the endpoint's error_description may echo what it was sent.
+        # A refusal's message is not logged: the endpoint's error_description may echo what it
+        # was sent. An outage's message is ours (what failed, and where).
         log.warning(
             "token.request_failed",
             reason=reason,
+            endpoint=self.token_url,
             error_class=error_class,
             status=status,
+            error=str(error) if reason == "unavailable" else None,
             failures=self._failures,
             retry_in=round(delay, 3),
         )
@@ -468,13 +475,19 @@ def _consume_exception(task: asyncio.Task[AccessToken]) -> None:
 
 
 async def bearer(tokens: TokenProvider) -> AccessToken | Outcome:
-    """The token to send, or the outcome of not having one: a transient failure, or our
+    """The token to send, or the outcome of not having one (nothing was sent): a transient
+    failure, with the time until the provider tries again as its ``retry_after``, or our
     client refused (a configuration error of every route)."""
     try:
         return await tokens.get()
     except TokenUnavailable as error:
-        return Outcome(OutcomeKind.TRANSIENT, "token_unavailable", error=str(error))
+        wait = timedelta(seconds=tokens.next_attempt_in())
+        return Outcome(
+            OutcomeKind.TRANSIENT, "token_unavailable", error=str(error), retry_after=wait,
+            sent=False,
+        )  # fmt: skip
     except TokenRejected as error:
         return Outcome(
-            OutcomeKind.CONFIGURATION, "token_rejected", error=str(error), for_all_routes=True
-        )
+            OutcomeKind.CONFIGURATION, "token_rejected", error=str(error), for_all_routes=True,
+            sent=False,
+        )  # fmt: skip

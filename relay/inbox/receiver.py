@@ -47,7 +47,7 @@ TAKEOVER_INTERVAL = 2.0
 # asking again, rather than asking in a loop.
 MIN_EMPTY_POLL = 1.0
 BACKOFF_BASE = 1.0
-BACKOFF_CAP = 60.0
+BACKOFF_CAP = 2.0
 
 
 @dataclass(frozen=True, slots=True)

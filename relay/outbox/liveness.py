@@ -30,7 +30,13 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, KEEPALIVES, describe_database_error
+from relay.database import (
+    CONNECTION_ERRORS,
+    DATABASE_ERRORS,
+    KEEPALIVES,
+    RECONNECT_CAP,
+    describe_database_error,
+)
 from relay.outbox.queries import LIVENESS_LOCK_CLASS, NOTIFY_CHANNEL
 
 log = structlog.get_logger("relay.outbox.liveness")
@@ -76,7 +82,9 @@ class Liveness:
                 failures += 1
                 self.problem = f"liveness connection: {describe_database_error(error)}"
                 log.warning("liveness.connect_failed", error=self.problem, failures=failures)
-                await asyncio.sleep(min(30.0, 0.1 * 2**failures) * self.rng.random() + 0.05)
+                await asyncio.sleep(
+                    min(RECONNECT_CAP, 0.1 * 2**failures) * self.rng.random() + 0.05
+                )
                 continue
             failures = 0
             try:

@@ -281,7 +281,8 @@ async def test_rejected_client_raises_token_rejected_and_waits_the_configuration
             assert "wrong-secret-value" not in message
             assert isinstance(tokens.last_error, TokenRejected)
             assert not tokens.ready
-            clock.advance(59)
+            pause = settings.configuration_pause.total_seconds()
+            clock.advance(pause - 1)
             with pytest.raises(TokenRejected):
                 await tokens.get()
             assert len(emulator.token_requests) == 1
