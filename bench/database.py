@@ -170,7 +170,8 @@ class BenchDatabase:
         claim = Queries("public").claim
         with psycopg.connect(self.url) as db:
             db.execute(
-                "PREPARE bench_claim (int, text, text, text, boolean, float8, bigint, text, int) "
+                "PREPARE bench_claim "
+                "(int, text, text, text, boolean, float8, bigint, text, int, text[]) "
                 f"AS {claim}",
                 prepare=False,
             )
@@ -180,7 +181,7 @@ class BenchDatabase:
             rows = db.execute(
                 "EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim "
                 f"({int(limit)}, 'bench-explain', 'dk', 'abcinsurance', true, 60, {1 << 32}, "
-                f"'', {2 * int(limit)})"
+                f"'', {2 * int(limit)}, '{{}}')"
             ).fetchall()
             db.rollback()
         return "\n".join(str(row[0]) for row in rows)

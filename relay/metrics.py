@@ -47,7 +47,7 @@ _EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 CIRCUIT_STATES = ("closed", "half_open", "open")
 PAUSE_KINDS = ("retry_after", "circuit", "configuration")
-GIVE_BACK_REASONS = ("paused", "lease_too_short", "liveness_lost", "shutdown")
+GIVE_BACK_REASONS = ("paused", "lease_too_short", "liveness_lost", "shutdown", "no_token")
 TOKEN_FAILURE_REASONS = ("unavailable", "rejected")
 DATABASE_OPERATIONS = (
     "claim",

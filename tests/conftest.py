@@ -129,6 +129,14 @@ def database_url(databases: Databases) -> Iterator[str]:
 
 
 @pytest.fixture
+def second_database_url(databases: Databases) -> Iterator[str]:
+    """Another fresh, migrated database, for a test that runs two relays apart at once."""
+    name = databases.create()
+    yield with_database(databases.admin_url, name)
+    databases.drop(name)
+
+
+@pytest.fixture
 def empty_database_url(databases: Databases) -> Iterator[str]:
     """URL of a fresh database with no outbox table."""
     name = databases.create_empty()

@@ -88,8 +88,9 @@ def migrate(sql: bool, start: str | None, check: bool) -> None:
 @click.option(
     "--drain",
     is_flag=True,
-    help="Exit once every row is published or dead (waits out scheduled retries): 0, or 3 "
-    "when rows remain blocked behind dead rows of their key.",
+    help="Exit once every row is published or dead, or left because it cannot go now: 0, or 3 "
+    "when rows remain (behind dead rows of their key, on routes paused after a refusal, or "
+    "not due within 30 s), named in the last line.",
 )
 @error_boundary
 def run(drain: bool) -> None:
@@ -106,8 +107,8 @@ def run(drain: bool) -> None:
     report = daemon.run_loop(daemon.run(settings, drain=drain))
     if report is not None:
         click.echo(report.line())
-        if report.blocked:
-            sys.exit(ExitCode.ATTENTION)  # requeue the dead rows (or delete them) to move on
+        if report.needs_attention:
+            sys.exit(ExitCode.ATTENTION)  # requeue dead rows, mend a route, or run again later
 
 
 def _read_payload(value: str) -> object:

@@ -32,6 +32,9 @@ class Faults:
     error_content_type: str = "text/html"  # ... sent as this; a charset in it encodes the body
     echo_body: bool = False  # fault answers carry the request body (after error_body, if set)
     route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> fixed status
+    # "dk/tenant" -> "hang" (take the request, never answer) or "stall" (201 headers and part
+    # of the body, then nothing): until cleared; the client's timeout is what ends them.
+    route_fault: dict[str, str] = field(default_factory=dict)
     reject_tokens: bool = False  # every send and receive answers 401, however fresh its token
     # Receiving (relay.emulator.receive). Of the fields above only reject_tokens, retry_after,
     # error_body, error_content_type and echo_body touch receive calls.

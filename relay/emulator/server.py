@@ -99,6 +99,7 @@ class Emulator:
         self.app.router.add_get("/_emulator/stats", self._stats_endpoint)
         self.app.router.add_get("/_emulator/events", self._events_endpoint)
         self._receiving = Receiving(self)
+        self._stop_stuck = asyncio.Event()  # set when stopping: sends kept hanging end
         self._clear_records()
 
     def _clear_records(self) -> None:
@@ -134,6 +135,8 @@ class Emulator:
         for name in ("route_status", "receive_route_status"):
             if name in changes:
                 changes[name] = _route_status(changes[name], name)
+        if "route_fault" in changes:
+            changes["route_fault"] = _route_fault(changes["route_fault"])
         emulator_receive.check_faults(changes)
         self.faults = dataclasses.replace(self.faults, **changes)
         if for_seconds is not None:
@@ -214,6 +217,7 @@ class Emulator:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.25)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
+        self._stop_stuck = asyncio.Event()
         bound_port = self._runner.addresses[0][1]
         scheme = "https" if ssl_context is not None else "http"
         self.base_url = f"{scheme}://{host}:{bound_port}"
@@ -222,6 +226,7 @@ class Emulator:
     async def stop(self) -> None:
         """Close the listening socket and open connections; held polls end at once."""
         self._receiving.end_holds()
+        self._stop_stuck.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -298,6 +303,9 @@ class Emulator:
                 assert request.transport is not None
                 request.transport.close()  # the client sees a reset, no answer
                 return web.Response(status=499)
+            fault = self.faults.route_fault.get(route)
+            if fault is not None:
+                return await self._stuck(request, fault)
             status = self._fault_status(route)
             if status is not None:
                 raise await self.fault_reply(request, canned(status, request.path))
@@ -310,6 +318,18 @@ class Emulator:
         if response.status != 201:
             self.refusals.append(Refusal(self.clock(), route, response.status))
         return response
+
+    async def _stuck(self, request: web.Request, fault: str) -> web.StreamResponse:
+        """A send that never ends: unanswered (``hang``), or 201 headers and the start of a
+        body that never comes whole (``stall``); until the client gives up or the emulator
+        stops. The event is not recorded: the relay cannot know whether it arrived."""
+        if fault == "stall":
+            response = web.StreamResponse(status=201, headers={"Content-Length": "64"})
+            response.content_type = "application/json"
+            await response.prepare(request)
+            await response.write(b'{"_id": ')
+        await self._stop_stuck.wait()
+        return web.Response(status=499)
 
     def _fault_status(self, route: str) -> int | None:
         """The status a fault forces on this send, or None to answer it normally."""
@@ -447,6 +467,17 @@ def _encoded(text: str, content_type: str) -> bytes:
         return text.encode(charset.group(1) if charset else "utf-8")
     except (LookupError, UnicodeError):  # unknown, or a codec that cannot encode the text
         return text.encode("utf-8")
+
+
+ROUTE_FAULTS = ("hang", "stall")
+
+
+def _route_fault(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(route, str) and fault in ROUTE_FAULTS for route, fault in value.items()
+    ):
+        raise ValueError('route_fault must map "country/tenant" to "hang" or "stall"')
+    return dict(value)
 
 
 def _route_status(value: object, name: str) -> dict[str, int]:

@@ -67,6 +67,9 @@ class Outcome:
     # A CONFIGURATION outcome that no route can escape (our client, its token, TLS trust):
     # pause publishing everywhere, not only on this row's route.
     for_all_routes: bool = False
+    # False when no request reached the EventApi (no token could be had, or the row could not
+    # name a request): the row spent nothing there, and the route learnt nothing.
+    sent: bool = True
 
     def __post_init__(self) -> None:
         # error often quotes the partner; whoever builds an Outcome, what is stored is safe.
@@ -93,7 +96,7 @@ C = OutcomeKind.CONFIGURATION
 # body for its error_class. Every TRANSIENT answer honours Retry-After.
 STATUS_TABLE: dict[int, OutcomeKind] = {
     400: P,  # invalid_payload / missing_header / http_400 by body
-    401: C,  # token_not_accepted: seen only after one retry with a fresh token
+    401: C,  # token_not_accepted: seen only after one retry with a fresh token; the route's
     403: C,  # insufficient_scope: the client lacks the events scope
     404: C,  # wrong API base URL, country or tenant
     405: P,
@@ -136,9 +139,6 @@ def classify(
         http_status=status,
         error=f"HTTP {status}: {_describe(document, body, headers)}",
         retry_after=retry_after,
-        # Publisher classifies a 401 only after retrying with a fresh token: the API refuses
-        # what the token endpoint issues, whatever the route.
-        for_all_routes=status == 401,
     )
 
 

@@ -120,10 +120,12 @@ class Publisher:
             url = self.url(country, tenant)
         except InvalidRoute as error:
             # Checked before the token too: a bad row costs no request at all.
-            return Outcome(P, "invalid_route", error=str(error))
+            return Outcome(P, "invalid_route", error=str(error), sent=False)
         if not event_type.isprintable():
             # aiohttp refuses control characters in headers (header injection); no retry helps.
-            return Outcome(P, "invalid_event_type", error=f"unusable Event-Type {event_type!r}")
+            return Outcome(
+                P, "invalid_event_type", error=f"unusable Event-Type {event_type!r}", sent=False
+            )
         first = await self._attempt(event_type, body, url)
         if not isinstance(first, tuple):
             return first

@@ -1,14 +1,17 @@
-"""The circuit breaker: a pure state machine over (state, event), with its table in the tests.
+"""The circuit breaker of one route: a pure state machine over (state, event), with its table
+in the tests.
 
-It counts consecutive failures of the EventApi as a whole (timeouts, resets, 5xx without a
-Retry-After); at ``threshold`` it opens for ``base`` seconds, during which nothing is sent.
+It counts consecutive failures of its route (timeouts, resets, 5xx without a Retry-After); at
+``threshold`` it opens for ``base`` seconds, during which nothing of the route is sent.
 When the pause runs out, one request goes as a probe (half-open). The probe's success closes
 the circuit; its failure opens it again for twice as long, up to ``cap``. Failures of requests
 that were already in flight when the circuit opened, or that are not the probe, change
 nothing: the pause doubles once per failed probe, never once per failed request.
 
-The circuit is shared by every replica through the global pause row in ``relay_pause``: the
-engine writes what a transition asks for and ``observe`` folds in what other replicas wrote.
+The circuit is shared by every replica through the route's pause row in ``relay_pause`` (kind
+``circuit``): the engine writes what a transition asks for and ``observe`` folds in what other
+replicas wrote. With the defaults (``RELAY_CIRCUIT_PAUSE`` 1 s, ``RELAY_CIRCUIT_PAUSE_CAP``
+2 s) a failing route is probed at least every 2 s, however long it fails.
 Time is an input (a monotonic ``now``), so the table tests need no clock.
 """
 
@@ -87,7 +90,7 @@ class Circuit:
         return None  # in flight before the circuit opened, or not the probe: no news
 
     def observe(self, now: float, remaining: float | None, duration: float) -> None:
-        """Fold in the shared global circuit pause: None when there is none, else the seconds
+        """Fold in the route's shared circuit pause: None when there is none, else the seconds
         it has left (0 once it ran out) and how long it was set for."""
         if remaining is None:
             if self.state is not State.CLOSED:

@@ -1,11 +1,11 @@
 """The shared pauses as one relay reads and writes them.
 
-``relay_pause`` holds every pause all replicas obey: a route's (after a throttle or a refusal
-of that route) and every route's (``*``: the circuit breaker, or our client refused). This part
+``relay_pause`` holds every pause all replicas obey: a route's (its circuit opened, a throttle,
+a refusal of the route) and every route's (``*``: our client refused everywhere). This part
 reads them into the gate every poll and as soon as one runs out, has the rows of newly paused
 routes parked and those of lifted or run-out routes let back, and after each outcome writes what
-the gate and the circuit decided: a pause set, a circuit pause renewed after a failed probe, or
-pauses cleared by an answer that shows the partner well.
+the gate and the route's circuit decided: a pause set, a circuit pause renewed after a failed
+probe, or pauses cleared by an answer that shows the route well.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.metrics import Metrics
 from relay.outbox.circuit import Change
 from relay.outbox.decide import is_throttle
-from relay.outbox.gate import GLOBAL, Gate
+from relay.outbox.gate import GLOBAL, SLOW_FAILURES, Gate
 from relay.outbox.parking import Parker
 from relay.outbox.store import Store
 
@@ -83,18 +83,20 @@ class Pauses:
         # relay_paused is what holds the whole relay; a route's pause shows per route.
         held = {kind for route, kind in active if route == GLOBAL}
         self.metrics.show_pauses(held, active)
-        self.metrics.show_circuit(self.gate.circuit.state)
+        self.metrics.show_circuit(self.gate.circuit_state())
 
     async def react(self, outcome: Outcome, route: str, probe: bool) -> None:
-        """Update the circuit, the route's ramp and the shared pauses after one outcome.
+        """Update the route's circuit and allowance and the shared pauses after one outcome.
 
         An answer about the event itself (accepted, or refused for its content) shows that the
-        EventApi and the route work: it closes the circuit and ends their pauses.
+        EventApi and the route work: it closes the route's circuit and ends its pauses (and a
+        pause of every route).
         """
         answered = outcome.kind in (OutcomeKind.PUBLISHED, OutcomeKind.PERMANENT)
-        self.gate.finished(route, succeeded=answered, probe=probe)
+        slow = outcome.error_class in SLOW_FAILURES
+        self.gate.finished(route, succeeded=answered, slow=slow, probe=probe)
         if answered:
-            self.gate.circuit.succeeded()
+            self.gate.succeeded(route)
             stale = [name for name in (GLOBAL, route) if name in self.gate.pauses]
             if stale:
                 await self._clear(stale)
@@ -106,26 +108,28 @@ class Pauses:
             assert outcome.retry_after is not None
             await self._pause(route, outcome.retry_after, "retry_after", outcome)
         elif outcome.kind is OutcomeKind.TRANSIENT:
-            await self._circuit(self.gate.circuit.failed(self.clock(), probe=probe), outcome)
+            change = self.gate.failed(route, self.clock(), probe=probe)
+            await self._circuit(route, change, outcome)
 
-    async def _circuit(self, change: Change | None, outcome: Outcome) -> None:
+    async def _circuit(self, route: str, change: Change | None, outcome: Outcome) -> None:
+        """The route's circuit opened (or its probe failed): pause the route for everyone."""
         if change is None:
             return
-        seconds = self.gate.circuit.pause
+        seconds = self.gate.route(route).circuit.pause
         reason = _reason(outcome)
         if change is Change.OPENED:
             await self.calls.run(
-                "pause", lambda: self.store.set_pause(GLOBAL, seconds, "circuit", reason)
+                "pause", lambda: self.store.set_pause(route, seconds, "circuit", reason)
             )
         else:
             renewed = await self.calls.run(
-                "pause", lambda: self.store.renew_pause(GLOBAL, seconds, "circuit", reason)
+                "pause", lambda: self.store.renew_pause(route, seconds, "circuit", reason)
             )
             if not renewed:
                 seconds = 0  # another replica's probe renewed it first; its length holds
         if seconds:
-            log.warning("circuit.opened", seconds=seconds, **_classified(outcome))
-        self.on_global_hold()
+            log.warning("circuit.opened", route=route, seconds=seconds, **_classified(outcome))
+        self.gate.paused_again(route)
         await self.refresh()
 
     async def _pause(self, route: str, duration: timedelta, kind: str, outcome: Outcome) -> None:

@@ -130,7 +130,9 @@ class Queries:
         the order they became available, rows without a key (``outbox_loose_idx``) and the
         first pending row of each of up to $9 keys (``_key_heads``, from after key $8): two
         paths, so neither kind of backlog is walked by the other. Rows of a paused route,
-        or every row while a global pause is active, are left alone.
+        or every row while a global pause is active, are left alone, and so are the pending
+        rows of routes $10, which this process can take no more of now (their allowance is in
+        flight: see ``relay.outbox.gate``).
 
         The claim counts the attempt and, for a row taken back from a holder that stopped,
         the stop. Committed before any HTTP call is made. $3/$4: default country/tenant, $5:
@@ -147,6 +149,7 @@ class Queries:
             keyed AS (
                 SELECT o.id, o.available_at FROM heads h JOIN "{s}".outbox o ON o.id = h.id
                 WHERE o.status = 'pending' AND o.available_at <= now()
+                  AND {_route("o")} <> ALL($10::text[])
                   AND {_unpaused(s, "o")}
                   AND {_key_free(s, "o")}
                 ORDER BY o.available_at, o.id
@@ -156,6 +159,7 @@ class Queries:
                 SELECT o.id, o.available_at FROM "{s}".outbox o
                 WHERE o.status = 'pending' AND o.ordering_key IS NULL
                   AND o.available_at <= now()
+                  AND {_route("o")} <> ALL($10::text[])
                   AND {_unpaused(s, "o")}
                 ORDER BY o.available_at, o.id
                 LIMIT $1
@@ -195,7 +199,8 @@ class Queries:
         that produced the result. The one exception is an accepted publish: Scalepoint has the
         event, so its ``_id`` is recorded whatever happened to the row meanwhile (another claim
         that holds it then finds its own fence gone). Delivery-log rows are written for
-        attempts ($12) that were written or accepted. Returns the ids written.
+        attempts ($12) that were written or accepted, once per claim: the same result written
+        again (a retry after a lost answer) logs nothing more. Returns the ids written.
         Arrays: $1 id, $2 claim token, $3 status, $4 attempts, $5 delay seconds (NULL: keep
         available_at), $6 http status, $7 event_api_id, $8 error, $9 latency ms, $10 outcome
         class, $11 attempted_at, $12 whether the attempt is logged; $13 this worker.
@@ -230,12 +235,13 @@ class Queries:
                 RETURNING o.id
             ), logged AS (
                 INSERT INTO "{s}".outbox_delivery (outbox_id, attempt, attempted_at,
-                    http_status, latency_ms, outcome, event_api_id, error, worker)
+                    http_status, latency_ms, outcome, event_api_id, error, worker, claim_token)
                 SELECT r.id, r.attempts, r.attempted_at, r.http_status, r.latency_ms,
-                       r.outcome, r.event_api_id, r.error, $13
+                       r.outcome, r.event_api_id, r.error, $13, r.token
                 FROM result r
                 WHERE r.logged
                   AND (r.status = 'published' OR r.id IN (SELECT id FROM updated))
+                ON CONFLICT (outbox_id, claim_token) DO NOTHING
             )
             SELECT id FROM updated"""
 
@@ -442,38 +448,53 @@ class Queries:
 
     @property
     def unfinished(self) -> str:
-        """For --drain: rows still to send, and the seconds until the earliest may be tried.
+        """For --drain: the rows still to send, judged by what they wait for, grouped.
 
-        Rows held back by a dead row of their key (when dead rows block) are not counted: they
-        cannot move until an operator requeues the dead row. A row in flight without a lease
-        counts as available now.
+        ``verdict`` is ``wait`` for rows that may go within $4 seconds (due, or due soon: a
+        retry, a throttle, a route's circuit pause, a row in flight), ``behind_dead`` for rows
+        held back by a dead row of their key (when dead rows block, $1), ``refused`` for rows
+        of a route (or of every route) paused after a refusal, and ``later`` for rows not due
+        within $4 seconds; the last two by route, with the pause's kind and reason. $2/$3:
+        default country/tenant. ``next_in``: seconds until the group's first row is due.
         """
         s = self.schema
         return f"""
-            SELECT count(*) AS remaining,
-                   greatest(extract(epoch FROM min(CASE
-                       WHEN o.status = 'pending' THEN o.available_at
-                       WHEN o.status = 'in_flight' THEN coalesce(o.lease_until, now())
-                       END) - now()), 0)::float8 AS next_in
-            FROM "{s}".outbox o
-            WHERE (o.status IN ('pending', 'in_flight')
-                   OR (o.status = 'blocked' AND o.blocked_by = 'route_pause'))
-              AND NOT ($1 AND o.ordering_key IS NOT NULL AND EXISTS (
-                  SELECT 1 FROM "{s}".outbox d
-                  WHERE d.ordering_key = o.ordering_key AND d.id < o.id
-                    AND d.status = 'dead'))"""
-
-    @property
-    def blocked_behind_dead(self) -> str:
-        """Rows that wait for an earlier dead row of their key (blocked or not yet parked)."""
-        s = self.schema
-        return f"""
-            SELECT count(*) FROM "{s}".outbox o
-            WHERE o.status IN ('pending', 'blocked') AND o.ordering_key IS NOT NULL
-              AND EXISTS (
-                  SELECT 1 FROM "{s}".outbox d
-                  WHERE d.ordering_key = o.ordering_key AND d.id < o.id
-                    AND d.status = 'dead')"""
+            WITH unfinished AS (
+                SELECT o.status, o.available_at, o.lease_until, {_route("o", "$2", "$3")} AS route,
+                       $1 AND o.ordering_key IS NOT NULL AND EXISTS (
+                           SELECT 1 FROM "{s}".outbox d
+                           WHERE d.ordering_key = o.ordering_key AND d.id < o.id
+                             AND d.status = 'dead') AS behind_dead
+                FROM "{s}".outbox o
+                WHERE o.status IN ('pending', 'in_flight', 'blocked')
+            ), judged AS (
+                SELECT u.route, u.status, u.behind_dead, p.kind, p.reason,
+                       CASE WHEN u.status = 'in_flight' THEN coalesce(u.lease_until, now())
+                            WHEN u.status = 'pending'
+                                THEN greatest(u.available_at, coalesce(p.until, now()))
+                            ELSE coalesce(p.until, now()) END AS due
+                FROM unfinished u
+                LEFT JOIN LATERAL (
+                    SELECT kind, reason, until FROM "{s}".relay_pause p
+                    WHERE p.route IN ('*', u.route)
+                    ORDER BY p.kind = 'configuration' DESC, p.until DESC
+                    LIMIT 1) p ON true
+            ), classed AS (
+                SELECT CASE WHEN behind_dead THEN 'behind_dead'
+                            WHEN status = 'in_flight' THEN 'wait'
+                            WHEN kind = 'configuration' THEN 'refused'
+                            WHEN due > now() + $4 * interval '1 second' THEN 'later'
+                            ELSE 'wait' END AS verdict,
+                       route, kind, reason, due
+                FROM judged
+            )
+            SELECT verdict,
+                   CASE WHEN verdict IN ('refused', 'later') THEN route END AS route,
+                   count(*) AS rows, max(kind) AS kind, max(reason) AS reason,
+                   greatest(extract(epoch FROM min(due) - now()), 0)::float8 AS next_in
+            FROM classed
+            GROUP BY 1, 2
+            ORDER BY 1, 2"""
 
     @property
     def queue_sample(self) -> str:

@@ -6,7 +6,6 @@ With the producer API (``relay.outbox.producer``), the only module that runs the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -89,6 +88,18 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
+class Left:
+    """Rows still to send, of one kind of wait (``Queries.unfinished``)."""
+
+    verdict: str  # wait, behind_dead, refused or later
+    route: str | None  # for refused and later
+    rows: int
+    kind: str | None  # the pause's kind, if one holds them
+    reason: str | None  # and its reason
+    next_in: float  # seconds until the first of them is due
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     """The route of rows that leave country or tenant NULL."""
 
@@ -124,9 +135,11 @@ class Store:
         dead_blocks_key: bool,
         after_key: str = "",
         key_steps: int | None = None,
+        full_routes: Sequence[str] = (),
     ) -> tuple[list[ClaimedRow], str]:
-        """Claim up to ``limit`` rows; return them (by id) and the ordering key after which
-        the next claim's step through the keys begins (see ``Queries.claim``)."""
+        """Claim up to ``limit`` rows, none of ``full_routes`` but rows given up by a process
+        that stopped; return them (by id) and the ordering key after which the next claim's
+        step through the keys begins (see ``Queries.claim``)."""
         rows = await self.pool.fetch(
             self.queries.claim,
             limit,
@@ -138,6 +151,7 @@ class Store:
             token,
             after_key,
             key_steps if key_steps is not None else 2 * limit,
+            list(full_routes),
         )
         claimed = [claimed_row(row) for row in rows if row["id"] is not None]
         claimed.sort(key=lambda row: row.id)
@@ -246,16 +260,17 @@ class Store:
     async def pauses(self) -> list[Pause]:
         return [Pause(**dict(row)) for row in await self.pool.fetch(self.queries.pauses)]
 
-    async def unfinished(self, dead_blocks_key: bool) -> tuple[int, float]:
-        """Rows still to send (not counting those held behind a dead row), and the seconds
-        until the earliest of them may be tried."""
-        row = await self.pool.fetchrow(self.queries.unfinished, dead_blocks_key)
-        assert row is not None
-        next_in = row["next_in"]
-        return int(row["remaining"]), 0.0 if next_in is None or math.isnan(next_in) else next_in
-
-    async def blocked_behind_dead(self) -> int:
-        return int(await self.pool.fetchval(self.queries.blocked_behind_dead))
+    async def unfinished(self, dead_blocks_key: bool, horizon: float) -> list[Left]:
+        """The rows still to send, grouped by what they wait for (see ``Queries.unfinished``):
+        what --drain waits for (``wait``), and what it cannot send now."""
+        rows = await self.pool.fetch(
+            self.queries.unfinished,
+            dead_blocks_key,
+            self.defaults.country,
+            self.defaults.tenant,
+            horizon,
+        )
+        return [Left(**dict(row)) for row in rows]
 
     async def queue_sample(self) -> tuple[int, float]:
         row = await self.pool.fetchrow(self.queries.queue_sample)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections import Counter, defaultdict, deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -36,7 +36,6 @@ import structlog
 from relay.database import DatabaseCalls
 from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.metrics import Metrics
-from relay.outbox.circuit import Circuit
 from relay.outbox.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
 from relay.outbox.decide import unsendable_result as dead_unsent
 from relay.outbox.gate import Gate, Verdict
@@ -45,7 +44,7 @@ from relay.outbox.liveness import Liveness
 from relay.outbox.parking import Parker
 from relay.outbox.pauses import Pauses
 from relay.outbox.recorder import Done, Recorder
-from relay.outbox.store import ClaimedRow, Result, Store
+from relay.outbox.store import ClaimedRow, Left, Result, Store
 
 log = structlog.get_logger("relay.outbox.worker")
 
@@ -56,6 +55,10 @@ EXIT_MARGIN = 5.0
 # --drain: the first wait when rows exist but none could be claimed (a producer transaction
 # holds their key, say); it doubles up to the poll interval.
 DRAIN_BACKOFF = 0.05
+# --drain waits for rows that may go within this many seconds (a retry, a throttle, a route's
+# circuit pause); rows it cannot send sooner (behind a dead row, on a route paused after a
+# refusal, due later) are left, named in its last line, and it exits 3.
+DRAIN_HORIZON = 30.0
 # A route in a log line is cut to this length (a bad row's tenant can be any length).
 ROUTE_IN_LOGS = 100
 
@@ -99,17 +102,31 @@ class EngineConfig:
 
 @dataclass(frozen=True, slots=True)
 class DrainReport:
-    """What a ``--drain`` run did, and what it could not."""
+    """What a ``--drain`` run did, and what it left: rows it cannot send now."""
 
     published: int
     dead: int
     blocked: int  # rows left behind dead rows of their key
+    left: tuple[Left, ...] = ()  # rows of refused routes, and rows due later
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.blocked or self.left)
 
     def line(self) -> str:
-        return (
+        text = (
             f"relay: drained: {self.published} published, {self.dead} dead, "
             f"{self.blocked} blocked behind dead rows"
         )
+        for group in self.left:
+            rows = f"{group.rows} row{'' if group.rows == 1 else 's'}"
+            route = (group.route or "")[:ROUTE_IN_LOGS]
+            why = (group.reason or "").split(":", 1)[0]
+            if group.verdict == "refused":
+                text += f"; {rows} of {route}, paused after a refusal ({why})"
+            else:
+                text += f"; {rows} of {route} not due for {group.next_in:.0f}s"
+        return text
 
 
 class Worker:
@@ -135,12 +152,11 @@ class Worker:
         self.calls = DatabaseCalls(lambda operation: metrics.db_errors.labels(operation).inc())
         self.holdings = Holdings(config.lease.total_seconds(), clock)
         self.gate = Gate(
-            Circuit(
-                config.circuit_threshold,
-                config.circuit_pause.total_seconds(),
-                config.circuit_pause_cap.total_seconds(),
-            ),
             config.concurrency,
+            config.circuit_threshold,
+            config.circuit_pause.total_seconds(),
+            config.circuit_pause_cap.total_seconds(),
+            demand=self._demand,
         )
         self.recorder = Recorder(
             store,
@@ -173,6 +189,7 @@ class Worker:
             clock=clock,
         )
         self.queue: deque[ClaimedRow] = deque()
+        self.queued_by_route: Counter[str] = Counter()  # the queue's rows, by route
         self.queued = asyncio.Condition()
         self.waiting: defaultdict[str, deque[ClaimedRow]] = defaultdict(deque)
         self.busy = 0
@@ -188,6 +205,7 @@ class Worker:
         self.key_cursor = ""  # the ordering key after which the next claim looks for heads
         self.published = 0
         self.dead = 0
+        self.left: list[Left] = []  # --drain: what is still to send, as last read
         self.running = asyncio.Event()  # set once the engine claims (liveness lock held)
         self.stuck = False  # the database did not let shutdown finish in time
 
@@ -196,15 +214,14 @@ class Worker:
     def not_ready_reason(self) -> str | None:
         """Why this process cannot deliver now, or None when it can.
 
-        A pause of one route is not a reason: the process delivers every other route.
+        A route's trouble (its circuit open, its pause) is not a reason: the process delivers
+        every other route.
         """
         now = self.clock()
         if self.calls.problem is not None:
             return self.calls.problem
         if not self.liveness.alive.is_set():
             return self.liveness.problem or "liveness connection lost"
-        if self.gate.circuit.state == "open" and now < self.gate.circuit.until:
-            return "circuit open: the EventApi is failing"
         return self.gate.configuration_error(now)
 
     # Running ---------------------------------------------------------------------------------
@@ -243,8 +260,9 @@ class Worker:
             await self._shutdown(feeder, parts, senders)
         if not drain or not feeder.done() or feeder.cancelled():
             return None
-        blocked = await self.calls.run("blocked", self.store.blocked_behind_dead)
-        return DrainReport(self.published, self.dead, blocked)
+        blocked = sum(group.rows for group in self.left if group.verdict == "behind_dead")
+        left = tuple(group for group in self.left if group.verdict in ("refused", "later"))
+        return DrainReport(self.published, self.dead, blocked, left)
 
     async def _shutdown(
         self,
@@ -302,7 +320,14 @@ class Worker:
     # Feeder ----------------------------------------------------------------------------------
 
     def _outstanding(self) -> int:
-        return len(self.queue) + self.busy + sum(len(rows) for rows in self.waiting.values())
+        """Rows taking a place in the engine: queued or in flight. Rows kept aside for a
+        route that has its allowance in flight are not counted: the claim takes no more of
+        that route meanwhile, and rows of other routes must not wait behind them."""
+        return len(self.queue) + self.busy
+
+    def _demand(self, route: str) -> int:
+        """Rows of ``route`` waiting for a sender: queued, or kept aside (the gate's shares)."""
+        return self.queued_by_route[route] + len(self.waiting.get(route, ()))
 
     def _claim_size(self) -> int:
         """How many rows to claim now: up to ``prefetch`` ahead of the senders."""
@@ -333,11 +358,14 @@ class Worker:
                     continue
             timeout = max(min(poll, self.pauses.next_refresh - self.clock()), 0.001)
             if drain and not self._outstanding() and not self.recorder.done:
-                remaining, next_in = await self.calls.run(
-                    "unfinished", lambda: self.store.unfinished(self.config.dead_blocks_key)
+                self.left = await self.calls.run(
+                    "unfinished",
+                    lambda: self.store.unfinished(self.config.dead_blocks_key, DRAIN_HORIZON),
                 )
-                if remaining == 0:
-                    return
+                waiting = [group for group in self.left if group.verdict == "wait"]
+                if not waiting:
+                    return  # published or dead, or what is left cannot go now
+                next_in = min(group.next_in for group in waiting)
                 if next_in > 0:
                     timeout = min(timeout, next_in)
                 else:
@@ -378,21 +406,41 @@ class Worker:
             lease_seconds=self.config.lease.total_seconds(),
             dead_blocks_key=self.config.dead_blocks_key,
             after_key=self.key_cursor,
+            full_routes=self.gate.full_routes(),
         )
         self.claim_failed = False
         fresh = self.holdings.take(rows, started)
         if fresh:
-            self.queue.extend(fresh)
-            async with self.queued:
-                self.queued.notify(len(fresh))
+            await self._enqueue(fresh)
         return rows
+
+    async def _enqueue(self, rows: Sequence[ClaimedRow], *, first: bool = False) -> None:
+        """Rows for the senders, at the end of the queue (or at its front)."""
+        for row in rows:
+            self.queued_by_route[self._route_of(row)] += 1
+        if first:
+            self.queue.extendleft(reversed(rows))
+        else:
+            self.queue.extend(rows)
+        async with self.queued:
+            self.queued.notify(len(rows))
+
+    def _requeue_only(self, keep: Callable[[ClaimedRow], bool]) -> list[ClaimedRow]:
+        """Keep the queued rows ``keep`` says to; return the others."""
+        dropped = [row for row in self.queue if not keep(row)]
+        if dropped:
+            self.queue = deque(row for row in self.queue if keep(row))
+            self.queued_by_route = Counter(self._route_of(row) for row in self.queue)
+        return dropped
 
     # Senders ---------------------------------------------------------------------------------
 
     async def _next_row(self) -> ClaimedRow:
         async with self.queued:
             await self.queued.wait_for(lambda: bool(self.queue))
-            return self.queue.popleft()
+            row = self.queue.popleft()
+        self.queued_by_route[self._route_of(row)] -= 1
+        return row
 
     async def _sender(self) -> None:
         while True:
@@ -452,18 +500,45 @@ class Worker:
         return await self._send(row, prepared, verdict is Verdict.PROBE)
 
     async def _send(self, row: ClaimedRow, prepared: Prepared, probe: bool) -> Done:
+        route = prepared.route
         self.holdings.sending(row.id)
-        self.gate.sending(prepared.route)
+        self.gate.sending(route)
         outcome = await self.sender.publish(
             row.event_type, prepared.body, prepared.country, prepared.tenant
         )
-        counts = not probe and self.gate.circuit.state == "closed"
+        if not outcome.sent and outcome.kind is not OutcomeKind.PERMANENT:
+            return await self._no_token(row, route, outcome, probe)
+        counts = self.gate.counts(route, probe)
         result = decide(row, outcome, datetime.now(UTC), self.config.policy, counts=counts)
         try:
-            await self.pauses.react(outcome, prepared.route, probe)
+            await self.pauses.react(outcome, route, probe)
         finally:
-            await self._release_waiting(prepared.route)
-        return Done(row, result, prepared.correlation_id, prepared.route)
+            await self._release_waiting(route)
+        return Done(row, result, prepared.correlation_id, route)
+
+    async def _no_token(self, row: ClaimedRow, route: str, outcome: Outcome, probe: bool) -> Done:
+        """No token could be had, so nothing was sent: the token endpoint is every route's,
+        so every route waits for it (this process's hold until the provider tries again, or
+        the pause of every route when our client is refused), and the row goes back unsent:
+        no attempt, no delivery-log row."""
+        self.gate.finished(route, succeeded=False, slow=False, probe=False)
+        self.gate.returned(route, Verdict.PROBE if probe else Verdict.SEND)
+        try:
+            if outcome.kind is OutcomeKind.CONFIGURATION:
+                await self.pauses.react(outcome, route, probe=False)
+            else:
+                seconds = (
+                    0.0 if outcome.retry_after is None else outcome.retry_after.total_seconds()
+                )
+                if self.gate.hold(self.clock(), seconds):
+                    log.warning(
+                        "outbox.held", reason=outcome.error_class, seconds=seconds,
+                        error=outcome.error,
+                    )  # fmt: skip
+                    self._give_back_queued("no_token")
+        finally:
+            await self._release_waiting(route)
+        return self._given_back(row, "no_token", datetime.now(UTC))
 
     def _given_back(self, row: ClaimedRow, reason: str, now: datetime) -> Done:
         self.metrics.given_back.labels(reason).inc()
@@ -473,14 +548,11 @@ class Worker:
         """Rows kept aside for a ramping route go back to the front of the queue."""
         rows = self.waiting.pop(route, None)
         if rows:
-            self.queue.extendleft(reversed(rows))
-            async with self.queued:
-                self.queued.notify(len(rows))
+            await self._enqueue(rows, first=True)
 
     def _give_back_queued(self, reason: str) -> None:
         """Rows waiting to be sent must not go now: back to pending, attempts untouched."""
-        rows = list(self.queue)
-        self.queue.clear()
+        rows = self._requeue_only(lambda row: False)
         for waiting in self.waiting.values():
             rows.extend(waiting)
         self.waiting.clear()
@@ -496,7 +568,7 @@ class Worker:
 
     def _leases_lost(self, ids: list[int]) -> None:
         lost = set(ids)
-        self.queue = deque(row for row in self.queue if row.id not in lost)
+        self._requeue_only(lambda row: row.id not in lost)
         for route, rows in list(self.waiting.items()):
             self.waiting[route] = deque(row for row in rows if row.id not in lost)
         for row_id in ids:

@@ -104,11 +104,12 @@ def test_row(status: int, body: bytes, kind: OutcomeKind, error_class: str) -> N
 
 
 @pytest.mark.parametrize(("status", "body", "kind", "error_class"), ROWS)
-def test_only_a_refused_token_concerns_all_routes(
+def test_no_answer_of_the_api_concerns_all_routes(
     status: int, body: bytes, kind: OutcomeKind, error_class: str
 ) -> None:
-    # 403, 404 and redirects name one route's problem; a 401 after a fresh token is the client's.
-    assert classify(status, {}, body).for_all_routes is (status == 401)
+    # 401 after a fresh token, 403, 404 and redirects are the route's refusal: the route is
+    # paused and probed; only the token endpoint (and TLS trust) concern every route.
+    assert classify(status, {}, body).for_all_routes is False
 
 
 def test_every_status_in_the_code_has_a_row() -> None:

@@ -105,7 +105,11 @@ async def test_a_bad_route_is_permanent_without_any_request(country: str, tenant
     problem = route_problem(country, tenant)
     assert problem is not None
     assert outcome == Outcome(
-        OutcomeKind.PERMANENT, "invalid_route", error=problem, latency=outcome.latency
+        OutcomeKind.PERMANENT,
+        "invalid_route",
+        error=problem,
+        latency=outcome.latency,
+        sent=False,
     )
     assert len(outcome.error or "") < 200  # a 6,080-character tenant is not quoted whole
     assert emulator.token_requests == []
@@ -197,7 +201,9 @@ async def test_a_401_after_the_retry_is_a_configuration_problem() -> None:
     assert emulator.status_counts == {401: 2}
 
 
-async def test_a_fresh_token_refused_is_the_clients_problem_on_every_route() -> None:
+async def test_a_fresh_token_refused_is_a_refusal_of_the_route() -> None:
+    """Retried once with a fresh token, then classified as the route's refusal: the engine
+    pauses that route (and any other route the API refuses the same way: each its own)."""
     async with running() as emulator, client(partner_settings(emulator)) as relay:
         emulator.set_faults(reject_tokens=True)
         outcome = await publish_one(relay.publisher)
@@ -208,7 +214,7 @@ async def test_a_fresh_token_refused_is_the_clients_problem_on_every_route() -> 
             "token_not_accepted",
             401,
         )
-        assert refused.for_all_routes
+        assert not refused.for_all_routes
     assert emulator.stats()["tokens_issued"] == 3  # each refusal was retried with a new token
     assert emulator.status_counts == {401: 4}
 

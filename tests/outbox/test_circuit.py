@@ -108,7 +108,7 @@ def pause(route: str, remaining: float, kind: str = "retry_after") -> Pause:
 
 
 def test_a_route_pause_holds_that_route_only_and_ramps_up_after() -> None:
-    gate = Gate(circuit(), concurrency=8)
+    gate = Gate(8, 3, 5.0, 40.0)
     gate.refresh([pause("dk/a", 5.0)], now=0.0)
     assert gate.admit("dk/a", 1.0) is Verdict.HOLD
     assert gate.admit("dk/b", 1.0) is Verdict.SEND
@@ -118,7 +118,7 @@ def test_a_route_pause_holds_that_route_only_and_ramps_up_after() -> None:
     assert gate.admit("dk/a", 6.0) is Verdict.SEND
     gate.sending("dk/a")
     assert gate.admit("dk/a", 6.0) is Verdict.WAIT
-    gate.finished("dk/a", succeeded=True, probe=False)
+    gate.finished("dk/a", succeeded=True, slow=False, probe=False)
     allowed = []
     for _ in range(3):
         allowed.append(gate.admit("dk/a", 6.0))
@@ -127,7 +127,7 @@ def test_a_route_pause_holds_that_route_only_and_ramps_up_after() -> None:
 
 
 def test_a_global_pause_holds_everything_and_then_one_probe_goes() -> None:
-    gate = Gate(circuit(), concurrency=8)
+    gate = Gate(8, 3, 5.0, 40.0)
     refreshed = gate.refresh([pause("*", 5.0, "configuration")], now=0.0)
     assert refreshed.global_hold_began
     assert gate.claim_limit(1.0, outstanding=0) == 0
@@ -136,3 +136,81 @@ def test_a_global_pause_holds_everything_and_then_one_probe_goes() -> None:
     assert gate.claim_limit(6.0, outstanding=0) == 1
     assert gate.admit("dk/a", 6.0) is Verdict.PROBE
     assert gate.admit("dk/b", 6.0) is Verdict.HOLD
+
+
+def admit_all(gate: Gate, route: str, count: int, now: float = 0.0) -> list[Verdict]:
+    """Admit ``count`` requests of ``route`` in a row, each sent when admitted."""
+    verdicts = []
+    for _ in range(count):
+        verdict = gate.admit(route, now)
+        verdicts.append(verdict)
+        if verdict in (Verdict.SEND, Verdict.PROBE):
+            gate.sending(route)
+    return verdicts
+
+
+def test_a_route_gets_an_eighth_of_the_senders_until_it_answers_then_all() -> None:
+    gate = Gate(32, 3, 5.0, 40.0)
+    assert admit_all(gate, "dk/a", 5) == [Verdict.SEND] * 4 + [Verdict.WAIT]
+    assert gate.full_routes() == ["dk/a"]  # a claim takes no more of its rows now
+    for expected in (8, 16, 32):
+        gate.finished("dk/a", succeeded=True, slow=False, probe=False)
+        assert gate.route("dk/a").allowance == (None if expected == 32 else expected)
+    assert gate.full_routes() == []
+
+
+def test_a_route_whose_requests_time_out_falls_to_one_request() -> None:
+    gate = Gate(32, 100, 5.0, 40.0)
+    route = gate.route("dk/hung")
+    route.allowance = None
+    admit_all(gate, "dk/hung", 16)
+    allowances: list[int | None] = []
+    for _ in range(6):  # the requests in flight time out one after the other
+        gate.finished("dk/hung", succeeded=False, slow=True, probe=False)
+        allowances.append(route.allowance)
+    assert allowances == [8, 4, 2, 1, 1, 1]
+    # A fast failure (a 503) says nothing about senders held: the allowance stays.
+    gate.finished("dk/hung", succeeded=False, slow=False, probe=False)
+    assert route.allowance == 1
+
+
+def test_a_route_holds_at_most_its_share_while_another_waits_below_its_own() -> None:
+    demand = {"dk/a": 50, "dk/b": 50}
+    gate = Gate(32, 3, 5.0, 40.0, demand=lambda route: demand.get(route, 0))
+    for name in ("dk/a", "dk/b"):
+        gate.route(name).allowance = None
+    # dk/b waits below its share (none in flight): dk/a stops at its share, 16 of 32.
+    assert admit_all(gate, "dk/a", 20) == [Verdict.SEND] * 16 + [Verdict.WAIT] * 4
+    # The other 16 senders go to dk/b (the senders themselves are the bound of 32).
+    assert admit_all(gate, "dk/b", 16) == [Verdict.SEND] * 16
+    # dk/b has nothing more to send: dk/a may take the senders dk/b leaves.
+    demand["dk/b"] = 0
+    assert admit_all(gate, "dk/a", 4) == [Verdict.SEND] * 4
+
+
+def test_each_route_has_its_own_circuit() -> None:
+    gate = Gate(8, 3, 5.0, 40.0)
+    changes = [gate.failed("dk/a", 100.0, probe=False) for _ in range(3)]
+    assert changes == [None, None, Change.OPENED]
+    assert gate.route("dk/a").circuit.state is State.OPEN
+    assert gate.route("dk/b").circuit.state is State.CLOSED
+    assert gate.counts("dk/b", probe=False)
+    assert not gate.counts("dk/a", probe=False)
+    assert gate.admit("dk/b", 101.0) is Verdict.SEND
+    assert gate.admit("dk/a", 101.0) is Verdict.HOLD
+    assert gate.circuit_state() is State.OPEN  # the process's summary: its worst route
+
+
+def test_a_hold_of_everything_ends_with_one_probe() -> None:
+    """The token endpoint cannot give a token for 2 s: nothing goes, then one request."""
+    gate = Gate(8, 3, 5.0, 40.0)
+    assert gate.hold(0.0, 2.0)
+    assert not gate.hold(1.0, 0.5)  # already held: not a new hold
+    assert gate.claim_limit(1.0, outstanding=0) == 0
+    assert gate.admit("dk/a", 1.0) is Verdict.HOLD
+    assert gate.next_expiry(1.0) == 1.0
+    assert gate.claim_limit(2.5, outstanding=0) == 1
+    assert gate.admit("dk/a", 2.5) is Verdict.PROBE
+    assert gate.admit("dk/b", 2.5) is Verdict.HOLD
+    gate.finished("dk/a", succeeded=False, slow=False, probe=True)  # the API answered
+    assert gate.claim_limit(2.5, outstanding=0) is None

@@ -66,11 +66,13 @@ async def test_a_surviving_relay_sends_a_killed_relays_rows_within_two_seconds(
         doomed = await start_relay(env)
         survivor = None
         try:
-            # The doomed relay holds every row: four in flight, four queued behind them.
+            # The doomed relay holds every row: one in flight (a route it has not yet seen
+            # answer gets an eighth of the senders), the others queued behind it.
             await eventually(lambda: all_held(db), within=30)
-            await wait_for(lambda: emulator.stats()["in_flight"] == CONCURRENCY, within=30)
+            await wait_for(lambda: emulator.stats()["in_flight"] >= 1, within=30)
             survivor = await start_relay(env)
             await eventually(lambda: _count_is(db, 2), within=30)
+            held = await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'in_flight'")
             emulator.set_faults(latency_ms=0)
             killed_at = time.monotonic()
             doomed.kill()
@@ -85,7 +87,7 @@ async def test_a_surviving_relay_sends_a_killed_relays_rows_within_two_seconds(
     assert took <= 2.0, f"the killed relay's rows took {took:.2f}s to be sent again"
     # Taken back from a relay that stopped: counted, so a row that kills relays dies.
     stops = await db.fetchval("SELECT sum(stops) FROM outbox")
-    assert stops == ROWS
+    assert stops == held
 
 
 async def _count_is(db: asyncpg.Connection, relays: int) -> bool:

@@ -111,7 +111,7 @@ async def test_outage_longer_than_the_backoff_cap_kills_nothing(
         )
         async with running_daemon(settings) as daemon:
             await wait_for(
-                lambda: daemon.worker is not None and daemon.worker.gate.circuit.state != "closed"
+                lambda: daemon.worker is not None and daemon.worker.gate.circuit_state() != "closed"
             )
             # Stay down through five probes: pauses of 0.05, 0.1, 0.2, 0.2 and 0.2 s, far past
             # the 0.05 s backoff cap, so every row could have used all its attempts.

@@ -28,7 +28,7 @@ async def claim(
 ) -> list[int]:
     """The ids one claim takes (its keys stepped through from the first)."""
     rows = await connection.fetch(
-        CLAIM, limit, "w", "dk", "abc", dead_blocks_key, 60.0, token, "", 2 * limit
+        CLAIM, limit, "w", "dk", "abc", dead_blocks_key, 60.0, token, "", 2 * limit, []
     )
     return sorted(row["id"] for row in rows if row["id"] is not None)
 

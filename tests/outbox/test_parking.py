@@ -67,7 +67,7 @@ async def pages_one_claim_reads(db: asyncpg.Connection) -> int:
     try:
         plan = await db.fetchval(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Queries("public").claim,
-            64, "w", "dk", "abcinsurance", True, 60.0, 1 << 32 | 1, "", 128,
+            64, "w", "dk", "abcinsurance", True, 60.0, 1 << 32 | 1, "", 128, [],
         )  # fmt: skip
     finally:
         await transaction.rollback()

@@ -108,9 +108,13 @@ async def test_after_each_retry_after_pause_one_request_goes_alone(
     assert run.refused <= CONCURRENCY + windows + 2, f"{run.refused} refusals"
 
 
-async def test_a_refused_fresh_token_pauses_every_route_and_heals_once_accepted(
+async def test_a_refused_fresh_token_pauses_each_refused_route_and_heals_once_accepted(
     db: asyncpg.Connection, database_url: str
 ) -> None:
+    """401 to a token the token endpoint just issued (after one retry with a fresh token) is
+    a refusal of the route: each route the API refuses is paused with the reason and probed
+    once per pause, its rows keep every attempt, and the process stays ready for the routes
+    that work."""
     pause = 1.0
     concurrency = 8
     async with running() as emulator:
@@ -124,17 +128,21 @@ async def test_a_refused_fresh_token_pauses_every_route_and_heals_once_accepted(
             concurrency=concurrency,
         )
         async with running_daemon(settings) as daemon, Watch(daemon) as watch:
-            # Rows of two routes: the client is refused, not a route, so both must wait.
+            # Rows of two routes: each is refused, and each is paused on its own.
             ids = await insert_rows(db, 50)
             await db.execute("UPDATE outbox SET tenant = 'othertenant' WHERE id = $1", ids[0])
 
-            async def globally_paused() -> bool:
-                seen = await watch.look()
-                paused = seen.metric("relay_paused", kind="configuration") == 1.0
-                return paused and seen.readyz == 503
+            async def both_paused() -> bool:
+                routes = await db.fetch(
+                    "SELECT route, kind, reason FROM relay_pause ORDER BY route"
+                )
+                return [(r["route"], r["kind"]) for r in routes] == [
+                    ("dk/abcinsurance", "configuration"),
+                    ("dk/othertenant", "configuration"),
+                ]
 
-            await eventually(globally_paused, within=5)
-            paused = watch.seen[-1]
+            await eventually(both_paused, within=5)
+            reasons = await db.fetch("SELECT reason FROM relay_pause")
             # Hold the refusal through more than one pause: each ends with one probe.
             first_refusal = emulator.refusals[0].at
             await wait_for_refusals(emulator, after=first_refusal + pause, within=pause + 3)
@@ -142,6 +150,7 @@ async def test_a_refused_fresh_token_pauses_every_route_and_heals_once_accepted(
                 "SELECT max(attempts) FROM outbox WHERE status <> 'in_flight'"
             )
             dead = await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'dead'")
+            seen = await watch.look()
             emulator.set_faults(reject_tokens=False)
             healed = time.monotonic()
 
@@ -151,14 +160,16 @@ async def test_a_refused_fresh_token_pauses_every_route_and_heals_once_accepted(
             await eventually(all_published, within=pause + 10)
             recovered = time.monotonic() - healed
             last = await watch.look()
-    assert "token" in str(paused.reason), paused.reason
-    assert (attempts, dead) == (0, 0)  # the client's problem costs no row an attempt
+    assert all("token_not_accepted" in row["reason"] for row in reasons), reasons
+    assert (attempts, dead) == (0, 0)  # the refusal costs no row an attempt
+    assert seen.readyz == 200  # a route's refusal is not the process's trouble
+    assert seen.metric("relay_route_paused", country="dk", tenant="abcinsurance",
+                       kind="configuration") == 1.0  # fmt: skip
     assert recovered < pause + 3
-    assert (last.readyz, last.metric("relay_paused", kind="configuration")) == (200, 0.0)
-    # Each refused publish is sent once more with a fresh token; after the first round, one
-    # probe per pause.
+    assert last.metric("relay_paused", kind="configuration") == 0.0
+    # Each refused publish is sent once more with a fresh token; one probe per route and pause.
     windows = math.ceil((healed - first_refusal) / pause)
-    assert emulator.status_counts[401] <= 2 * (concurrency + windows + 2)
+    assert emulator.status_counts[401] <= 2 * (concurrency + 2 * windows + 2)
 
 
 async def wait_for_refusals(emulator: Emulator, *, after: float, within: float) -> None:
