@@ -70,12 +70,16 @@ class BenchDatabase:
         with self._connect() as db:
             db.execute("TRUNCATE outbox, outbox_delivery, relay_pause RESTART IDENTITY")
 
-    def load_pending(self, count: int) -> None:
+    def load_pending(self, count: int, tenants: tuple[str | None, ...] = (None,)) -> None:
+        """``count`` pending rows for each of ``tenants`` (None: the relay's RELAY_TENANT),
+        interleaved: the rows of one tenant follow those of the others in turn."""
         with self._connect() as db:
             db.execute(
-                f"INSERT INTO outbox (event_type, payload) "
-                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL} FROM generate_series(1, %s)",
-                (count,),
+                f"INSERT INTO outbox (event_type, payload, tenant) "
+                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL}, t "
+                f"FROM generate_series(1, %s) g, unnest(%s::text[]) WITH ORDINALITY AS u(t, n) "
+                f"ORDER BY g, n",
+                (count, list(tenants)),
             )
 
     def load_blocked(self, count: int) -> None:
@@ -123,6 +127,15 @@ class BenchDatabase:
         with self._connect() as db:
             rows = db.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
         return {str(status): int(str(count)) for status, count in rows}
+
+    def delivery_summary(self) -> tuple[int, int]:
+        """Delivery-log rows, and the most attempts any row used."""
+        with self._connect() as db:
+            logged = db.execute("SELECT count(*) FROM outbox_delivery").fetchone()
+            attempts = db.execute("SELECT coalesce(max(attempts), 0) FROM outbox").fetchone()
+        assert logged is not None
+        assert attempts is not None
+        return int(str(logged[0])), int(str(attempts[0]))
 
     def span(self) -> Span:
         """The relay's publishing window as the database recorded it (published_at is the

@@ -34,6 +34,7 @@ class Arrival:
 
     correlation_id: str
     at: float
+    tenant: str = TENANT
 
 
 class Partner:
@@ -64,9 +65,21 @@ class Partner:
         response = self.http.get(f"{self.base_url}/_emulator/events", timeout=120)
         response.raise_for_status()
         return [
-            Arrival(str(event["body"]["correlationId"]), float(event["arrived_at"]))
+            Arrival(
+                str(event["body"]["correlationId"]),
+                float(event["arrived_at"]),
+                str(event["tenant"]),
+            )
             for event in response.json()
         ]
+
+    def set_faults(self, **faults: Any) -> None:
+        """Faults by name (see relay.emulator.model.Faults): ``{}`` clears them all."""
+        url = f"{self.base_url}/_emulator/faults"
+        if faults:
+            self.http.post(url, json=faults, timeout=30).raise_for_status()
+        else:
+            self.http.delete(url, timeout=30).raise_for_status()
 
     def relay_environment(self) -> dict[str, str]:
         """RELAY_* settings that point a relay at this emulator."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 Result = dict[str, Any]
@@ -170,6 +170,64 @@ def _blocked_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
     return checks
 
 
+def isolation_table(results: list[Result]) -> str:
+    alone = {r["latency_ms"]: r["rate"] for r in results if r["fault"] is None}
+    rows = [
+        (
+            f"{r['latency_ms']:g} ms",
+            r["fault"] or "alone",
+            r["rate"],
+            _rates(r),
+            f"{r['rate'] / alone[r['latency_ms']]:.2f}",
+            r["troubled_requests"],
+        )
+        for r in results
+    ]
+    header = (
+        "partner latency", "other route", "healthy route ev/s (median)", "ev/s of each round",
+        "vs alone", "requests to the other route",
+    )  # fmt: skip
+    return _table(header, rows)
+
+
+def recovery_table(results: list[Result]) -> str:
+    rows = [
+        (
+            r["label"],
+            f"{r['outage_s']:g} s",
+            f"{r['resumed_after_s']} s",
+            r["most_attempts"],
+            r["delivery_log_rows"],
+            r["all_published"],
+        )
+        for r in results
+    ]
+    header = (
+        "outage of", "length", "first publish after its end", "most attempts of a row",
+        "delivery-log rows", "all published",
+    )  # fmt: skip
+    return _table(header, rows)
+
+
+def _isolation_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
+    alone = {r["latency_ms"]: r["rate"] for r in results if r["fault"] is None}
+    checks = []
+    for r in results:
+        if r["fault"] is not None:
+            ratio = r["rate"] / alone[r["latency_ms"]]
+            name = f"healthy route beside a {r['fault']}ing one, {r['latency_ms']:g} ms"
+            checks.append((name, ">= 0.8x", f"{ratio:.2f}x", ratio >= 0.8))
+    return checks
+
+
+def _recovery_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
+    return [
+        (f"delivery after a {r['outage_s']:g} s {r['label']} outage", "<= 3 s",
+         f"{r['resumed_after_s']} s", r["resumed_after_s"] <= 3.0)
+        for r in results
+    ]  # fmt: skip
+
+
 def database_table(result: Result) -> str:
     published = max(result["published"], 1)
     rows = [
@@ -209,6 +267,8 @@ def targets(document: Result) -> list[tuple[str, str, str, bool]]:
         checks.append(("statements per event", "<= 0.2", f"{value}", value <= 0.2))
     checks += _backlog_targets(results.get("backlog", []))
     checks += _blocked_targets(results.get("blocked", []))
+    checks += _isolation_targets(results.get("isolation", []))
+    checks += _recovery_targets(results.get("recovery", []))
     relay_runs = [r for name in ("throughput", "backlog", "trickle") for r in results.get(name, [])]
     rss = [r["peak_rss_mb"] for r in relay_runs if r["kind"] != "ceiling"]
     if rss:
@@ -248,6 +308,17 @@ def receive_table(results: list[Result]) -> str:
     return _table(header, rows)
 
 
+# Benchmarks whose results go into one table each: name, heading, table.
+LIST_TABLES: tuple[tuple[str, str, Callable[[list[Result]], str]], ...] = (
+    ("backlog", "### Scaling with backlog (0 ms, c=32)", backlog_table),
+    ("blocked", "### Beside a blocked backlog (0 ms, c=32)", blocked_table),
+    ("isolation", "### Isolation: a hung or stalled route beside a healthy one (c=32)",
+     isolation_table),
+    ("recovery", "### Recovery after an outage", recovery_table),
+    ("receive", "### Receiving into the inbox (0 ms)", receive_table),
+)  # fmt: skip
+
+
 def render(document: Result) -> str:
     machine = document["machine"]
     results = document["results"]
@@ -264,12 +335,9 @@ def render(document: Result) -> str:
         parts += ["### Naive baseline (0 ms)", naive_table(naive, relay)]
     for trickle in results.get("trickle", []):
         parts += ["### Latency under a trickle", trickle_table(trickle)]
-    if results.get("backlog"):
-        parts += ["### Scaling with backlog (0 ms, c=32)", backlog_table(results["backlog"])]
-    if results.get("blocked"):
-        parts += ["### Beside a blocked backlog (0 ms, c=32)", blocked_table(results["blocked"])]
-    if results.get("receive"):
-        parts += ["### Receiving into the inbox (0 ms)", receive_table(results["receive"])]
+    for name, heading, table in LIST_TABLES:
+        if results.get(name):
+            parts += [heading, table(results[name])]
     for work in results.get("database", []):
         parts += [f"### Database work per event (0 ms, c={work['concurrency']})"]
         parts += [database_table(work)]

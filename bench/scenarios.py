@@ -336,6 +336,100 @@ def blocked(ctx: Context, label: str, *, blocked: int, free: int, concurrency: i
     }
 
 
+# Isolation: one route hung or stalled beside a healthy one -------------------------------
+
+HEALTHY, TROUBLED = "abcinsurance", "troubled"
+
+
+def isolation(
+    ctx: Context, label: str, *, fault: str | None, rows: int, latency_ms: float,
+    concurrency: int,
+) -> Result:  # fmt: skip
+    """The healthy route's rate over ``rows`` of its rows, alone or (``fault``: hang, stall)
+    beside as many rows of a route whose every request hangs or stalls until the 3 s request
+    timeout."""
+    partner = ctx.partner(latency_ms)
+    ctx.db.clear()
+    ctx.db.load_pending(rows, (HEALTHY, TROUBLED) if fault else (HEALTHY,))
+    ctx.db.vacuum_analyze()
+    partner.reset()
+    if fault:
+        partner.set_faults(route_fault={f"dk/{TROUBLED}": fault})
+    env = relay_environment(partner, ctx.db.url, concurrency, request_timeout="3s", lease="9s")
+    background = wait_for_quiet(ctx.quiet_limit)
+    try:
+        with running_relay(env, ctx.log(f"isolation-{label}")) as relay:
+            deadline = time.monotonic() + 600
+            while _healthy(partner) < rows:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"isolation {label}: fewer than {rows} events in 600 s")
+                time.sleep(0.05)
+            usage = relay.stop()
+    finally:
+        partner.set_faults()
+    arrivals = [arrival for arrival in partner.arrivals() if arrival.tenant == HEALTHY]
+    stats = partner.stats()
+    return {
+        "kind": "isolation",
+        "label": label,
+        "fault": fault,
+        "latency_ms": latency_ms,
+        "concurrency": concurrency,
+        "rate": round(arrival_rate(arrivals), 1),
+        "troubled_requests": stats["sends_by_route"].get(f"dk/{TROUBLED}", 0),
+        "background_busy_before": background,
+        "wall_s": round(usage.wall, 2),
+        "foreign_cores": 0.0,
+    }
+
+
+def _healthy(partner: Partner) -> int:
+    return int(partner.stats()["sends_by_route"].get(f"dk/{HEALTHY}", 0))
+
+
+# Recovery: how soon delivery resumes after an outage ends -----------------------------------
+
+
+def recovery(ctx: Context, label: str, *, outage_s: float, rows: int) -> Result:
+    """A relay runs through an outage of ``outage_s`` seconds (``partner``: every send answers
+    503; ``token``: the token endpoint answers 500, the relay starting without a token) while
+    ``rows`` wait; the time from the outage's end to the first publish after it."""
+    partner = ctx.partner(0)
+    ctx.db.clear()
+    ctx.db.load_pending(rows)
+    ctx.db.vacuum_analyze()
+    partner.reset()
+    if label == "partner":
+        partner.set_faults(status=503)
+    else:
+        partner.set_faults(token_status=500)
+    env = relay_environment(partner, ctx.db.url, 32)
+    with running_relay(env, ctx.log(f"recovery-{label}")) as relay:
+        time.sleep(outage_s)  # the outage itself
+        ended = time.monotonic()
+        partner.set_faults()
+        deadline = ended + 120
+        while partner.stats()["events"] == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"recovery {label}: nothing published 120 s after the end")
+            time.sleep(0.01)
+        _wait_for_events(partner, rows, 120)
+        relay.stop()
+    first = min(arrival.at for arrival in partner.arrivals())
+    counts = ctx.db.counts()
+    logged, most_attempts = ctx.db.delivery_summary()
+    return {
+        "kind": "recovery",
+        "label": label,
+        "outage_s": outage_s,
+        "resumed_after_s": round(first - ended, 2),
+        "all_published": counts == {"published": rows},
+        "delivery_log_rows": int(str(logged)),
+        "most_attempts": int(str(most_attempts)),
+        "foreign_cores": 0.0,
+    }
+
+
 # Latency under a trickle --------------------------------------------------------------------
 
 

@@ -40,6 +40,10 @@ class Plan:
     blocked: tuple[tuple[str, int], ...] = (("alone", 0), ("100k blocked", 100_000))
     blocked_free: int = 10_000  # rows without a key published beside the blocked ones
     blocked_rounds: int = 3
+    isolation_rows: int = 5_000  # the healthy route's rows
+    isolation_latencies: tuple[float, ...] = (0, 20)
+    isolation_rounds: int = 3
+    outage_s: float = 60.0
     receive_backlog: int = 20_000  # events waiting for the receiver
     receive_trickle_per_second: float = 50
     receive_trickle_seconds: float = 20
@@ -81,8 +85,15 @@ QUICK = Plan(
     blocked=(("alone", 0), ("20k blocked", 20_000)),
     blocked_free=2_000,
     blocked_rounds=1,
+    isolation_rows=1_000,
+    isolation_latencies=(0,),
+    isolation_rounds=1,
+    outage_s=5.0,
 )
-BENCHMARKS = ("throughput", "naive", "database", "trickle", "backlog", "blocked", "receive")
+BENCHMARKS = (
+    "throughput", "naive", "database", "trickle", "backlog", "blocked", "isolation", "recovery",
+    "receive",
+)  # fmt: skip
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,6 +168,32 @@ def run_blocked(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
     return [_median_run(measured) for measured in runs.values()]
 
 
+def run_isolation(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    """Per latency, interleaved rounds: alone, beside a hung route, beside a stalled one."""
+    results = []
+    for latency in plan.isolation_latencies:
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(plan.isolation_rounds):
+            for fault in (None, "hang", "stall"):
+                label = f"{fault or 'alone'} {latency:g}ms"
+                run = partial(
+                    scenarios.isolation, ctx, label, fault=fault, rows=plan.isolation_rows,
+                    latency_ms=latency, concurrency=plan.concurrency,
+                )  # fmt: skip
+                runs.setdefault(label, []).append(run())
+                _progress(runs[label][-1:])
+        results += [_median_run(measured) for measured in runs.values()]
+    return results
+
+
+def run_recovery(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    results = []
+    for label in ("partner", "token"):
+        results.append(scenarios.recovery(ctx, label, outage_s=plan.outage_s, rows=2_000))
+        _progress(results[-1:])
+    return results
+
+
 def run_receive(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
     partner = ctx.partner(0)
     stored = receive.backlog(partner, ctx.db.url, ctx.log("receive-backlog"), plan.receive_backlog)
@@ -178,6 +215,8 @@ RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = 
     "trickle": run_trickle,
     "backlog": run_backlog,
     "blocked": run_blocked,
+    "isolation": run_isolation,
+    "recovery": run_recovery,
     "receive": run_receive,
 }
 
@@ -185,6 +224,7 @@ RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = 
 def _progress(results: list[dict[str, Any]]) -> None:
     for result in results:
         keys = ["kind", "label", "latency_ms", "concurrency", "rate", "first_row_s"]
+        keys += ["troubled_requests", "resumed_after_s", "most_attempts"]
         keys += ["cpu_per_event_us"]
         keys += ["foreign_cores", "tries"]
         print("  " + ", ".join(f"{key}={result[key]}" for key in keys if key in result), flush=True)
