@@ -123,6 +123,7 @@ class LeaseKeeper:
         *,
         on_lost: Callable[[list[int]], None],
         on_rescued: Callable[[], None],
+        incarnation: Callable[[], int],
     ) -> None:
         self.store = store
         self.holdings = holdings
@@ -130,6 +131,7 @@ class LeaseKeeper:
         self.metrics = metrics
         self.on_lost = on_lost
         self.on_rescued = on_rescued
+        self.incarnation = incarnation  # this process's: its own rows are never rescued
         self.interval = min(RESCUE_INTERVAL, holdings.lease / 4)
         self.extend_every = holdings.lease / 4
 
@@ -155,7 +157,7 @@ class LeaseKeeper:
             self.on_lost(lost)
 
     async def rescue(self) -> None:
-        rescued = await self.calls.run("rescue", self.store.rescue)
+        rescued = await self.calls.run("rescue", lambda: self.store.rescue(self.incarnation()))
         if rescued:
             self.metrics.rescued.inc(rescued)
             log.info("outbox.rescued", rows=rescued)

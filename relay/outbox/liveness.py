@@ -42,6 +42,8 @@ from relay.outbox.queries import LIVENESS_LOCK_CLASS, NOTIFY_CHANNEL
 log = structlog.get_logger("relay.outbox.liveness")
 
 INCARNATIONS = 2**31 - 1  # an int4 key of the advisory lock, and the token's high half
+# While the database stays away, one connect_failed line for this many failed connects.
+REPORT_EVERY = 30
 
 
 class Liveness:
@@ -81,7 +83,8 @@ class Liveness:
             except DATABASE_ERRORS as error:
                 failures += 1
                 self.problem = f"liveness connection: {describe_database_error(error)}"
-                log.warning("liveness.connect_failed", error=self.problem, failures=failures)
+                if failures == 1 or failures % REPORT_EVERY == 0:  # a line, not one a second
+                    log.warning("liveness.connect_failed", error=self.problem, failures=failures)
                 await asyncio.sleep(
                     min(RECONNECT_CAP, 0.1 * 2**failures) * self.rng.random() + 0.05
                 )

@@ -267,6 +267,8 @@ class Queries:
         incarnation into the high half of every claim token. A row in flight under an
         incarnation whose lock nobody holds belongs to a dead process: its lease is ended now
         so the next claim takes it, instead of waiting out the lease. One read of pg_locks.
+        Never the rows of incarnation $1, the caller's own: while its liveness connection is
+        being made again its lock is briefly free, yet it still holds those rows.
         """
         return f"""
             WITH live AS (
@@ -283,6 +285,7 @@ class Queries:
             WHERE o.status = 'in_flight' AND o.lease_until > now()
               AND o.claim_token IS NOT NULL
               AND NOT (o.claim_token >> 32) = ANY(live.incarnations)
+              AND (o.claim_token >> 32) <> $1
             RETURNING o.id"""
 
     @property

@@ -100,12 +100,17 @@ class Recorder:
         self.enough_done.clear()
         if not batch:
             return
-        results = [self._current(item.result) for item in batch]
+
+        def current() -> list[Result]:
+            # Taken at each try: a write waiting out a lost database is retried under the
+            # tokens held then, as this process may have claimed the rows again meanwhile.
+            return [self._current(item.result) for item in batch]
+
         try:
-            written = await self.calls.run("record", lambda: self.store.record(results))
+            written = await self.calls.run("record", lambda: self.store.record(current()))
         except DatabaseRefused as error:
             log.error("outbox.batch_refused", rows=len(batch), error=str(error))
-            written = await self._one_by_one(results)
+            written = await self._one_by_one(current())
         for item in batch:
             self.holdings.let_go(item.row.id)
         self.on_written(batch, written)

@@ -174,9 +174,9 @@ class Store:
         rows = await self.pool.fetch(self.queries.extend, list(ids), list(tokens), lease_seconds)
         return {row["id"] for row in rows}
 
-    async def rescue(self) -> int:
+    async def rescue(self, own_incarnation: int) -> int:
         """End the leases of rows whose holding process is gone; return how many."""
-        return len(await self.pool.fetch(self.queries.rescue))
+        return len(await self.pool.fetch(self.queries.rescue, own_incarnation))
 
     async def release_orphans(self, incarnation: int, known: Sequence[int]) -> None:
         await self.pool.execute(self.queries.release_orphans, incarnation, list(known))

@@ -174,6 +174,7 @@ class Worker:
             metrics,
             on_lost=self._leases_lost,
             on_rescued=self.wake.set,
+            incarnation=lambda: liveness.incarnation,
         )
         self.parker = Parker(store, self.calls, dead_blocks_key=config.dead_blocks_key)
         self.pauses = Pauses(

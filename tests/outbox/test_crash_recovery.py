@@ -13,8 +13,10 @@ import time
 
 import asyncpg
 
+from relay.database import create_pool
 from relay.emulator import Faults
 from relay.outbox.queries import LIVENESS_LOCK_CLASS
+from relay.outbox.store import Store
 from tests.helpers.engine import (
     drain,
     engine_settings,
@@ -176,3 +178,21 @@ async def test_a_relay_that_loses_its_liveness_connection_sends_none_of_its_queu
 
 async def _all_published(db: asyncpg.Connection, rows: int) -> bool:
     return await status_counts(db) == {"published": rows}
+
+
+async def test_a_relay_never_rescues_its_own_rows(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """While its liveness connection is made again (the database restarted, say), a relay's
+    lock is briefly free: its own rescue must not end the leases of the rows it still holds,
+    or its next claim takes them anew and the results it was about to write are fenced out."""
+    await insert_rows(db, 3)
+    pool = await create_pool(database_url)
+    try:
+        store = Store(pool, "public", "w")
+        await store.claim(10, 7 << 32 | 1, lease_seconds=60.0, dead_blocks_key=True)
+        # No liveness lock is held for incarnation 7: to anyone else it is gone.
+        assert await store.rescue(own_incarnation=7) == 0
+        assert await store.rescue(own_incarnation=8) == 3
+    finally:
+        await pool.close()
