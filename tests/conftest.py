@@ -21,10 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from relay.schema import migrate
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# Property-based tests draw the same examples on every run (a red CI is a finding, not luck),
+# take as long as a loaded machine needs, and leave no example database in the clone.
+hypothesis_settings.register_profile("relay", derandomize=True, deadline=None, database=None)
+hypothesis_settings.load_profile("relay")
 
 # The relay honours HTTPS_PROXY and HTTP_PROXY; the tests' servers are all on 127.0.0.1, which a
 # proxy from the developer's environment could not reach. Tests that want a proxy set one.

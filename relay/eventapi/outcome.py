@@ -3,13 +3,13 @@
 The engines see only ``Outcome`` values: they never handle aiohttp exceptions or status codes.
 ``classify`` is a pure function over (status, headers, body); the publish and receive clients
 add what only a live request can produce (timeouts, resets, token failures).
-docs/classification.md is the same table in prose; a test holds the two together. Text from the
-partner goes through ``storable`` before anything keeps it.
+docs/classification.md is the same table in prose; a test holds the two together. What is kept
+of an answer's text is made by ``relay.eventapi.masks`` (``describe``), which masks what the
+request sent, and every ``error`` is ``storable`` whoever builds it.
 """
 
 from __future__ import annotations
 
-import codecs
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,21 +20,13 @@ from enum import StrEnum
 import orjson
 
 from relay.config import Settings
+from relay.eventapi.masks import NOTHING, Masks, describe, storable
 
 CONTENT_TYPE = "application/json;charset=utf-8"
-MAX_ERROR_LENGTH = 1000
-MAX_BODY_TEXT = 200  # characters of a non-JSON body quoted in an error: a page's first words
 MAX_EVENT_ID_LENGTH = 200  # Scalepoint's ids are short ("_122047"); more is not an id to keep
 # An answer is an _id or an error: anything longer is a page or an echo, and reading it
 # whole would let one answer take the process's memory.
 MAX_ANSWER_BYTES = 1 << 20
-ELLIPSIS = "\u2026"
-# C0 controls but tab and newline (and DEL): PostgreSQL refuses NUL in a text column, and the
-# others garble the terminals and log viewers that show last_error.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
-# Lone surrogates (undecodable bytes kept by surrogateescape) cannot be encoded as UTF-8.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 # The longest Retry-After honoured unless the caller says otherwise: RELAY_RETRY_AFTER_CAP's
 # default, so code built without settings behaves as the daemon does.
 DEFAULT_RETRY_AFTER_CAP: timedelta = Settings.model_fields["retry_after_cap"].default
@@ -77,16 +69,6 @@ class Outcome:
             object.__setattr__(self, "error", storable(self.error))
 
 
-def storable(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
-    """``text`` made safe for a PostgreSQL ``text`` column and a terminal: no control characters
-    but tab and newline, nothing UTF-8 cannot encode, at most ``limit`` characters (a cut ends
-    in an ellipsis). Applying it twice changes nothing more."""
-    clean = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text))
-    if len(clean) <= limit:
-        return clean
-    return clean[: limit - 1] + ELLIPSIS if limit > 0 else ""
-
-
 P = OutcomeKind.PERMANENT
 T = OutcomeKind.TRANSIENT
 C = OutcomeKind.CONFIGURATION
@@ -124,10 +106,12 @@ def classify(
     body: bytes,
     *,
     retry_after_cap: timedelta = DEFAULT_RETRY_AFTER_CAP,
+    masks: Masks = NOTHING,
 ) -> Outcome:
     """Turn an EventApi answer into an Outcome. Pure: the same input gives the same value.
 
-    A transient answer's Retry-After is honoured up to ``retry_after_cap``."""
+    A transient answer's Retry-After is honoured up to ``retry_after_cap``. ``masks``: what the
+    request sent, which its ``error`` never repeats (see ``relay.eventapi.masks``)."""
     document = _json(body)
     if status in PUBLISHED_STATUSES:
         return _success(status, document)
@@ -137,7 +121,7 @@ def classify(
         kind=kind,
         error_class=_error_class(status, document),
         http_status=status,
-        error=f"HTTP {status}: {_describe(document, body, headers)}",
+        error=describe(status, headers, body, document, masks),
         retry_after=retry_after,
     )
 
@@ -178,36 +162,6 @@ def _bad_request_class(document: object) -> str:
     if isinstance(message, str) and message.startswith("Missing request header"):
         return "missing_header"
     return "http_400"
-
-
-def _describe(document: object, body: bytes, headers: Mapping[str, str]) -> str:
-    if isinstance(document, dict):
-        parts = [
-            str(document[key])
-            for key in ("error", "error_description", "message", "scope")
-            if isinstance(document.get(key), str | int)
-        ]
-        if parts:
-            return "; ".join(parts)
-    location = headers.get("Location")
-    if location:
-        return f"redirected to {location} (check RELAY_API_BASE_URL)"
-    text = storable(body_text(body, headers), MAX_BODY_TEXT).strip()
-    return text or "(empty body)"
-
-
-def body_text(body: bytes, headers: Mapping[str, str]) -> str:
-    """An answer's body as text, in the charset its Content-Type or byte order mark names,
-    else UTF-8; undecodable bytes become U+FFFD. Not yet storable()."""
-    named = _CHARSET.search(headers.get("Content-Type", ""))
-    charset = named.group(1) if named else None
-    if charset is None and body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        charset = "utf-16"
-    prefix = body[: MAX_BODY_TEXT * 4]  # enough bytes for the characters quoted
-    try:
-        return prefix.decode(charset or "utf-8", errors="replace")
-    except (LookupError, UnicodeError):  # unknown, not a text encoding, or strict-only (idna)
-        return prefix.decode("utf-8", errors="replace")
 
 
 def _json(body: bytes) -> object:

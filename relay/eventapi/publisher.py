@@ -16,6 +16,7 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
+from relay.eventapi.masks import Masks, json_values
 from relay.eventapi.outcome import (
     CONTENT_TYPE,
     DEFAULT_RETRY_AFTER_CAP,
@@ -130,6 +131,7 @@ class Publisher:
         if not isinstance(first, tuple):
             return first
         token, status, headers, answer = first
+        sent: list[str | bytes | None] = [*json_values(body), token.value]
         if status == 401:
             # The token may have been revoked or rotated early: one fresh token, one retry.
             self._tokens.invalidate(token)
@@ -137,11 +139,14 @@ class Publisher:
             second = await self._attempt(event_type, body, url)
             if not isinstance(second, tuple):
                 return second
-            _, status, headers, answer = second
+            fresh, status, headers, answer = second
+            sent.append(fresh.value)
         refused = proxy_refused(status, self._proxy)
         if refused is not None:
             return refused
-        return classify(status, headers, answer, retry_after_cap=self._retry_after_cap)
+        return classify(
+            status, headers, answer, retry_after_cap=self._retry_after_cap, masks=Masks(sent)
+        )
 
     async def _attempt(
         self, event_type: str, body: bytes, url: str

@@ -23,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
+from relay.eventapi.masks import Masks
 from relay.eventapi.outcome import DEFAULT_RETRY_AFTER_CAP, Outcome, OutcomeKind, classify
 from relay.eventapi.proxy import Proxy
 from relay.eventapi.publisher import InvalidRoute, path_segment
@@ -109,19 +110,23 @@ class Receiver:
         if not isinstance(first, tuple):
             return first
         token, status, headers, body = first
+        sent: list[str | bytes | None] = [token.value]
         if status == 401:
             # One fresh token, one retry; refused again, it is our client, not the route.
             self._tokens.invalidate(token)
             second = await self._attempt(url)
             if not isinstance(second, tuple):
                 return second
-            _, status, headers, body = second
+            fresh, status, headers, body = second
+            sent.append(fresh.value)
         if status == 200:
             return Page(body)
         refused = proxy_refused(status, self._proxy)
         if refused is not None:
             return refused
-        return classify(status, headers, body, retry_after_cap=self._retry_after_cap)
+        return classify(
+            status, headers, body, retry_after_cap=self._retry_after_cap, masks=Masks(sent)
+        )
 
     async def _attempt(
         self, url: str

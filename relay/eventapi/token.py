@@ -14,8 +14,9 @@ Policy, and why:
   ``invalid_scope`` ...) are configuration problems: ``TokenRejected``, retried only after
   ``configuration_pause``.
 - No secret, assertion or token value ever reaches an exception, a log line or a repr. The
-  endpoint's own words (an error_description may echo what it was sent) reach the exception,
-  bounded and cleaned by ``storable``, for the operator; log lines carry status and class only.
+  endpoint's own words (an error_description may echo what it was sent) reach the exception
+  with every run of the secret and the assertion masked (``relay.eventapi.masks``), bounded, for
+  the operator; log lines carry status and class only.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ from relay.errors import (
     TokenUnavailable,
 )
 from relay.eventapi.keys import CLIENT_ASSERTION_TYPE, KeyMaterial, client_assertion
+from relay.eventapi.masks import Masks, storable
 from relay.eventapi.outcome import (
     PROXY_AUTHENTICATION_REQUIRED,
     Outcome,
     OutcomeKind,
     parse_retry_after,
-    storable,
 )
 from relay.eventapi.proxy import proxy_for
 from relay.eventapi.session import (
@@ -293,7 +294,11 @@ class TokenProvider:
                 self.token_url, data=form, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 body = await read_bounded(response)
-                return self._parse(response.status, response.headers, body, started)
+                # What the form and headers carried that an answer must not give back.
+                sent: list[str | None] = [form.get("client_secret"), form.get("client_assertion")]
+                sent += [headers.get("Authorization"), *self._secret_forms()]
+                masks = Masks(sent)
+                return self._parse(response.status, response.headers, body, started, masks)
         except TimeoutError:
             seconds = timeout.total
             raise _Unavailable(
@@ -344,7 +349,7 @@ class TokenProvider:
         return form, headers
 
     def _parse(
-        self, status: int, headers: Mapping[str, str], body: bytes, started: float
+        self, status: int, headers: Mapping[str, str], body: bytes, started: float, masks: Masks
     ) -> AccessToken:
         if status == 200:
             return _token_from(body, started)
@@ -362,9 +367,9 @@ class TokenProvider:
         if 200 <= status < 300:
             message = f"token endpoint answered HTTP {status} instead of 200"
             raise _Unavailable(message, label, status=status)
-        raise _Rejected(self._refusal(status, body), label, status=status)
+        raise _Rejected(self._refusal(status, body, masks), label, status=status)
 
-    def _refusal(self, status: int, body: bytes) -> str:
+    def _refusal(self, status: int, body: bytes, masks: Masks) -> str:
         prefix = f"token endpoint refused client {self._client_id!r} ({self.auth_method})"
         try:
             document = orjson.loads(body)
@@ -374,19 +379,20 @@ class TokenProvider:
             if 300 <= status < 400:
                 return f"{prefix}: HTTP {status} redirect; set RELAY_TOKEN_URL to the final URL"
             return f"{prefix}: HTTP {status} without an OAuth error body"
-        text = f"{prefix}: HTTP {status} {document['error']}"
+        # Servers sometimes echo what they were sent: never the secret or the assertion.
+        text = f"{prefix}: HTTP {status} {masks.clean(document['error'])}"
         description = document.get("error_description")
         if isinstance(description, str) and description:
-            text += f": {description}"
+            text += f": {masks.clean(description)}"
         # One line: relay check prints it as the command's one line of error.
-        return storable(self._redact(text).replace("\n", " "), MAX_ERROR_TEXT)
+        return storable(text.replace("\n", " "), MAX_ERROR_TEXT)
 
-    def _redact(self, text: str) -> str:
-        # Servers sometimes echo what they were sent; never let the secret through that way.
+    def _secret_forms(self) -> list[str]:
+        """The client secret as the form and Basic credentials encode it (masked too)."""
         secret = self._settings.client_secret
-        if secret is not None and secret.get_secret_value():
-            text = text.replace(secret.get_secret_value(), "***")
-        return text
+        if secret is None or not secret.get_secret_value():
+            return []
+        return [secret.get_secret_value(), quote_plus(secret.get_secret_value())]
 
 
 def _auth_method(settings: Settings) -> str:

@@ -33,7 +33,8 @@ import asyncpg
 import structlog
 
 from relay.database import CONNECTION_ERRORS, DATABASE_ERRORS, KEEPALIVES, describe_database_error
-from relay.eventapi.outcome import Outcome, OutcomeKind, storable
+from relay.eventapi.masks import storable
+from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.eventapi.receive import Page, Receiver, receive_path
 from relay.inbox.queries import InboxQueries
 from relay.metrics import Metrics

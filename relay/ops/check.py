@@ -19,6 +19,7 @@ import aiohttp
 
 from relay.config import Settings, env_name
 from relay.eventapi.keys import KeyMaterial, load_key_material
+from relay.eventapi.masks import Masks
 from relay.eventapi.outcome import (
     CONTENT_TYPE,
     PROXY_AUTHENTICATION_REQUIRED,
@@ -205,7 +206,7 @@ class _Prober:
         named_by: str,
     ) -> tuple[bool, str]:
         """(ok, one line) for the answer to a probe."""
-        outcome = classify(status, headers, body)
+        outcome = classify(status, headers, body, masks=Masks([self.token.value]))
         said = outcome.error or f"HTTP {status}"
         if outcome.error_class == "missing_header":
             return True, (

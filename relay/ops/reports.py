@@ -86,7 +86,8 @@ class ActivePause:
             if self.remaining > 0
             else "ran out, waiting for a probe"
         )
-        return f"  {scope}  {self.kind}  {state}  set by {self.set_by}: {self.reason}"
+        reason = " ".join(self.reason.split())  # one pause, one line, whatever it says
+        return f"  {scope}  {self.kind}  {state}  set by {self.set_by}: {reason}"
 
 
 def pause_lines(pauses: Sequence[ActivePause], heading: str = "pauses:") -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -196,15 +197,21 @@ async def test_check_against_a_relay_emulator_process() -> None:
 SEND = "/api/events/v1/{}/external/{}/send"
 
 
+def said(before: str, after: str) -> re.Pattern[str]:
+    """What the partner said, as the relay words it: ``before``, then the answer's content
+    type and size, then ``after``."""
+    return re.compile(re.escape(before) + r" \(application/json, \d+ bytes\)" + re.escape(after))
+
+
 async def test_check_proves_the_route_and_publishes_nothing() -> None:
     async with running() as emulator:
         code, out, err = await relay_check(environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET))
     assert code == 0, err
-    assert (
+    assert said(
         "route dk/abcinsurance: ok: the API knows the route and accepts the token (HTTP 400: "
-        "Bad Request; Missing request header 'Event-Type' for method parameter of type String; "
-        "nothing published)"
-    ) in out
+        "Bad Request; Missing request header 'Event-Type' for method parameter of type String",
+        "; nothing published)",
+    ).search(out)
     assert out.endswith("relay: check passed\n")
     assert emulator.sends_by_route == {"dk/abcinsurance": 1}
     assert emulator.status_counts == {400: 1}
@@ -235,45 +242,57 @@ async def test_check_fails_for_a_wrong_api_base_url() -> None:
         (
             secret_config(routes=frozenset({("dk", "other")})),
             {},
-            "no such route (HTTP 404: Not Found; injected by the emulator): check "
-            "RELAY_API_BASE_URL, RELAY_COUNTRY and RELAY_TENANT",
+            (
+                "no such route (HTTP 404: Not Found; injected by the emulator",
+                "): check RELAY_API_BASE_URL, RELAY_COUNTRY and RELAY_TENANT",
+            ),
         ),
         (
             secret_config(faults=Faults(reject_tokens=True)),
             {},
-            "token not accepted by the API (HTTP 401: unauthorized; Full authentication is "
-            "required to access this resource): the token endpoint ",
+            (
+                "token not accepted by the API (HTTP 401: unauthorized; Full authentication is "
+                "required to access this resource",
+                "): the token endpoint ",
+            ),
         ),
         (
             secret_config(scopes={CLIENT_ID: frozenset({"events", "claims"})}),
             {"RELAY_SCOPE": "claims"},
-            "missing scope or right (HTTP 403: insufficient_scope; Insufficient scope for this "
-            "resource; events): the client needs the events scope (RELAY_SCOPE is 'claims')",
+            (
+                "missing scope or right (HTTP 403: insufficient_scope; Insufficient scope for "
+                "this resource; events",
+                "): the client needs the events scope (RELAY_SCOPE is 'claims')",
+            ),
         ),
         (
             secret_config(faults=Faults(route_status={"dk/abcinsurance": 503})),
             {},
-            "the API is failing (HTTP 503: Service Unavailable; injected by the emulator): "
-            "try again later",
+            (
+                "the API is failing (HTTP 503: Service Unavailable; injected by the emulator",
+                "): try again later",
+            ),
         ),
         (
             secret_config(faults=Faults(route_status={"dk/abcinsurance": 418})),
             {},
-            "unexpected answer (HTTP 418: I'm a Teapot; injected by the emulator): check "
-            "RELAY_API_BASE_URL",
+            (
+                "unexpected answer (HTTP 418: I'm a Teapot; injected by the emulator",
+                "): check RELAY_API_BASE_URL",
+            ),
         ),
     ],
     ids=["404", "401", "403", "503", "418"],
 )
 async def test_check_names_the_fix_for_each_refusal(
-    config: EmulatorConfig, variables: dict[str, str], expected: str
+    config: EmulatorConfig, variables: dict[str, str], expected: tuple[str, str]
 ) -> None:
     async with running(config) as emulator:
         env = environment(emulator, RELAY_CLIENT_SECRET=CLIENT_SECRET, **variables)
         code, out, err = await relay_check(env)
     assert code == 3, err
-    assert f"route dk/abcinsurance: FAILED: {expected}" in out
-    assert err.startswith(f"relay: route dk/abcinsurance: {expected}")
+    assert said(f"route dk/abcinsurance: FAILED: {expected[0]}", expected[1]).search(out)
+    assert said(f"relay: route dk/abcinsurance: {expected[0]}", expected[1]).match(err)
     assert err.count("\n") == 1
     assert emulator.events == []
 
@@ -290,10 +309,10 @@ async def test_check_proves_every_route_given_and_names_the_failing_one() -> Non
     assert code == 3
     assert "route dk/abcinsurance: ok: " in out
     assert "route se/budget: ok: " in out
-    assert err.splitlines() == [
-        "relay: route no/typo: no such route (HTTP 404: Not Found; injected by the emulator): "
-        "check RELAY_API_BASE_URL, --route no/typo"
-    ]
+    assert said(
+        "relay: route no/typo: no such route (HTTP 404: Not Found; injected by the emulator",
+        "): check RELAY_API_BASE_URL, --route no/typo\n",
+    ).fullmatch(err)
     assert alone == 0, alone_err
     assert f"publish URL:    {emulator.base_url}{SEND.format('se', 'budget')}" in alone_out
     assert emulator.sends_by_route == {"dk/abcinsurance": 1, "se/budget": 2, "no/typo": 1}
