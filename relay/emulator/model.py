@@ -31,6 +31,10 @@ class Faults:
     error_body: str | None = None  # raw body instead of the partner's own error body ...
     error_content_type: str = "text/html"  # ... sent as this; a charset in it encodes the body
     echo_body: bool = False  # fault answers carry the request body (after error_body, if set)
+    # Fault answers carry the whole request, every way a partner echoes one: its body and its
+    # Authorization header in the body (as JSON fields when error_content_type is JSON, an
+    # HTML page when it is HTML, else text) and in a WWW-Authenticate header.
+    echo_request: bool = False
     route_status: dict[str, int] = field(default_factory=dict)  # "dk/tenant" -> fixed status
     # "dk/tenant" -> "hang" (take the request, never answer) or "stall" (201 headers and part
     # of the body, then nothing): until cleared; the client's timeout is what ends them.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import html
 import random
 import re
 import secrets
@@ -247,6 +248,10 @@ class Emulator:
         try:
             status = self.faults.token_status
             if status is not None:
+                if request.content_type == "application/x-www-form-urlencoded":
+                    # Kept for leak tests: what a refused request carried.
+                    form = await request.post()
+                    record["assertion"] = form.get("client_assertion")
                 standard = oauth_error(status, "temporarily_unavailable", "fault")
                 raise await self.fault_reply(request, standard)
             response = await self._grant(request, record)
@@ -350,7 +355,9 @@ class Emulator:
         """``standard`` (the partner's own words), or the raw body the faults ask for."""
         faults = self.faults
         reply = standard
-        if faults.error_body is not None or faults.echo_body:
+        if faults.echo_request:
+            reply = await _echo(request, standard.response.status, faults.error_content_type)
+        elif faults.error_body is not None or faults.echo_body:
             body = _encoded(faults.error_body or "", faults.error_content_type)
             if faults.echo_body:
                 body += await request.read()
@@ -467,6 +474,34 @@ def _encoded(text: str, content_type: str) -> bytes:
         return text.encode(charset.group(1) if charset else "utf-8")
     except (LookupError, UnicodeError):  # unknown, or a codec that cannot encode the text
         return text.encode("utf-8")
+
+
+async def _echo(request: web.Request, status: int, content_type: str) -> Reply:
+    """An answer that repeats the request, body and credentials, in the form the content type
+    asks for, and in a WWW-Authenticate header (a leak test's partner)."""
+    sent = (await request.read()).decode("utf-8", "replace")
+    authorization = request.headers.get("Authorization", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        text = orjson.dumps(
+            {
+                "error": f"invalid_request: {authorization}",
+                "error_description": f"refused {sent} with {authorization}",
+                "message": sent,
+                "status": status,
+                "path": request.path,
+            }
+        ).decode()
+    elif media == "text/html":
+        text = f"<html><body><h1>{status}</h1><pre>{html.escape(sent)}</pre>"
+        text += f"<p>{html.escape(authorization)}</p></body></html>"
+    else:
+        text = f"Incorrect payload: {sent} (sent with {authorization})"
+    reply = raw_reply(status, _encoded(text, content_type), content_type)
+    reply.response.headers["WWW-Authenticate"] = (
+        f'Bearer error="invalid_token", error_description="{authorization}"'
+    )
+    return reply
 
 
 ROUTE_FAULTS = ("hang", "stall")
