@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from relay.errors import ConfigurationError
+from relay.errors import ConfigurationError, printable
 from relay.routes import (
     COUNTRY_RULE,
     TENANT_RULE,
@@ -50,7 +50,13 @@ PRODUCTION_API_BASE_URL = "https://www.scalepoint.com"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+# The longest duration any setting or option takes: longer ones are mistakes, and past a few
+# thousand years no date (Python's or PostgreSQL's) can be counted back to.
+MAX_DURATION_SECONDS = 100 * 366 * 86400
+MAX_DURATION_TEXT = "100 years"
+MAX_DURATION_DIGITS = 20
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
 # RELAY_* variables that are not settings of the relay but are read on purpose: the test suite's
 # database.
 NOT_SETTINGS = frozenset({"RELAY_TEST_DATABASE_URL"})
@@ -68,16 +74,29 @@ SECRET_FILES = (
 
 
 def parse_duration(value: object) -> object:
-    """Accept ``250ms``, ``5s``, ``10m``, ``2h``, ``30d``, ``1w`` or a number of seconds."""
+    """Accept ``250ms``, ``5s``, ``10m``, ``2h``, ``30d``, ``1w`` or a number of seconds, from
+    0 to 100 years (ValueError, naming the limit, for anything else)."""
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
             raise ValueError("expected a duration such as 500ms, 30s, 10m, 2h or 30d")
         amount, unit = match.groups()
-        return timedelta(seconds=float(amount) * _UNIT_SECONDS[unit])
+        if len(amount) > MAX_DURATION_DIGITS:
+            raise ValueError(f"a duration is at most {MAX_DURATION_TEXT}")
+        return _bounded(float(amount) * _UNIT_SECONDS[unit])
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 30s, 10m, 2h or 30d")
+    if isinstance(value, int) and abs(value) > MAX_DURATION_SECONDS:
+        raise ValueError(f"a duration is at most {MAX_DURATION_TEXT}")  # before float() fails
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        return _bounded(float(value))
     return value
+
+
+def _bounded(seconds: float) -> timedelta:
+    if not 0 <= seconds <= MAX_DURATION_SECONDS:  # NaN compares false too
+        raise ValueError(f"a duration is from 0 to {MAX_DURATION_TEXT}")
+    return timedelta(seconds=seconds)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -209,6 +228,15 @@ class Settings(BaseSettings):
 
     # Warnings found while loading: logged by the CLI once logging is configured.
     _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_text(cls, value: object) -> object:
+        """No setting holds bytes that are not UTF-8 (kept by Python as lone surrogates, which
+        no driver or header can carry) or a NUL."""
+        if isinstance(value, str) and _NOT_TEXT.search(value):
+            raise ValueError("is not text (not valid UTF-8, or a NUL)")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -489,7 +517,7 @@ def describe_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors(include_input=False, include_url=False):
         location = item.get("loc") or ()
-        message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
+        message = printable(str(item.get("msg", "is invalid")).removeprefix("Value error, "))
         if location:
             field = str(location[0])
             variable = field if field.startswith(ENV_PREFIX) else env_name(field)

@@ -10,8 +10,18 @@ This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import ClassVar
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` on one line a terminal shows as it is: control characters (line breaks
+    included) and bytes that were not UTF-8 as escapes (``\\n``, ``\\x1e``, ``\\udcff``).
+    A message may quote what an operator gave (a path, a value); the line stays one line."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 
 
 class ExitCode(IntEnum):

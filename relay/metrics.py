@@ -64,9 +64,9 @@ DATABASE_OPERATIONS = (
     "unpark_probe",
 )
 # The error_class values of docs/classification.md (a unit test holds them together). A row is
-# retried after a transient answer or a refusal of its route; it dies of those once it is old
-# and tried enough, and at once of a permanent one. Refusals of our client on every route
-# (token_rejected, token_not_accepted, tls_certificate) defer the row: neither counter moves.
+# retried after a transient answer; it dies of one once it is old and tried enough, and at once
+# of a permanent one. A refusal (of the route or of our client) and the token endpoint's
+# outage hold the row under a pause without an attempt: neither counter moves.
 # http_NNN classes of statuses the table does not list appear when they first happen.
 RETRY_CLASSES = (
     "bad_response",
@@ -81,10 +81,6 @@ RETRY_CLASSES = (
     "timeout",
     "connection",
     "unexpected",
-    "token_unavailable",
-    "http_403",
-    "http_404",
-    "redirect",
 )
 DEAD_CLASSES = (
     *RETRY_CLASSES,

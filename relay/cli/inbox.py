@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from relay.cli.main import (
+    BATCH,
+    COUNT,
     JSON_OPTION,
     MOMENT,
     OPERATOR_OPTION,
+    ROW_ID,
     attention,
     emit,
     error_boundary,
@@ -101,9 +104,7 @@ def inbox_status(as_json: bool) -> None:
 )
 @click.option("--event-type", default=None, help="Only this event type.")
 @click.option("--since", type=MOMENT, default=None, help="Only events received since then.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many."
-)
+@click.option("--limit", type=COUNT, default=100, show_default=True, help="At most this many.")
 @JSON_OPTION
 @error_boundary
 def inbox_list(
@@ -127,7 +128,7 @@ def inbox_list(
 
 
 @inbox.command("show")
-@click.argument("event_id", metavar="ID", type=int)
+@click.argument("event_id", metavar="ID", type=ROW_ID)
 @JSON_OPTION
 @error_boundary
 def inbox_show(event_id: int, as_json: bool) -> None:
@@ -140,7 +141,7 @@ def inbox_show(event_id: int, as_json: bool) -> None:
 
 
 @inbox.command("retry")
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1, type=ROW_ID)
 @click.option("--route", type=ROUTE, default=None, help="Failed events of this route.")
 @click.option("--event-type", default=None, help="Failed events of this event type.")
 @click.option("--since", type=MOMENT, default=None, help="Failed events received since then.")
@@ -224,7 +225,7 @@ def inbox_rewind(
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=BATCH,
     default=1000,
     show_default=True,
     help="Events per transaction.",

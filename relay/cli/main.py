@@ -4,10 +4,11 @@ exit code) and what every command shares: settings, logging, the one-line summar
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
@@ -17,6 +18,7 @@ from relay.errors import (
     EXIT_CODE_MEANINGS,
     ExitCode,
     RelayError,
+    printable,
 )
 
 P = ParamSpec("P")
@@ -38,7 +40,8 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
             while cause is not None:
                 message += f" (caused by {type(cause).__name__}: {cause})"
                 cause = cause.__cause__
-            click.echo(f"relay: {message}", err=True)
+            lines = [printable(line) for line in message.splitlines() or [""]]
+            click.echo("\n".join(f"relay: {line}" for line in lines), err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("relay: interrupted", err=True)
@@ -52,6 +55,57 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
             sys.exit(refused.exit_code)
 
     return wrapper
+
+
+# Ids in the tables are bigint; a count the database is asked for fits one too.
+INT64_MAX = 2**63 - 1
+ROW_ID = click.IntRange(1, INT64_MAX)
+COUNT = click.IntRange(1, INT64_MAX)
+BATCH = click.IntRange(1, 100_000)  # rows a purge deletes in one transaction
+# Characters an argument may not hold: lone surrogates (bytes that were not UTF-8, kept by
+# Python's surrogateescape) and NUL (no PostgreSQL text holds one).
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+class RelayCommand(click.Command):
+    """A command whose every text argument is refused, naming it, unless it is UTF-8 text."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        for param in self.get_params(ctx):
+            value = ctx.params.get(param.name or "")
+            values = value if isinstance(value, tuple | list) else (value,)
+            if any(isinstance(item, str) and _NOT_TEXT.search(item) for item in values):
+                raise click.BadParameter(
+                    "is not text (not valid UTF-8, or a NUL)", ctx=ctx, param=param
+                )
+        return rest
+
+
+class RelayGroup(click.Group):
+    """The command group: its commands are RelayCommands, and a usage error (an unknown
+    option, a missing one, a value refused) is one line starting ``relay:``, exit 2, as every
+    other failure is, instead of click's three lines."""
+
+    command_class = RelayCommand
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.ClickException as error:
+            context = getattr(error, "ctx", None)
+            where = ""
+            if isinstance(context, click.Context):
+                where = f" (see '{context.command_path} --help')"
+            click.echo(f"relay: {printable(error.format_message())}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("relay: interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
+
+
+RelayGroup.group_class = RelayGroup
 
 
 def settings_from_env(**overrides: object) -> Settings:
@@ -88,6 +142,7 @@ def _exit_codes_epilog() -> str:
 
 
 @click.group(
+    cls=RelayGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=_exit_codes_epilog(),
 )

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 import click
 
 from relay.cli.main import (
+    BATCH,
+    COUNT,
     JSON_OPTION,
     MOMENT,
     OPERATOR_OPTION,
+    ROW_ID,
     attention,
     emit,
     error_boundary,
@@ -22,6 +25,7 @@ from relay.cli.main import (
 from relay.errors import (
     UsageError,
 )
+from relay.routes import route_problem
 
 if TYPE_CHECKING:
     from relay.ops.admin import Admin
@@ -49,9 +53,7 @@ def dead() -> None:
 @dead.command("list")
 @click.option("--event-type", default=None, help="Only this event type.")
 @click.option("--since", type=MOMENT, default=None, help="Only rows that died since then.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many."
-)
+@click.option("--limit", type=COUNT, default=100, show_default=True, help="At most this many.")
 @JSON_OPTION
 @error_boundary
 def dead_list(event_type: str | None, since: Moment | None, limit: int, as_json: bool) -> None:
@@ -64,7 +66,7 @@ def dead_list(event_type: str | None, since: Moment | None, limit: int, as_json:
 
 
 @dead.command("show")
-@click.argument("row_id", metavar="ID", type=int)
+@click.argument("row_id", metavar="ID", type=ROW_ID)
 @JSON_OPTION
 @error_boundary
 def dead_show(row_id: int, as_json: bool) -> None:
@@ -75,7 +77,7 @@ def dead_show(row_id: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1, type=ROW_ID)
 @click.option("--event-type", default=None, help="Dead rows of this event type.")
 @click.option("--since", type=MOMENT, default=None, help="Dead rows that died since then.")
 @click.option("--until", type=MOMENT, default=None, help="Dead rows that died before then.")
@@ -114,7 +116,7 @@ REPLAY_CONFIRM_ABOVE = 100
 
 
 @main.command()
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1, type=ROW_ID)
 @click.option("--event-type", default=None, help="Published rows of this event type.")
 @click.option("--since", type=MOMENT, default=None, help="Rows published since then.")
 @click.option("--until", type=MOMENT, default=None, help="Rows published before then.")
@@ -223,6 +225,11 @@ def pause_clear(
 
     if bool(routes) == clear_all:
         raise NoSelector("name the routes to lift (dk/abcinsurance, *), or --all; not both")
+    for route in routes:
+        country, slash, tenant = route.partition("/")
+        problem = "expected COUNTRY/TENANT or *" if not slash else route_problem(country, tenant)
+        if route != "*" and problem is not None:
+            raise UsageError(f"ROUTE {route[:40]!r}: {problem}")
     settings = settings_from_env()
     defaults = (settings.country, settings.tenant)
     selected = None if clear_all else list(routes)
@@ -240,7 +247,7 @@ def pause_clear(
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=BATCH,
     default=1000,
     show_default=True,
     help="Rows per transaction.",
@@ -266,9 +273,7 @@ def purge(
 
 @main.command()
 @click.option("--since", type=MOMENT, default=None, help="Only entries written since then.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many."
-)
+@click.option("--limit", type=COUNT, default=50, show_default=True, help="At most this many.")
 @JSON_OPTION
 @error_boundary
 def audit(since: Moment | None, limit: int, as_json: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from relay.errors import UsageError
 from relay.ops.reports import iso, jsonable
 
 MAX_OPERATOR_LENGTH = 200
+# A timestamp starts with its year and a dash; a duration with a number and a unit.
+_TIMESTAMP_START = re.compile(r"\d{4}-")
 
 # A point in time as the operator gave it: a duration back from now, or a timestamp.
 Moment = timedelta | datetime
@@ -41,8 +44,9 @@ def parse_moment(value: str) -> Moment:
     """
     try:
         duration = parse_duration(value)
-    except ValueError:
-        pass
+    except ValueError as error:
+        if value.strip()[:1].isdigit() and not _TIMESTAMP_START.match(value.strip()):
+            raise ValueError(f"{value!r}: {error}") from None  # a duration, out of range
     else:
         assert isinstance(duration, timedelta)
         return duration
