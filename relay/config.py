@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.errors import ConfigurationError, printable
+from relay.names import schema_problem
 from relay.routes import (
     COUNTRY_RULE,
     TENANT_RULE,
@@ -55,7 +56,6 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 MAX_DURATION_SECONDS = 100 * 366 * 86400
 MAX_DURATION_TEXT = "100 years"
 MAX_DURATION_DIGITS = 20
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
 # RELAY_* variables that are not settings of the relay but are read on purpose: the test suite's
 # database.
@@ -248,8 +248,9 @@ class Settings(BaseSettings):
     @field_validator("schema_name")
     @classmethod
     def _check_schema(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
+        problem = schema_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("token_url", "api_base_url")

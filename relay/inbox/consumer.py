@@ -38,6 +38,7 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from relay.inbox.queries import NOTIFY_CHANNEL, InboxQueries
+from relay.names import schema_in_use
 
 MAX_ERROR = 1000
 RELEASE_TIMEOUT = 10.0  # seconds a rollback may take before the connection is closed instead
@@ -122,7 +123,7 @@ class InboxEvent:
 async def consume(
     pool: asyncpg.Pool,
     *,
-    schema: str = "public",
+    schema: str | None = None,
     event_types: Sequence[str] | None = None,
     routes: Sequence[str] | None = None,
     max_attempts: int = 5,
@@ -134,9 +135,10 @@ async def consume(
 
     ``event_types`` / ``routes`` (``"dk/abcinsurance"``) choose events; a failed event is
     retried after a jittered, doubling delay from ``retry_delay`` seconds and is ``failed``
-    for good after ``max_attempts``.
+    for good after ``max_attempts``. ``schema``: relay's schema; by default ``RELAY_SCHEMA``,
+    else ``public``.
     """
-    queries = InboxQueries(schema)
+    queries = InboxQueries(schema_in_use(schema))
     types = list(event_types) if event_types is not None else None
     chosen = list(routes) if routes is not None else None
     claim = functools.partial(_claim, pool, queries, types, chosen, (max_attempts, retry_delay))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported where used: the engine never needs SQLAlchemy (-20
     from sqlalchemy.orm import Session
 
 from relay.errors import InvalidEvent
+from relay.names import schema_in_use
 from relay.outbox.queries import ENVELOPE_FIELDS, Queries
 from relay.routes import country_problem, tenant_problem
 
@@ -203,6 +204,14 @@ def prepare_event(
     )
 
 
+def _schema(schema: str | None) -> str:
+    """The schema to write to; InvalidEvent (nothing written) when it is no schema name."""
+    try:
+        return schema_in_use(schema)
+    except ValueError as error:
+        raise InvalidEvent(str(error)) from None
+
+
 def _sqlalchemy_insert(schema: str) -> Any:
     from sqlalchemy import text
 
@@ -231,16 +240,18 @@ def enqueue(
     tenant: str | None = None,
     country: str | None = None,
     ordering_key: str | None = None,
-    schema: str = "public",
+    schema: str | None = None,
 ) -> int:
     """Write an event in the caller's transaction on a SQLAlchemy Connection or Session.
 
     Returns the outbox id. Nothing is committed here: the caller's transaction decides.
+    ``schema``: relay's schema; by default ``RELAY_SCHEMA``, else ``public``.
     """
     event = prepare_event(
         event_type, payload, tenant=tenant, country=country, ordering_key=ordering_key
     )
-    result = connection.execute(_sqlalchemy_insert(schema), _sqlalchemy_params(event))
+    insert = _sqlalchemy_insert(_schema(schema))
+    result = connection.execute(insert, _sqlalchemy_params(event))
     return int(result.scalar_one())
 
 
@@ -252,13 +263,15 @@ async def enqueue_async(
     tenant: str | None = None,
     country: str | None = None,
     ordering_key: str | None = None,
-    schema: str = "public",
+    schema: str | None = None,
 ) -> int:
     """Write an event in the caller's transaction on an asyncpg connection or a SQLAlchemy
-    AsyncConnection/AsyncSession. Returns the outbox id; nothing is committed here."""
+    AsyncConnection/AsyncSession. Returns the outbox id; nothing is committed here.
+    ``schema``: relay's schema; by default ``RELAY_SCHEMA``, else ``public``."""
     event = prepare_event(
         event_type, payload, tenant=tenant, country=country, ordering_key=ordering_key
     )
+    schema = _schema(schema)
     if isinstance(connection, asyncpg.Connection):
         row_id = await connection.fetchval(
             Queries(schema).insert,

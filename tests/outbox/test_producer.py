@@ -8,6 +8,7 @@ would cost more than all the tests together.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -417,3 +418,30 @@ async def test_bad_events_are_refused_and_write_nothing(
 def test_invalid_event_is_a_value_error() -> None:
     # Applications that already catch ValueError around their own validation catch this too.
     assert issubclass(InvalidEvent, ValueError)
+
+
+async def test_the_producer_api_writes_to_relay_schema_when_no_schema_is_named(
+    database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the README's `export RELAY_SCHEMA=relay`, enqueue(session, ...) once failed with
+    `relation "public.outbox" does not exist`: the producer API reads RELAY_SCHEMA as the
+    relay does, and an argument still wins."""
+    from relay.schema import migrate
+
+    await asyncio.to_thread(migrate, database_url, "relay")
+    monkeypatch.setenv("RELAY_SCHEMA", "relay")
+    row_id = await enqueue_async(db, "case_created", {"case": {"number": "1"}})
+    engine = create_engine(sqlalchemy_url(database_url).replace("+asyncpg", "+psycopg"))
+    try:
+        with Session(engine) as session, session.begin():
+            second = enqueue(session, "case_created", {"case": {"number": "2"}})
+    finally:
+        engine.dispose()
+    here = await db.fetch("SELECT id FROM relay.outbox ORDER BY id")
+    assert [row["id"] for row in here] == [row_id, second]
+    assert await db.fetchval("SELECT count(*) FROM public.outbox") == 0
+    elsewhere = await enqueue_async(db, "case_created", {"case": {"n": 3}}, schema="public")
+    assert await db.fetchval("SELECT id FROM public.outbox") == elsewhere
+    monkeypatch.setenv("RELAY_SCHEMA", "Not; a schema")
+    with pytest.raises(InvalidEvent, match="RELAY_SCHEMA: must be a lower-case SQL identifier"):
+        await enqueue_async(db, "case_created", {"case": {"number": "4"}})
