@@ -1,5 +1,6 @@
-"""The schema relay's tables live in: its rule, and where the producer and consumer APIs find it
-when the caller names none (``RELAY_SCHEMA``, as the relay itself does).
+"""The schema relay's tables live in (its rule, and where the producer and consumer APIs find it
+when the caller names none: ``RELAY_SCHEMA``, as the relay itself does), and the tables
+``relay migrate`` puts there.
 
 Imports nothing of the package: the producer API loads it without the daemon's dependencies.
 """
@@ -8,6 +9,18 @@ from __future__ import annotations
 
 import os
 import re
+
+# Every table relay's migrations create, its version table last. An application whose Alembic
+# shares the schema leaves these out of its autogenerate (docs/database.md): import this.
+TABLES = (
+    "outbox",
+    "outbox_delivery",
+    "relay_pause",
+    "relay_admin_log",
+    "inbox",
+    "inbox_checkpoint",
+    "relay_alembic_version",
+)
 
 SCHEMA_VARIABLE = "RELAY_SCHEMA"
 DEFAULT_SCHEMA = "public"

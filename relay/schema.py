@@ -31,6 +31,7 @@ from relay.database import (
     role_in,
 )
 from relay.errors import PrivilegeMissing, SchemaBehind, SchemaNotReady
+from relay.names import TABLES
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -55,7 +56,7 @@ def _alembic_config(url: str | None, schema: str) -> Config:
 # relay keeps its revision in a version table of its own. An application's own Alembic keeps
 # its revision in "alembic_version", often in the same schema; sharing that table made each
 # read the other's revision as its own.
-VERSION_TABLE = "relay_alembic_version"
+VERSION_TABLE = TABLES[-1]
 # Where relays before this one kept it (see carry_over_sql).
 SHARED_VERSION_TABLE = "alembic_version"
 # Tables every relay schema has had since its first revision: an application whose Alembic

@@ -321,3 +321,28 @@ async def test_the_claim_query_reads_only_the_partial_index(db: asyncpg.Connecti
     assert any(index == "outbox_loose_idx" for _, _, index in scans), scans
     assert any(index == "outbox_head_idx" for _, _, index in scans), scans
     assert not any(kind == "Seq Scan" and table == "outbox" for kind, table, _ in scans), scans
+
+
+async def test_the_tables_relay_migrate_creates_are_the_ones_the_docs_list(
+    empty_database_url: str,
+) -> None:
+    """An application's autogenerate that skipped four tables once proposed dropping the
+    three it did not know (inbox, inbox_checkpoint, relay_admin_log): the docs' snippet
+    imports the list the migrations are checked against here."""
+    from relay.names import TABLES
+
+    await asyncio.to_thread(migrate, empty_database_url, "relay")
+    db = await asyncpg.connect(empty_database_url)
+    try:
+        created = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'relay'")
+    finally:
+        await db.close()
+    assert {row["tablename"] for row in created} == set(TABLES)
+    root = Path(__file__).parents[2]
+    database_md = (root / "docs" / "database.md").read_text()
+    assert "from relay.names import TABLES as RELAY_TABLES" in database_md
+    owned = database_md.split("## What relay owns", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{table}`" in owned for table in TABLES), owned
+    readme = (root / "README.md").read_text()
+    words = {6: "six", 7: "seven"}
+    assert f"creates {words[len(TABLES) - 1]} tables" in readme
