@@ -20,6 +20,7 @@ or as a process with ``relay emulator``; the same faults are set over HTTP by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import html
@@ -113,6 +114,9 @@ class Emulator:
         self.dropped = 0
         self.max_concurrency = 0
         self._active = 0
+        # Sends open at once per route, now and at most: what a relay holds on one route.
+        self.active_by_route: Counter[str] = Counter()
+        self.max_active_by_route: Counter[str] = Counter()
         self._correlation_ids: set[str] = set()
         self._tokens: dict[str, _Issued] = {}
         self.access_tokens: list[str] = []  # every token issued, for leak tests
@@ -208,6 +212,7 @@ class Emulator:
             "token_auth_methods": dict(Counter(item.auth_method for item in self.token_requests)),
             "statuses": {str(status): n for status, n in sorted(self.status_counts.items())},
             "sends_by_route": dict(self.sends_by_route),
+            "max_active_by_route": dict(self.max_active_by_route),
             "receive": self._receiving.stats(),
         }
 
@@ -301,6 +306,10 @@ class Emulator:
         self.sends_by_route[route] += 1
         self._active += 1
         self.max_concurrency = max(self.max_concurrency, self._active)
+        self.active_by_route[route] += 1
+        self.max_active_by_route[route] = max(
+            self.max_active_by_route[route], self.active_by_route[route]
+        )
         try:
             await self.delay(self.faults.latency_ms, self.faults.latency_jitter_ms)
             if self._random.random() < self.faults.drop_rate:
@@ -319,6 +328,7 @@ class Emulator:
             response = reply.response
         finally:
             self._active -= 1
+            self.active_by_route[route] -= 1
         self.status_counts[response.status] += 1
         if response.status != 201:
             self.refusals.append(Refusal(self.clock(), route, response.status))
@@ -333,7 +343,11 @@ class Emulator:
             response.content_type = "application/json"
             await response.prepare(request)
             await response.write(b'{"_id": ')
-        await self._stop_stuck.wait()
+        while request.transport is not None and not request.transport.is_closing():
+            with contextlib.suppress(TimeoutError):  # look again for the client's going
+                async with asyncio.timeout(0.05):
+                    await self._stop_stuck.wait()
+                    break
         return web.Response(status=499)
 
     def _fault_status(self, route: str) -> int | None:
