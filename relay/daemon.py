@@ -226,9 +226,11 @@ class Daemon:
         sampled from the tables: never counted per request."""
         while True:
             try:
-                depth, oldest = await store.queue_sample()
-                self.metrics.queue_depth.set(depth)
-                self.metrics.oldest_pending_age.set(oldest)
+                sample = await store.queue_sample()
+                self.metrics.queue_depth.set(sample.depth)
+                self.metrics.oldest_pending_age.set(sample.oldest)
+                for reason, rows in sample.blocked.items():
+                    self.metrics.blocked_rows.labels(reason).set(rows)
                 for route in await inbox.route_sample() if inbox is not None else []:
                     self.metrics.show_receive_route(
                         route.country,

@@ -49,6 +49,7 @@ CIRCUIT_STATES = ("closed", "half_open", "open")
 PAUSE_KINDS = ("retry_after", "circuit", "configuration")
 GIVE_BACK_REASONS = ("paused", "lease_too_short", "liveness_lost", "shutdown", "no_token")
 TOKEN_FAILURE_REASONS = ("unavailable", "rejected")
+BLOCKED_REASONS = ("dead_row", "route_pause")  # outbox.blocked_by
 DATABASE_OPERATIONS = (
     "claim",
     "record",
@@ -191,11 +192,20 @@ class Metrics:
             "relay_requests_in_flight", "Publish requests currently in flight.", registry=r
         )
         self.queue_depth = Gauge(
-            "relay_queue_depth", "Rows pending or in flight (sampled).", registry=r
+            "relay_queue_depth",
+            "Rows still to send: pending, in flight or blocked (sampled).",
+            registry=r,
         )
         self.oldest_pending_age = Gauge(
             "relay_oldest_pending_age_seconds",
             "Age of the oldest row not yet published or dead (sampled).",
+            registry=r,
+        )
+        self.blocked_rows = Gauge(
+            "relay_blocked_rows",
+            "Rows parked: behind a dead row of their key (dead_row), or on a paused route "
+            "(route_pause) (sampled).",
+            ["reason"],
             registry=r,
         )
         self.token_refreshes = Counter(
@@ -313,6 +323,8 @@ class Metrics:
             self.token_failures.labels(reason)
         for reason in GIVE_BACK_REASONS:
             self.given_back.labels(reason)
+        for reason in BLOCKED_REASONS:
+            self.blocked_rows.labels(reason)
         for operation in DATABASE_OPERATIONS:
             self.db_errors.labels(operation)
         for kind in PAUSE_KINDS:

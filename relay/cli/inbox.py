@@ -16,8 +16,10 @@ from relay.cli.main import (
     ROW_ID,
     attention,
     emit,
+    emit_list,
     error_boundary,
     main,
+    one_more,
     settings_from_env,
     with_admin,
 )
@@ -115,16 +117,16 @@ def inbox_list(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List received events, newest first: id, when received, route, event id, type, status,
-    attempts and last error. Never prints payloads (see 'relay inbox show')."""
+    """List the newest received events, oldest first: id, when received, route, event id,
+    type, status, attempts and last error. Never prints payloads (see 'relay inbox show')."""
     from relay.ops.inbox_reports import event_lines
 
     rows = _with_inbox(
         lambda inbox: inbox.events(
-            route=route, status=status, event_type=event_type, since=since, limit=limit
+            route=route, status=status, event_type=event_type, since=since, limit=one_more(limit)
         )
     )
-    emit([row.to_json() for row in rows], event_lines(rows), as_json)
+    emit_list(rows, limit, event_lines, ("event", "events"), as_json)
 
 
 @inbox.command("show")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import click
 
@@ -166,6 +166,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class Printable(Protocol):
+    """An item of a list: ``--json`` prints what ``to_json`` gives."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+Listed = TypeVar("Listed", bound=Printable)
+
+
 class MomentType(click.ParamType["Moment"]):
     """A duration back from now (30d, 2h, 15m) or an ISO 8601 timestamp."""
 
@@ -229,6 +238,35 @@ def emit(document: object, lines: list[str], as_json: bool) -> None:
             click.echo(line)
 
 
+def one_more(limit: int) -> int:
+    """How many items a list of ``limit`` fetches: one more, to tell whether older ones were
+    left out (see :func:`emit_list`)."""
+    return min(limit, INT64_MAX - 1) + 1
+
+
+def emit_list(
+    items: Sequence[Listed],
+    limit: int,
+    lines: Callable[[Sequence[Listed]], list[str]],
+    what: tuple[str, str],
+    as_json: bool,
+) -> None:
+    """Print a list as every list prints: the newest ``limit`` items, oldest first (the last
+    line is the newest, next to the prompt). ``items`` were fetched with :func:`one_more`;
+    when older ones were left out, one line on stderr says so and how to see them. ``what``
+    names one item and several."""
+    from relay.ops.formatting import counted
+
+    if len(items) > limit:
+        items = items[len(items) - limit :]
+        click.echo(
+            f"relay: showing the newest {counted(limit, *what)}, oldest first; for older ones "
+            "raise --limit or choose a range with --since",
+            err=True,
+        )
+    emit([item.to_json() for item in items], lines(items), as_json)
+
+
 # The one-line summaries `relay --help` lists ---------------------------------------------------
 
 # click would cut each command's first sentence to the terminal's width and end it with "...";
@@ -240,11 +278,12 @@ SUMMARIES = {
     ("dead",): "List dead rows, or show one in full",
     ("dead", "list"): "List dead rows, oldest first, without payloads",
     ("dead", "show"): "Show one row in full, with its payload and attempts",
+    ("dead", "discard"): "Give up on dead rows: delete them, so their keys go on",
     ("demo",): "Run everything end to end on this machine",
     ("emulator",): "Run a local stand-in for Scalepoint's EventApi",
     ("enqueue",): "Write one event into the outbox and print its id",
     ("inbox",): "See and repair the inbox of events received",
-    ("inbox", "list"): "List received events, newest first, without payloads",
+    ("inbox", "list"): "List received events, oldest first, without payloads",
     ("inbox", "purge"): "Delete processed events older than a cut-off",
     ("inbox", "retry"): "Have consumers process failed events again",
     ("inbox", "rewind"): "Fetch a route's events again, after an event id",

@@ -17,8 +17,10 @@ from relay.cli.main import (
     ROW_ID,
     attention,
     emit,
+    emit_list,
     error_boundary,
     main,
+    one_more,
     settings_from_env,
     with_admin,
 )
@@ -57,12 +59,14 @@ def dead() -> None:
 @JSON_OPTION
 @error_boundary
 def dead_list(event_type: str | None, since: Moment | None, limit: int, as_json: bool) -> None:
-    """List dead rows, oldest first: id, when it died, event type, attempts, last error.
-    Never prints payloads (see 'relay dead show')."""
+    """List the newest dead rows, oldest first: id, when it died, event type, attempts, last
+    error. Never prints payloads (see 'relay dead show')."""
     rows = with_admin(
-        lambda admin: admin.dead_list(event_type=event_type, since=since, limit=limit)
+        lambda admin: admin.dead_list(event_type=event_type, since=since, limit=one_more(limit))
     )
-    emit([row.to_json() for row in rows], [row.line() for row in rows], as_json)
+    emit_list(
+        rows, limit, lambda rows: [row.line() for row in rows], ("dead row", "dead rows"), as_json
+    )
 
 
 @dead.command("show")
@@ -107,6 +111,51 @@ def requeue(
     selector = DeadSelector(ids, event_type, since, until, all_dead)
     selector.check()  # before connecting: a bad selection needs no database
     result = with_admin(lambda admin: admin.requeue(selector, dry_run=dry_run), operator)
+    emit(result.to_json(), result.lines(), as_json)
+    attention(result.needs_attention)
+
+
+@dead.command("discard")
+@click.argument("ids", nargs=-1, type=ROW_ID)
+@click.option("--event-type", default=None, help="Dead rows of this event type.")
+@click.option("--since", type=MOMENT, default=None, help="Dead rows that died since then.")
+@click.option("--until", type=MOMENT, default=None, help="Dead rows that died before then.")
+@click.option("--all-dead", is_flag=True, help="Every dead row (alone, without filters).")
+@click.option(
+    "--reason",
+    required=True,
+    metavar="TEXT",
+    help="Why they are given up on, for the audit log (1-500 printable characters).",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be discarded; change nothing.")
+@OPERATOR_OPTION
+@JSON_OPTION
+@error_boundary
+def dead_discard(
+    ids: tuple[int, ...],
+    event_type: str | None,
+    since: Moment | None,
+    until: Moment | None,
+    all_dead: bool,
+    reason: str,
+    dry_run: bool,
+    operator: str | None,
+    as_json: bool,
+) -> None:
+    """Give up on dead rows: delete them and their delivery log, for good, so that the rows
+    behind them in their ordering keys go at once (running relays are woken).
+
+    Choose rows as requeue does: by ID, --event-type and --since/--until, or --all-dead.
+    Recorded in the audit log (relay audit) with the ids, their event types, your name and
+    --reason. Exit code 3 when ids named were left alone (not dead). Look first with
+    --dry-run, or at each with relay dead show.
+    """
+    from relay.ops.selection import DeadSelector, audit_reason
+
+    selector = DeadSelector(ids, event_type, since, until, all_dead)
+    selector.check("discard")  # before connecting: a bad selection needs no database
+    why = audit_reason(reason)
+    result = with_admin(lambda admin: admin.discard(selector, why, dry_run=dry_run), operator)
     emit(result.to_json(), result.lines(), as_json)
     attention(result.needs_attention)
 
@@ -201,7 +250,8 @@ def pause() -> None:
 def pause_list(as_json: bool) -> None:
     """List every pause: its route (* for all), kind, time left, who set it and why. A pause
     that ran out stays listed until a relay's probe succeeds."""
-    from relay.ops.reports import fields_of, pause_lines
+    from relay.ops.formatting import fields_of
+    from relay.ops.reports import pause_lines
 
     pauses = with_admin(lambda admin: admin.pauses())
     emit([fields_of(pause) for pause in pauses], pause_lines(pauses), as_json)
@@ -277,11 +327,11 @@ def purge(
 @JSON_OPTION
 @error_boundary
 def audit(since: Moment | None, limit: int, as_json: bool) -> None:
-    """Show the audit log, newest first: every requeue, replay, purge and pause clear, and
-    every inbox retry, rewind and purge, who ran it (and from which host), its selection, the
-    rows it changed and its outcome.
+    """Show the newest entries of the audit log, oldest first: every requeue, replay, purge,
+    discard and pause clear, and every inbox retry, rewind and purge, who ran it (and from
+    which host), its selection, the rows it changed and its outcome.
     """
     from relay.ops.reports import audit_lines
 
-    entries = with_admin(lambda admin: admin.audit(since=since, limit=limit))
-    emit([entry.to_json() for entry in entries], audit_lines(entries), as_json)
+    entries = with_admin(lambda admin: admin.audit(since=since, limit=one_more(limit)))
+    emit_list(entries, limit, audit_lines, ("entry", "entries"), as_json)

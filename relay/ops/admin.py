@@ -31,12 +31,14 @@ import structlog
 from relay import database, schema
 from relay.config import Settings
 from relay.errors import DatabaseRefused
+from relay.ops.formatting import iso, jsonable
 from relay.ops.queries import AdminQueries
 from relay.ops.reports import (
     ActivePause,
     AuditEntry,
     DeadRow,
     Delivery,
+    DiscardResult,
     PauseClearResult,
     PurgePreview,
     PurgeResult,
@@ -46,8 +48,6 @@ from relay.ops.reports import (
     RetryingRow,
     RowDetail,
     StatusReport,
-    iso,
-    jsonable,
 )
 from relay.ops.selection import (
     DeadSelector,
@@ -82,7 +82,13 @@ class Admin:
     """The operator functions over one outbox schema. Owns no connection."""
 
     def __init__(
-        self, pool: asyncpg.Pool, schema: str, operator: str, *, dead_blocks_key: bool = True
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        operator: str,
+        *,
+        dead_blocks_key: bool = True,
+        defaults: tuple[str | None, str | None] = (None, None),
     ) -> None:
         self.pool = pool
         self.schema = schema
@@ -90,6 +96,8 @@ class Admin:
         self.host = socket.gethostname()
         # RELAY_DEAD_BLOCKS_KEY as the relays have it: whether a dead row holds back its key.
         self.dead_blocks_key = dead_blocks_key
+        # RELAY_COUNTRY / RELAY_TENANT as the relays have them: the route of rows without one.
+        self.defaults = defaults
         self.queries = AdminQueries(schema)
 
     async def record(
@@ -138,6 +146,7 @@ class Admin:
             assert summary is not None
             retrying = await connection.fetch(q.retrying_rows, retrying_limit)
             blocked = await connection.fetchval(q.blocked_by_dead)
+            reasons = await connection.fetch(q.blocked_reasons)
             by_type = await connection.fetch(q.dead_by_event_type)
             by_error = await connection.fetch(q.dead_by_error_class)
             last_published = await connection.fetchval(q.last_published)
@@ -157,6 +166,8 @@ class Admin:
             last_published_at=last_published,
             pauses=[ActivePause(**dict(row)) for row in pauses],
             blocked_on_routes={row["key"]: row["rows"] for row in on_routes},
+            blocked_reasons={row["reason"] or "none": row["rows"] for row in reasons},
+            blocked_ended=sum(row["ended"] for row in reasons),
         )
 
     async def dead_list(
@@ -166,7 +177,8 @@ class Admin:
         since: Moment | None = None,
         limit: int = 100,
     ) -> list[DeadRow]:
-        """Dead rows, oldest id first; ``since`` filters on when they died (last attempt)."""
+        """The newest ``limit`` dead rows, oldest id first; ``since`` filters on when they died
+        (last attempt)."""
         after = None if since is None else resolve(since, await self.now())
         rows = await self.pool.fetch(self.queries.dead_list, None, event_type, after, None, limit)
         return [DeadRow(**dict(row)) for row in rows]
@@ -177,7 +189,7 @@ class Admin:
             self.pool.acquire() as connection,
             connection.transaction(isolation="repeatable_read", readonly=True),
         ):
-            row = await connection.fetchrow(self.queries.row, row_id)
+            row = await connection.fetchrow(self.queries.row, row_id, *self.defaults)
             deliveries = await connection.fetch(self.queries.deliveries, row_id)
         if row is None:
             raise NoSuchRow(f"the outbox holds no row {row_id}")
@@ -225,6 +237,60 @@ class Admin:
         if not dry_run:
             log.info(
                 "admin.requeued",
+                count=len(ids),
+                ids=ids[:MAX_LOGGED_IDS],
+                selector=result.selector,
+                operator=self.operator,
+                schema=self.schema,
+                audit_id=entry,
+            )
+        return result
+
+    async def discard(
+        self, selector: DeadSelector, reason: str, *, dry_run: bool = False
+    ) -> DiscardResult:
+        """Delete the chosen dead rows and their delivery log, for good, with ``reason``:
+        the rows behind them in their keys go at once (relays are woken). Recorded in the
+        audit log (the ids, the event types, the reason) with the ``admin.discarded`` line."""
+        selector.check("discard")
+        entry = None
+        async with self.pool.acquire() as connection, connection.transaction():
+            now = await connection.fetchval(self.queries.now)
+            parameters = selector.parameters(now)
+            if dry_run:
+                rows = await connection.fetch(self.queries.dead_list, *parameters, None)
+            else:
+                rows = await connection.fetch(self.queries.discard, *parameters)
+                keys = sorted({row["ordering_key"] for row in rows if row["ordering_key"]})
+                if keys:
+                    await connection.execute(self.queries.unpark_keys, keys)
+            ids = sorted(row["id"] for row in rows)
+            not_dead = sorted(set(selector.ids) - set(ids))
+            described = {**selector.describe(now), "reason": reason}
+            types = sorted({row["event_type"] for row in rows})
+            if not dry_run:
+                entry = await self.record(
+                    connection,
+                    "discard",
+                    described,
+                    rows=len(ids),
+                    ids=ids,
+                    outcome="partial" if not_dead else "done",
+                    detail={"event_types": types, **({"not_dead": not_dead} if not_dead else {})},
+                )
+                await connection.execute(self.queries.notify, self.schema)
+        result = DiscardResult(
+            ids=ids,
+            not_dead=not_dead,
+            reason=reason,
+            selector=described,
+            dry_run=dry_run,
+            audit_id=entry,
+            operator=self.operator,
+        )
+        if not dry_run:
+            log.info(
+                "admin.discarded",
                 count=len(ids),
                 ids=ids[:MAX_LOGGED_IDS],
                 selector=result.selector,
@@ -456,7 +522,7 @@ class Admin:
         return PurgePreview(cutoff=cutoff, **dict(row))
 
     async def audit(self, *, since: Moment | None = None, limit: int = 50) -> list[AuditEntry]:
-        """The audit log, newest first."""
+        """The newest ``limit`` entries of the audit log, oldest first."""
         after = None if since is None else resolve(since, await self.now())
         rows = await self.pool.fetch(self.queries.audit_list, after, limit)
         return [AuditEntry.from_row(dict(row)) for row in rows]
@@ -474,7 +540,13 @@ async def open_admin(settings: Settings, operator: str | None = None) -> AsyncIt
         raise database.describe_connection_error(url, error) from None
     try:
         await schema.check_schema(pool, settings.schema_name)
-        yield Admin(pool, settings.schema_name, name, dead_blocks_key=settings.dead_blocks_key)
+        yield Admin(
+            pool,
+            settings.schema_name,
+            name,
+            dead_blocks_key=settings.dead_blocks_key,
+            defaults=(settings.country, settings.tenant),
+        )
     except asyncpg.PostgresError as error:
         if isinstance(error, database.CONNECTION_ERRORS):
             raise database.describe_connection_error(url, error) from None

@@ -36,6 +36,7 @@ from relay.errors import UsageError
 from relay.eventapi.receive import receive_path
 from relay.inbox.queries import MALFORMED_PREFIX, MAX_EVENT_ID, InboxQueries
 from relay.ops.admin import DEFAULT_PURGE_BATCH, MAX_LOGGED_IDS, Admin
+from relay.ops.formatting import jsonable
 from relay.ops.inbox_reports import (
     Checkpoint,
     InboxEventDetail,
@@ -49,7 +50,6 @@ from relay.ops.inbox_reports import (
     RewindResult,
 )
 from relay.ops.queries import InboxAdminQueries
-from relay.ops.reports import jsonable
 from relay.ops.selection import Moment, NoSelector, purge_cutoff, resolve
 from relay.routes import route_name
 
@@ -165,7 +165,8 @@ class InboxAdmin:
         since: Moment | None = None,
         limit: int = 100,
     ) -> list[InboxEventRow]:
-        """Events newest first, without payloads; ``since`` is when they were received."""
+        """The newest ``limit`` events, oldest first, without payloads; ``since`` is when they
+        were received."""
         if status is not None and status not in STATUSES:
             raise UsageError(f"--status: one of {', '.join(STATUSES)}")
         after = None if since is None else resolve(since, await self.admin.now())

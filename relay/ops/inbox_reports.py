@@ -1,9 +1,8 @@
 """What ``relay inbox`` answers: status, list, show, retry, rewind and purge, each as lines
 for people and as JSON for scripts.
 
-As in ``relay.ops.reports``: timestamps in UTC with millisecond precision and a Z, ages in their
-two largest units for people and in seconds in JSON. Payloads appear only in
-:class:`InboxEventDetail` (``relay inbox show``), exactly as PostgreSQL stores them.
+As in ``relay.ops.reports``, everything prints through ``relay.ops.formatting``. Payloads appear
+only in :class:`InboxEventDetail` (``relay inbox show``), exactly as PostgreSQL stores them.
 """
 
 from __future__ import annotations
@@ -14,26 +13,17 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, ClassVar
 
-from relay.ops.reports import (
-    PurgeResult,
+from relay.ops.formatting import (
+    counted,
     fields_of,
     human_duration,
     id_list,
     iso,
     recorded_line,
     relative,
+    shortened,
 )
-
-
-def _count(number: int, one: str, many: str | None = None) -> str:
-    """``1 event``, ``2 events``; ``many`` when the plural is not ``one`` with an s."""
-    return f"{number:,} {one if number == 1 else (many or one + 's')}"
-
-
-def _shortened(text: str | None, length: int = 80) -> str:
-    line = (text or "").replace("\n", " ")
-    return line if len(line) <= length else line[: length - 3] + "..."
-
+from relay.ops.reports import PurgeResult
 
 # relay inbox status --------------------------------------------------------------------------
 
@@ -101,7 +91,7 @@ class InboxRoute:
         if not self.has_checkpoint:
             stored = self.pending + self.processed + self.failed
             return "none: no relay has polled it" + (
-                f" (yet {_count(stored, 'event is', 'events are')} stored under it)"
+                f" (yet {counted(stored, 'event is', 'events are')} stored under it)"
                 if stored
                 else ""
             )
@@ -133,7 +123,7 @@ class InboxRoute:
             pending += f" ({self.retrying:,} retrying; oldest received {oldest} ago)"
         failed = f"{self.failed:,} failed"
         if self.malformed:
-            failed += f" ({_count(self.malformed, 'is not an event', 'are not events')})"
+            failed += f" ({counted(self.malformed, 'is not an event', 'are not events')})"
         return f"{pending}, {self.processed:,} processed, {failed}"
 
 
@@ -194,7 +184,7 @@ class InboxEventRow:
             f"{self.event_id}  {kind}  {self.status}  attempts {self.attempts}"
         )
         if self.last_error:
-            line += f"  {_shortened(self.last_error)}"
+            line += f"  {shortened(self.last_error)}"
         return line
 
 
@@ -306,10 +296,10 @@ class RetryResult:
     def lines(self) -> list[str]:
         """A summary line, what was left alone and why, where it was recorded."""
         verb = "would retry" if self.dry_run else "retried"
-        line = f"relay: {verb} {_count(len(self.ids), 'failed event')}"
+        line = f"relay: {verb} {counted(len(self.ids), 'failed event')}"
         lines = [f"{line}: {id_list(self.ids)}" if self.ids else line]
         if self.malformed:
-            items = _count(
+            items = counted(
                 len(self.malformed), "item that is not an event", "items that are not events"
             )
             lines.append(
@@ -381,7 +371,7 @@ class RewindResult:
         ]
         if self.known:
             lines.append(
-                f"relay: {_count(self.stored_after or 0, 'event')} of {self.route} stored "
+                f"relay: {counted(self.stored_after or 0, 'event')} of {self.route} stored "
                 f"after {self.to} {'is' if self.stored_after == 1 else 'are'} fetched again "
                 "and not stored again; events missing from the inbox are stored as pending"
             )
@@ -408,8 +398,9 @@ class InboxPurgeResult(PurgeResult):
     def lines(self) -> list[str]:
         """One summary line, and where it was recorded."""
         return [
-            f"relay: purged {_count(self.rows, 'processed event')} (processed before "
-            f"{iso(self.cutoff)}) in {self.batches} batches, {self.seconds:.1f}s",
+            f"relay: purged {counted(self.rows, 'processed event')} (processed before "
+            f"{iso(self.cutoff)}) in {counted(self.batches, 'batch', 'batches')}, "
+            f"{self.seconds:.1f}s",
             *recorded_line(self.audit_id, self.operator),
         ]
 
@@ -430,7 +421,7 @@ class InboxPurgePreview:
     def lines(self) -> list[str]:
         """One summary line."""
         line = (
-            f"relay: would purge {_count(self.rows, 'processed event')} (processed before "
+            f"relay: would purge {counted(self.rows, 'processed event')} (processed before "
             f"{iso(self.cutoff)})"
         )
         if self.oldest is not None and self.newest is not None:
@@ -439,7 +430,7 @@ class InboxPurgePreview:
 
 
 def event_lines(rows: Sequence[InboxEventRow]) -> list[str]:
-    """``relay inbox list`` for people: newest first."""
+    """``relay inbox list`` for people: oldest first."""
     if not rows:
         return ["relay: the inbox holds no events that match"]
     return [row.line() for row in rows]

@@ -203,22 +203,52 @@ class AdminQueries:
 
     @property
     def dead_list(self) -> str:
-        """Dead rows by $2 event type and $3 death time, oldest id first, at most $5."""
-        return f"""{_dead_rows(self.schema, _DEAD_COLUMNS)}
-            ORDER BY o.id
-            LIMIT $5"""
+        """Dead rows by $2 event type and $3 death time: the newest $5 (NULL: all), oldest id
+        first, as every list prints."""
+        return f"""
+            SELECT * FROM ({_dead_rows(self.schema, _DEAD_COLUMNS)}
+                ORDER BY o.id DESC
+                LIMIT $5) AS newest
+            ORDER BY id"""
 
     @property
     def row(self) -> str:
-        """One row in full, payload included (only ``relay dead show`` prints a payload)."""
+        """One row in full, payload included (only ``relay dead show`` prints a payload), and
+        what it waits for: the first dead row before it in its key, the first unfinished one,
+        the pause of its route ($2/$3: the default country and tenant, NULL when unknown)."""
+        s = self.schema
+        earlier = f"""SELECT min(e.id) FROM "{s}".outbox e
+                      WHERE e.ordering_key = o.ordering_key AND e.id < o.id"""
         return f"""
             SELECT o.id, o.event_type, o.payload::text AS payload, o.tenant, o.country,
-                   o.ordering_key, o.status, o.attempts, o.available_at, o.created_at,
-                   o.published_at, o.event_api_id, o.last_http_status, o.last_error,
-                   o.claimed_by, o.lease_until, {_ERROR_CLASS} AS error_class,
-                   last.attempted_at AS last_attempt_at
-            FROM "{self.schema}".outbox o {_last_attempt(self.schema)}
+                   o.ordering_key, o.status, o.blocked_by, o.attempts, o.available_at,
+                   o.created_at, o.published_at, o.event_api_id, o.last_http_status,
+                   o.last_error, o.claimed_by, o.lease_until, {_ERROR_CLASS} AS error_class,
+                   last.attempted_at AS last_attempt_at,
+                   ({earlier} AND e.status = 'dead') AS waits_for_dead,
+                   ({earlier} AND e.status IN ('pending', 'in_flight', 'blocked'))
+                       AS waits_for_row,
+                   (SELECT p.route || ' ' || p.kind || ': ' || p.reason
+                    FROM "{s}".relay_pause p
+                    WHERE p.route IN ('*', coalesce(o.country, $2) || '/' || coalesce(o.tenant, $3))
+                    ORDER BY p.until DESC LIMIT 1) AS route_pause
+            FROM "{s}".outbox o {_last_attempt(s)}
             WHERE o.id = $1"""
+
+    @property
+    def blocked_reasons(self) -> str:
+        """Blocked rows by why they wait, and how many of them wait for a reason that has
+        ended (their dead row is gone: a relay's sweep lets them go)."""
+        s = self.schema
+        return f"""
+            SELECT o.blocked_by AS reason, count(*) AS rows,
+                   count(*) FILTER (WHERE o.blocked_by = 'dead_row' AND NOT EXISTS (
+                       SELECT 1 FROM "{s}".outbox d
+                       WHERE d.ordering_key = o.ordering_key AND d.id < o.id
+                         AND d.status = 'dead')) AS ended
+            FROM "{s}".outbox o
+            WHERE o.status = 'blocked'
+            GROUP BY 1 ORDER BY 1"""
 
     @property
     def deliveries(self) -> str:
@@ -256,6 +286,24 @@ class AdminQueries:
             FROM chosen
             WHERE o.id = chosen.id AND o.status = 'dead'
             RETURNING o.id, o.ordering_key"""
+
+    @property
+    def discard(self) -> str:
+        """Delete dead rows an operator gives up on (parameters as in ``requeue_preview``),
+        with their delivery log; ``status = 'dead'`` is checked again on the locked row, so a
+        row requeued meanwhile is left alone. Returns each row's id, event type and key."""
+        s = self.schema
+        return f"""
+            WITH chosen AS ({_dead_rows(s, "o.id")}
+                            FOR UPDATE OF o),
+                 gone AS (
+                     DELETE FROM "{s}".outbox o USING chosen
+                     WHERE o.id = chosen.id AND o.status = 'dead'
+                     RETURNING o.id, o.event_type, o.ordering_key),
+                 log AS (
+                     DELETE FROM "{s}".outbox_delivery d USING gone
+                     WHERE d.outbox_id = gone.id)
+            SELECT id, event_type, ordering_key FROM gone ORDER BY id"""
 
     @property
     def notify(self) -> str:
@@ -335,15 +383,18 @@ class AdminQueries:
 
     @property
     def audit_list(self) -> str:
-        """The audit log, newest first: entries written at or after $1 (NULL: all), at most
-        $2. The table holds a handful of rows a day; its primary key orders it."""
+        """The audit log: the newest $2 entries written at or after $1 (NULL: all), oldest
+        first, as every list prints. The table holds a handful of rows a day; its primary key
+        orders it."""
         return f"""
-            SELECT id, at, operator, host, action, parameters::text AS parameters,
-                   rows_affected, row_ids, outcome, detail::text AS detail
-            FROM "{self.schema}".relay_admin_log
-            WHERE $1::timestamptz IS NULL OR at >= $1::timestamptz
-            ORDER BY id DESC
-            LIMIT $2"""
+            SELECT * FROM (
+                SELECT id, at, operator, host, action, parameters::text AS parameters,
+                       rows_affected, row_ids, outcome, detail::text AS detail
+                FROM "{self.schema}".relay_admin_log
+                WHERE $1::timestamptz IS NULL OR at >= $1::timestamptz
+                ORDER BY id DESC
+                LIMIT $2) AS newest
+            ORDER BY id"""
 
     # relay purge --------------------------------------------------------------------------
 
@@ -463,19 +514,22 @@ class InboxAdminQueries:
 
     @property
     def list_events(self) -> str:
-        """Events newest first, without payloads: $1/$2 country and tenant, $3 status, $4 event
-        type, $5 received at or after (a NULL does not filter), at most $6."""
+        """Events without payloads, the newest $6, oldest first as every list prints: $1/$2
+        country and tenant, $3 status, $4 event type, $5 received at or after (a NULL does not
+        filter)."""
         return f"""
-            SELECT id, country, tenant, event_id, event_type, event_timestamp, received_at,
-                   status, attempts, available_at, processed_at, last_error,
-                   {_MALFORMED} AS malformed
-            FROM "{self.schema}".inbox
-            WHERE ($1::text IS NULL OR (country = $1::text AND tenant = $2::text))
-              AND ($3::text IS NULL OR status = $3::text)
-              AND ($4::text IS NULL OR event_type = $4::text)
-              AND ($5::timestamptz IS NULL OR received_at >= $5::timestamptz)
-            ORDER BY id DESC
-            LIMIT $6"""
+            SELECT * FROM (
+                SELECT id, country, tenant, event_id, event_type, event_timestamp, received_at,
+                       status, attempts, available_at, processed_at, last_error,
+                       {_MALFORMED} AS malformed
+                FROM "{self.schema}".inbox
+                WHERE ($1::text IS NULL OR (country = $1::text AND tenant = $2::text))
+                  AND ($3::text IS NULL OR status = $3::text)
+                  AND ($4::text IS NULL OR event_type = $4::text)
+                  AND ($5::timestamptz IS NULL OR received_at >= $5::timestamptz)
+                ORDER BY id DESC
+                LIMIT $6) AS newest
+            ORDER BY id"""
 
     @property
     def event(self) -> str:

@@ -2,8 +2,7 @@
 requeue``, ``relay pause clear``, ``relay purge`` and ``relay audit`` results, each as lines for
 people and as JSON for scripts (``relay inbox``'s are in ``relay.ops.inbox_reports``).
 
-Timestamps print in UTC with millisecond precision and a Z, ages and waits in their two largest
-units (``3d 4h``).
+Both print through ``relay.ops.formatting``.
 """
 
 from __future__ import annotations
@@ -11,60 +10,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-# Formatting ----------------------------------------------------------------------------------
-
-
-def iso(moment: datetime | None) -> str | None:
-    """UTC, millisecond precision, with a Z; None stays None."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def human_duration(seconds: float) -> str:
-    """``3d 4h``, ``2m 5s``, ``850ms``: the two largest units, for people."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    parts: list[str] = []
-    remaining = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if remaining >= size or (unit == "s" and not parts):
-            parts.append(f"{remaining // size}{unit}")
-            remaining %= size
-    return " ".join(parts[:2])
-
-
-def relative(moment: datetime | None, now: datetime) -> str:
-    """``2026-11-28T14:02:00.000Z (3m 5s ago)``, ``... (in 2m)``; ``-`` for None."""
-    if moment is None:
-        return "-"
-    delta = (moment - now).total_seconds()
-    when = "in " + human_duration(delta) if delta > 0 else human_duration(-delta) + " ago"
-    return f"{iso(moment)} ({when})"
-
-
-def jsonable(value: object) -> object:
-    """``value`` with every datetime in it (mappings and sequences too) as :func:`iso` text."""
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    return value
-
-
-def fields_of(instance: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """A dataclass instance's fields (or the ``names`` given) as JSON-ready values."""
-    if names is None:
-        names = [item.name for item in fields(instance)]
-    return {name: jsonable(getattr(instance, name)) for name in names}
-
-
-# Reports -------------------------------------------------------------------------------------
+from relay.ops.formatting import (
+    counted,
+    fields_of,
+    human_duration,
+    id_list,
+    iso,
+    recorded_line,
+    relative,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +81,8 @@ class StatusReport:
     last_published_at: datetime | None
     pauses: list[ActivePause]
     blocked_on_routes: dict[str, int] = field(default_factory=dict)
+    blocked_reasons: dict[str, int] = field(default_factory=dict)  # blocked rows by blocked_by
+    blocked_ended: int = 0  # blocked behind a dead row that is gone: let go by the next sweep
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready values (timestamps as ISO 8601 strings, ages in seconds)."""
@@ -141,6 +100,8 @@ class StatusReport:
                 "dead_by_error_class",
                 "last_published_at",
                 "blocked_on_routes",
+                "blocked_reasons",
+                "blocked_ended",
             ],
         )
         document["retrying_rows"] = [fields_of(row) for row in self.retrying_rows]
@@ -170,12 +131,23 @@ class StatusReport:
             f"  published  {counts['published']:>10,}   last published: "
             + relative(self.last_published_at, self.at),
             f"  dead       {counts['dead']:>10,}",
-            f"  blocked    {counts['blocked']:>10,}   behind dead rows, or on paused routes",
+            f"  blocked    {counts['blocked']:>10,}   {self._why_blocked()}",
         ]
+
+    def _why_blocked(self) -> str:
+        if not self.counts["blocked"]:
+            return "behind dead rows, or on paused routes"
+        names = {"dead_row": "behind dead rows", "route_pause": "on paused routes"}
+        parts = [
+            f"{rows:,} {names.get(reason, reason)}" for reason, rows in self.blocked_reasons.items()
+        ]
+        if self.blocked_ended:
+            parts.append(f"{self.blocked_ended:,} of them behind a dead row that is gone")
+        return "; ".join(parts)
 
     def _retrying_lines(self) -> list[str]:
         lines = [
-            f"retrying: {self.retrying:,} rows, next attempt "
+            f"retrying: {counted(self.retrying, 'row')}, next attempt "
             + relative(self.next_retry_at, self.at)
         ]
         for row in self.retrying_rows:
@@ -185,7 +157,8 @@ class StatusReport:
             )
         if self.blocked_by_dead:
             lines.append(
-                f"held behind a dead row of their ordering key: {self.blocked_by_dead:,} rows"
+                "held behind a dead row of their ordering key: "
+                + counted(self.blocked_by_dead, "row")
             )
         return lines
 
@@ -199,7 +172,7 @@ class StatusReport:
     def _pause_lines(self) -> list[str]:
         lines = pause_lines(self.pauses)
         for route, rows in self.blocked_on_routes.items():
-            lines.append(f"  {rows:,} rows of {route} parked until its pause ends")
+            lines.append(f"  {counted(rows, 'row')} of {route} parked until its pause ends")
         return lines
 
 
@@ -258,6 +231,7 @@ class RowDetail:
     country: str | None
     ordering_key: str | None
     status: str
+    blocked_by: str | None
     attempts: int
     available_at: datetime
     created_at: datetime
@@ -269,13 +243,36 @@ class RowDetail:
     lease_until: datetime | None
     error_class: str
     last_attempt_at: datetime | None
+    waits_for_dead: int | None = None  # the first dead row before it in its key
+    waits_for_row: int | None = None  # the first unfinished row before it in its key
+    route_pause: str | None = None  # the pause that holds its route, if one does
     deliveries: list[Delivery] = field(default_factory=list)
+
+    def waits_for(self) -> str:
+        """What holds the row back, and the command that lets it go ("-" when nothing)."""
+        if self.status not in ("pending", "blocked"):
+            return "-"
+        if self.waits_for_dead is not None:
+            dead = self.waits_for_dead
+            return (
+                f"dead row {dead} of its ordering key: relay requeue {dead}, "
+                f"or relay dead discard {dead} --reason ..."
+            )
+        if self.waits_for_row is not None:
+            return f"row {self.waits_for_row} of its ordering key, sent first"
+        if self.route_pause is not None:
+            pause = " ".join(self.route_pause.split())
+            return f"the pause of {pause} (relay pause list; relay pause clear ROUTE)"
+        if self.status == "blocked":
+            return "nothing any more: a relay lets it go within a minute"
+        return "-"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values; the payload as the JSON object it is."""
         names = [item.name for item in fields(self) if item.name not in ("payload", "deliveries")]
         document = fields_of(self, names)
         document["payload"] = json.loads(self.payload)
+        document["waits_for"] = self.waits_for()
         document["deliveries"] = [fields_of(item) for item in self.deliveries]
         return document
 
@@ -283,6 +280,7 @@ class RowDetail:
         """The row for people: its state, the last error, the payload, the delivery log."""
         lines = [
             f"outbox row {self.id}: {self.status}",
+            f"  waits for:      {self.waits_for()}",
             f"  event type:     {self.event_type}",
             f"  route:          {self.country or '(RELAY_COUNTRY)'}/"
             f"{self.tenant or '(RELAY_TENANT)'}",
@@ -300,7 +298,7 @@ class RowDetail:
         ]
         pretty = json.dumps(json.loads(self.payload), indent=2, ensure_ascii=False)
         lines += ["  " + line for line in pretty.splitlines()]
-        lines.append(f"delivery log ({len(self.deliveries)} attempts):")
+        lines.append(f"delivery log ({counted(len(self.deliveries), 'attempt')}):")
         for item in self.deliveries:
             latency = "-" if item.latency_ms is None else f"{item.latency_ms:.0f}ms"
             lines.append(
@@ -312,21 +310,6 @@ class RowDetail:
 
 
 # Requeue and purge ----------------------------------------------------------------------------
-
-
-def id_list(ids: Sequence[int], shown: int = 50) -> str:
-    """``4711, 4712, ... (3 more)``: the first ``shown`` ids and how many more there are."""
-    text = ", ".join(str(row_id) for row_id in ids[:shown])
-    if len(ids) > shown:
-        text += f", ... ({len(ids) - shown} more)"
-    return text
-
-
-def recorded_line(audit_id: int | None, operator: str) -> list[str]:
-    """Where a change was recorded, under which name; nothing for a dry run."""
-    if audit_id is None:
-        return []
-    return [f"relay: recorded as audit log entry {audit_id}, operator {operator}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +345,52 @@ class RequeueResult:
         """One summary line, the ids asked for that were left alone, where it was recorded."""
         shown = id_list(self.ids)
         verb = "would requeue" if self.dry_run else "requeued"
-        lines = [f"relay: {verb} {len(self.ids)} dead rows" + (f": {shown}" if shown else "")]
+        rows = counted(len(self.ids), "dead row")
+        lines = [f"relay: {verb} {rows}" + (f": {shown}" if shown else "")]
+        if self.not_dead:
+            lines.append(f"relay: not dead (left alone): {id_list(self.not_dead)}")
+        return lines + recorded_line(self.audit_id, self.operator)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardResult:
+    """What a discard did (or, with ``dry_run``, would do)."""
+
+    ids: list[int]
+    not_dead: list[int]  # ids asked for by number that are missing or not dead
+    reason: str
+    selector: dict[str, Any]
+    dry_run: bool
+    audit_id: int | None = None
+    operator: str = ""
+
+    @property
+    def needs_attention(self) -> bool:
+        """Rows named by id were left alone."""
+        return bool(self.not_dead)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "discarded": 0 if self.dry_run else len(self.ids),
+            "would_discard": len(self.ids) if self.dry_run else 0,
+            "ids": self.ids,
+            "not_dead": self.not_dead,
+            "reason": self.reason,
+            "selector": self.selector,
+            "dry_run": self.dry_run,
+            "audit_id": self.audit_id,
+            "operator": self.operator,
+        }
+
+    def lines(self) -> list[str]:
+        """One summary line, the ids asked for that were left alone, where it was recorded."""
+        shown = id_list(self.ids)
+        verb = "would discard" if self.dry_run else "discarded"
+        rows = counted(len(self.ids), "dead row")
+        lines = [f"relay: {verb} {rows}" + (f": {shown}" if shown else "")]
+        if self.ids and not self.dry_run:
+            lines.append("relay: the rows behind them in their ordering keys go now")
         if self.not_dead:
             lines.append(f"relay: not dead (left alone): {id_list(self.not_dead)}")
         return lines + recorded_line(self.audit_id, self.operator)
@@ -423,7 +451,7 @@ class ReplayResult:
         """A summary line (a dry run lists the rows), what was left alone and why, and where
         it was recorded."""
         verb = "would replay" if self.dry_run else "replayed"
-        lines = [f"relay: {verb} {len(self.rows)} published rows"]
+        lines = [f"relay: {verb} {counted(len(self.rows), 'published row')}"]
         if self.dry_run:
             lines += [row.line() for row in self.rows[: self.SHOWN]]
             if len(self.rows) > self.SHOWN:
@@ -433,8 +461,8 @@ class ReplayResult:
         if self.held:
             held = id_list([row.id for row in self.held])
             lines += [
-                f"relay: held back {len(self.held)} rows, whose ordering key has newer rows not "
-                f"published yet (a replayed row would go before them): {held}",
+                f"relay: held back {counted(len(self.held), 'row')}, whose ordering key has newer "
+                f"rows not published yet (a replayed row would go before them): {held}",
                 "relay: replay those once the newer rows are published (relay replay ID...)",
             ]
         if self.not_published:
@@ -495,8 +523,9 @@ class PurgeResult:
     def lines(self) -> list[str]:
         """One summary line, and where it was recorded."""
         return [
-            f"relay: purged {self.rows} published rows (published before {iso(self.cutoff)}) "
-            f"in {self.batches} batches, {self.seconds:.1f}s",
+            f"relay: purged {counted(self.rows, 'published row')} (published before "
+            f"{iso(self.cutoff)}) in {counted(self.batches, 'batch', 'batches')}, "
+            f"{self.seconds:.1f}s",
             *recorded_line(self.audit_id, self.operator),
         ]
 
@@ -518,7 +547,7 @@ class PurgePreview:
     def lines(self) -> list[str]:
         """One summary line."""
         line = (
-            f"relay: would purge {self.rows} published rows (published before "
+            f"relay: would purge {counted(self.rows, 'published row')} (published before "
             f"{iso(self.cutoff)}) and their {self.deliveries} delivery-log entries"
         )
         if self.oldest is not None and self.newest is not None:
@@ -561,7 +590,7 @@ class AuditEntry:
         """The entry for people: one line, then its selection, ids and details indented."""
         lines = [
             f"{self.id:>6}  {iso(self.at)}  {self.operator} on {self.host}  {self.action}  "
-            f"{self.rows_affected:,} rows  {self.outcome}"
+            f"{counted(self.rows_affected, 'row')}  {self.outcome}"
         ]
         chosen = ", ".join(f"{key} {_compact(value)}" for key, value in self.parameters.items())
         lines.append(f"        selection: {chosen or '-'}")
@@ -584,7 +613,7 @@ def _compact(value: object) -> str:
 
 
 def audit_lines(entries: Sequence[AuditEntry]) -> list[str]:
-    """``relay audit`` for people: newest first."""
+    """``relay audit`` for people, oldest first."""
     if not entries:
         return ["relay: the audit log holds no entries in that range"]
     return [line for entry in entries for line in entry.lines()]

@@ -16,9 +16,10 @@ from typing import Any
 
 from relay.config import parse_duration
 from relay.errors import UsageError
-from relay.ops.reports import iso, jsonable
+from relay.ops.formatting import iso, jsonable
 
 MAX_OPERATOR_LENGTH = 200
+MAX_REASON_LENGTH = 500
 # A timestamp starts with its year and a dash; a duration with a number and a unit.
 _TIMESTAMP_START = re.compile(r"\d{4}-")
 
@@ -31,7 +32,7 @@ class NoSuchRow(UsageError):
 
 
 class NoSelector(UsageError):
-    """A requeue named no rows; it never means "everything" by accident."""
+    """A requeue (or discard) named no rows; it never means "everything" by accident."""
 
 
 # Times the operator gives --------------------------------------------------------------------
@@ -88,6 +89,14 @@ def operator_name(given: str | None = None) -> str:
         return f"uid:{os.getuid()}"
 
 
+def audit_reason(given: str) -> str:
+    """An operator's reason for the audit log: 1-500 printable characters."""
+    reason = given.strip()
+    if not reason or len(reason) > MAX_REASON_LENGTH or not reason.isprintable():
+        raise UsageError(f"--reason: say why, 1-{MAX_REASON_LENGTH} printable characters")
+    return reason
+
+
 # Which rows to requeue or replay ------------------------------------------------------------
 
 
@@ -130,13 +139,13 @@ class DeadSelector(RowSelector):
 
     all_dead: bool = False
 
-    def check(self) -> None:
+    def check(self, verb: str = "requeue") -> None:
         """Refuse an empty selection, and ``all_dead`` mixed with filters."""
         if self.all_dead and self.filters():
             raise NoSelector("--all-dead takes every dead row; give it no ids or filters")
         if not self.all_dead and not self.filters():
             raise NoSelector(
-                "name the dead rows to requeue: ids, --event-type, --since/--until, "
+                f"name the dead rows to {verb}: ids, --event-type, --since/--until, "
                 "or --all-dead for every one"
             )
 

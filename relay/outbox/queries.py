@@ -501,10 +501,15 @@ class Queries:
 
     @property
     def queue_sample(self) -> str:
-        """Queue depth and oldest unfinished age, for the sampled gauges."""
+        """Queue depth (rows still to send, blocked ones included), oldest unfinished age, and
+        the blocked rows by why they wait, for the sampled gauges."""
         return f"""
             SELECT count(*) AS depth,
-                   coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
+                   coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest,
+                   count(*) FILTER (WHERE blocked_by = 'dead_row' AND status = 'blocked')
+                       AS behind_dead,
+                   count(*) FILTER (WHERE blocked_by = 'route_pause' AND status = 'blocked')
+                       AS on_paused_routes
             FROM "{self.schema}".outbox WHERE status IN ('pending', 'in_flight', 'blocked')"""
 
     @property

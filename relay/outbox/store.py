@@ -100,6 +100,15 @@ class Left:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSample:
+    """The outbox as the sampled gauges show it."""
+
+    depth: int  # rows still to send: pending, in flight or blocked
+    oldest: float  # seconds since the oldest of them was written
+    blocked: dict[str, int]  # blocked rows by why they wait (blocked_by)
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     """The route of rows that leave country or tenant NULL."""
 
@@ -272,10 +281,11 @@ class Store:
         )
         return [Left(**dict(row)) for row in rows]
 
-    async def queue_sample(self) -> tuple[int, float]:
+    async def queue_sample(self) -> QueueSample:
         row = await self.pool.fetchrow(self.queries.queue_sample)
         assert row is not None
-        return int(row["depth"]), float(row["oldest"])
+        blocked = {"dead_row": row["behind_dead"], "route_pause": row["on_paused_routes"]}
+        return QueueSample(int(row["depth"]), float(row["oldest"]), blocked)
 
     async def purge_published(self, older_than_seconds: float, batch: int = 1000) -> int:
         """Delete one batch of published rows; return how many went."""

@@ -158,7 +158,8 @@ async def test_dead_list_filters_by_event_type_death_time_and_limit(
     assert [row.id for row in await admin.dead_list()] == [old, recent, other]
     assert [row.id for row in await admin.dead_list(event_type=EVENT)] == [old, recent]
     assert [row.id for row in await admin.dead_list(since=timedelta(hours=1))] == [recent, other]
-    assert [row.id for row in await admin.dead_list(limit=1)] == [old]
+    assert [row.id for row in await admin.dead_list(limit=1)] == [other]
+    assert [row.id for row in await admin.dead_list(limit=2)] == [recent, other]
     row = (await admin.dead_list(event_type="case_created"))[0]
     assert (row.attempts, row.error_class, row.last_http_status) == (1, "http_400", 400)
     assert "payload" not in row.to_json()
@@ -444,11 +445,11 @@ async def test_every_change_is_recorded_with_its_operator_and_selection(
         assert "correlationId" not in entry["parameters"] + (entry["detail"] or "")
 
     listed = await admin.audit()
-    assert [entry.id for entry in listed] == [entry["id"] for entry in reversed(entries)]
+    assert [entry.id for entry in listed] == [entry["id"] for entry in entries]
     assert [entry.id for entry in await admin.audit(limit=1)] == [cleared.audit_id]
     assert await admin.audit(since=timedelta(0)) == []
     text = "\n".join(line for entry in listed for line in entry.lines())
-    assert f"{admin.operator} on {admin.host}  requeue  1 rows  partial" in text
+    assert f"{admin.operator} on {admin.host}  requeue  1 row  partial" in text
     assert "not dead: 424242" in text
     assert "not paused: dk/nowhere" in text
 

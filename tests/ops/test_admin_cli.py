@@ -46,12 +46,13 @@ async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: st
         "('dk/abcinsurance', now() + interval '1 minute', 'configuration', 'http_403', 'vm:7')"
     )
 
-    status_text, status_json, listed, shown, shown_json = await asyncio.gather(
+    status_text, status_json, listed, shown, shown_json, newest = await asyncio.gather(
         operate(database_url, "status"),
         operate(database_url, "status", "--json"),
         operate(database_url, "dead", "list", "--since", "3h", "--json"),
         operate(database_url, "dead", "show", str(refused)),
         operate(database_url, "dead", "show", str(invalid), "--json"),
+        operate(database_url, "dead", "list", "--limit", "1"),
     )
 
     assert status_text.code == 0, status_text.stderr
@@ -74,6 +75,10 @@ async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: st
     assert [pause["kind"] for pause in report["pauses"]] == ["configuration"]
 
     assert [row["id"] for row in listed.json()] == [refused, invalid]
+    # Every list: the newest --limit items, oldest first; a line on stderr tells of the rest.
+    assert [line.split()[0] for line in newest.stdout.splitlines()] == [str(invalid)]
+    assert "relay: showing the newest 1 dead row, oldest first" in newest.stderr
+    assert "showing" not in listed.stderr
     assert '"payload"' not in listed.stdout
     assert '"uuid"' not in listed.stdout  # nothing of the payload
 
@@ -84,7 +89,7 @@ async def test_status_and_dead_commands(db: asyncpg.Connection, database_url: st
         "HTTP status:    400",
         "last error:     HTTP 400: refused",
         '"eventType": "case_created"',
-        "delivery log (1 attempts):",
+        "delivery log (1 attempt):",
     ):
         assert expected in shown.stdout
     detail = shown_json.json()
@@ -115,7 +120,7 @@ async def test_requeue_command(db: asyncpg.Connection, database_url: str) -> Non
         operate(database_url, "requeue", "--event-type", "case_created", "--since", "1h", "--json"),
     )
     assert by_ids.code == 3, by_ids.stderr  # finished, but 99999 was left alone
-    assert f"relay: requeued 1 dead rows: {first}" in by_ids.stdout
+    assert f"relay: requeued 1 dead row: {first}" in by_ids.stdout
     assert "not dead (left alone): 99999" in by_ids.stdout
     result = by_type.json()
     assert (result["requeued"], result["ids"]) == (2, [second, third])
@@ -297,18 +302,18 @@ async def test_changes_are_recorded_under_the_operators_name(
     listed = await operate(database_url, "audit", "--json")
     entries = listed.json()
     assert [(e["id"], e["action"], e["operator"]) for e in entries] == [
-        (3, "pause_clear", pwd.getpwuid(os.getuid()).pw_name),
-        (2, "purge", OPERATOR),
         (1, "requeue", "alice"),
+        (2, "purge", OPERATOR),
+        (3, "pause_clear", pwd.getpwuid(os.getuid()).pw_name),
     ]
-    assert entries[2]["row_ids"] == [dead]
-    assert entries[2]["parameters"] == {"ids": [dead]}
+    assert entries[0]["row_ids"] == [dead]
+    assert entries[0]["parameters"] == {"ids": [dead]}
     assert entries[1]["rows_affected"] == 1
-    assert entries[0]["detail"] == {"lifted": ["*"], "not_paused": [], "released": 0}
+    assert entries[2]["detail"] == {"lifted": ["*"], "not_paused": [], "released": 0}
     assert entries[0]["at"].endswith("Z")
     text = await operate(database_url, "audit", "--since", "1h", "--limit", "2")
     assert text.code == 0, text.stderr
-    assert " purge  1 rows  done" in text.stdout
+    assert " purge  1 row  done" in text.stdout
     assert "requeue" not in text.stdout  # the oldest of three, past the limit
 
 

@@ -152,13 +152,13 @@ async def test_list_filters_and_never_shows_a_payload(
     other = await add_event(db, route=OTHER)
     malformed = await add_malformed(db)
 
-    assert [row.id for row in await inbox.events()] == [malformed, other, pending, failed, old]
+    assert [row.id for row in await inbox.events()] == [old, failed, pending, other, malformed]
     assert [row.id for row in await inbox.events(route=OTHER)] == [other]
-    assert [row.id for row in await inbox.events(status="failed")] == [malformed, failed]
+    assert [row.id for row in await inbox.events(status="failed")] == [failed, malformed]
     assert [row.id for row in await inbox.events(event_type="claim_updated")] == [failed]
     assert [row.id for row in await inbox.events(since=timedelta(hours=1), limit=2)] == [
-        malformed,
         other,
+        malformed,
     ]
     with pytest.raises(UsageError, match="--status"):
         await inbox.events(status="dead")

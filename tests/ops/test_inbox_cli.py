@@ -77,7 +77,7 @@ async def test_the_reports(db: asyncpg.Connection, database_url: str) -> None:
     assert (first["last_event_id"], first["polled"], first["configured"]) == ("_3", False, True)
 
     events = listed.json()
-    assert [event["event_id"] for event in events][1:] == ["_3", "_2", "_1"]
+    assert [event["event_id"] for event in events][:-1] == ["_1", "_2", "_3"]  # oldest first
     assert all("payload" not in event for event in events)
     code(failed_list, OK, "_2  case_created  failed  attempts 5  KeyError: 'case'")
     assert "_3" not in failed_list.stdout
@@ -131,18 +131,18 @@ async def test_the_changes_and_their_audit_log(db: asyncpg.Connection, database_
 
     entries = (await operate(database_url, "audit", "--json")).json()
     assert [(entry["action"], entry["operator"], entry["outcome"]) for entry in entries] == [
+        ("inbox_retry", OPERATOR, "partial"),
+        ("inbox_retry", OPERATOR, "partial"),
+        ("inbox_rewind", OPERATOR, "done"),
+        ("inbox_rewind", OPERATOR, "done"),
         ("inbox_purge", OPERATOR, "done"),
-        ("inbox_rewind", OPERATOR, "done"),
-        ("inbox_rewind", OPERATOR, "done"),
-        ("inbox_retry", OPERATOR, "partial"),
-        ("inbox_retry", OPERATOR, "partial"),
     ]
-    assert entries[1]["detail"]["before"]["last_event_id"] == "_1"
-    assert entries[1]["detail"]["after"]["last_event_id"] == "_9"
-    assert entries[4]["row_ids"] == [ids["failed"]]
-    assert entries[4]["detail"] == {"malformed": [ids["malformed"]]}
+    assert entries[3]["detail"]["before"]["last_event_id"] == "_1"
+    assert entries[3]["detail"]["after"]["last_event_id"] == "_9"
+    assert entries[0]["row_ids"] == [ids["failed"]]
+    assert entries[0]["detail"] == {"malformed": [ids["malformed"]]}
     text = await operate(database_url, "audit", "--limit", "1")
-    assert " inbox_purge  1 rows  done" in text.stdout
+    assert " inbox_purge  1 row  done" in text.stdout
 
 
 # Exit codes ------------------------------------------------------------------------------------

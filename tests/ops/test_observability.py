@@ -353,7 +353,7 @@ async def test_json_log_lines_of_a_run_carry_context_and_no_secrets(
     assert "attempts:       1" in stdout
     assert "payload is missing timestamp" in stdout
     assert "secret-status-never-logged" in stdout  # the payload, shown on stdout only
-    assert "delivery log (1 attempts):" in stdout
+    assert "delivery log (1 attempt):" in stdout
     assert "invalid_event" in stdout
 
 

@@ -57,7 +57,7 @@ async def test_dry_run_lists_what_would_go_and_replay_sends_it_again(
     assert lines[0] == "relay: would replay 3 published rows"
     assert [int(line.split()[0]) for line in lines[1:4]] == recent
     assert all("published " in line and "case_created" in line for line in lines[1:4])
-    assert "relay: held back 1 rows, whose ordering key has newer rows" in listed.stdout
+    assert "relay: held back 1 row, whose ordering key has newer rows" in listed.stdout
     preview = listed_json.json()
     assert (preview["would_replay"], preview["ids"], preview["dry_run"]) == (3, recent, True)
     assert await db.fetchval("SELECT count(*) FROM relay_admin_log") == 0
