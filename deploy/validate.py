@@ -51,6 +51,19 @@ UNCHECKABLE = (
     kubernetes_validate.utils.VersionNotSupportedError,
 )
 CREDENTIALS_DIR = "/var/run/secrets/relay"
+# Each workload mounts its own Secret at CREDENTIALS_DIR: the runtime's database URL and key
+# material for the relay, the migrator's database URL for the migration (docs/database.md).
+WORKLOAD_SECRETS = {
+    ("Deployment", "relay"): "relay-credentials",
+    ("Job", "relay-migrate"): "relay-migrator",
+}
+# The roles of docs/database.md, and the one schema the deploy files use.
+RUNTIME_ROLE, MIGRATOR_ROLE = "relay_runtime", "relay_migrator"
+SCHEMA = "relay"
+DOCS_DATABASE = ROOT / "docs" / "database.md"
+DEPLOY_README = ROOT / "deploy" / "README.md"
+# A URL that carries a password: scheme://user:password@host.
+PASSWORD_IN_URL = re.compile(r"[a-z+]+://[^/\s:@]+:[^@\s]+@")
 UID = 10001
 # systemd-analyze security: exposure level 0.0 (locked down) to 10.0, times ten.
 SYSTEMD_EXPOSURE_THRESHOLD = 20
@@ -59,7 +72,9 @@ READ_ON_LOAD = {
     "RELAY_CLIENT_SECRET_FILE": "client_secret",
     "RELAY_PRIVATE_KEY_PASSWORD_FILE": "private_key_password",
     "RELAY_PKCS12_PASSWORD_FILE": "pkcs12_password",
+    "RELAY_DATABASE_URL_FILE": "database_url",
 }
+PLACEHOLDERS = {"database_url": "postgresql://placeholder@db.example.internal/placeholder"}
 SYSTEMD_HARDENING = {
     "DynamicUser": "yes",
     "NoNewPrivileges": "yes",
@@ -152,7 +167,8 @@ def load(values: Mapping[str, str], where: str) -> Settings:
     kwargs: dict[str, Any] = {}
     for variable, value in values.items():
         if variable in READ_ON_LOAD:
-            kwargs[READ_ON_LOAD[variable]] = "placeholder"
+            field = READ_ON_LOAD[variable]
+            kwargs[field] = PLACEHOLDERS.get(field, "placeholder")
         elif variable.startswith(ENV_PREFIX):
             kwargs[setting_keys()[variable]] = value
     try:
@@ -318,7 +334,9 @@ def check_pod_security(kind: str, name: str) -> None:
 
 
 def check_secret_files(kind: str, name: str, config: Mapping[str, str]) -> None:
-    """Every RELAY_*_FILE of the ConfigMap is a file of the relay-credentials Secret volume."""
+    """The workload's own Secret is mounted at CREDENTIALS_DIR, where every RELAY_*_FILE of the
+    ConfigMap points."""
+    secret = WORKLOAD_SECRETS[(kind, name)]
     spec = pod_spec(resource(kind, name))
     secret_volumes = {
         volume["name"]: volume["secret"]["secretName"]
@@ -332,8 +350,8 @@ def check_secret_files(kind: str, name: str, config: Mapping[str, str]) -> None:
         if mount["name"] in secret_volumes
     }
     require(
-        mounts.get(CREDENTIALS_DIR) == "relay-credentials",
-        f"{kind}/{name}: Secret relay-credentials is not mounted at {CREDENTIALS_DIR}",
+        mounts.get(CREDENTIALS_DIR) == secret,
+        f"{kind}/{name}: Secret {secret} is not mounted at {CREDENTIALS_DIR}",
     )
     for variable, value in config.items():
         if variable.endswith("_FILE") and variable != "RELAY_CA_BUNDLE":
@@ -343,10 +361,16 @@ def check_secret_files(kind: str, name: str, config: Mapping[str, str]) -> None:
             )
 
 
-def secret_example() -> dict[str, str]:
-    (secret,) = k8s_documents(K8S / "secret.example.yaml")
-    data: dict[str, str] = secret.get("stringData", {})
-    return data
+def secret_examples() -> dict[str, dict[str, str]]:
+    """Secret name -> its keys and placeholder values, from secret.example.yaml."""
+    return {
+        document["metadata"]["name"]: dict(document.get("stringData", {}))
+        for document in k8s_documents(K8S / "secret.example.yaml")
+    }
+
+
+def url_user(url: str) -> str:
+    return url.partition("://")[2].partition("@")[0].partition(":")[0]
 
 
 def check_k8s_settings() -> str:
@@ -354,7 +378,6 @@ def check_k8s_settings() -> str:
     deployment = resource("Deployment", "relay")
     (container,) = pod_spec(deployment)["containers"]
     values = {**config, **env_of(container)}
-    values["RELAY_DATABASE_URL"] = secret_example()["database-url"]
     settings = load(values, "ConfigMap relay-config + Deployment env")
     grace = settings.shutdown_grace.total_seconds()
     period = pod_spec(deployment)["terminationGracePeriodSeconds"]
@@ -362,14 +385,72 @@ def check_k8s_settings() -> str:
         period > grace,
         f"terminationGracePeriodSeconds {period} is not above RELAY_SHUTDOWN_GRACE {grace:g}s",
     )
-    for kind, name in (("Deployment", "relay"), ("Job", "relay-migrate")):
-        check_secret_files(kind, name, config)
-    wanted = {Path(v).name for k, v in config.items() if k.endswith("_FILE")} | {"database-url"}
-    missing = sorted(wanted - set(secret_example()))
-    require(not missing, f"secret.example.yaml lacks keys: {', '.join(missing)}")
+    wanted = {Path(v).name for k, v in config.items() if k.endswith("_FILE")}
+    examples = secret_examples()
+    missing = sorted(wanted - set(examples.get("relay-credentials", {})))
+    require(not missing, f"secret.example.yaml: relay-credentials lacks keys: {', '.join(missing)}")
     return (
         f"settings valid and complete; grace {grace:g}s < terminationGracePeriodSeconds "
         f"{period}s; secret files under {CREDENTIALS_DIR}"
+    )
+
+
+def check_k8s_credentials() -> str:
+    """Migrator and runtime credentials apart, every secret from a file, the schema and the
+    retention the docs recommend."""
+    config: dict[str, str] = {k: str(v) for k, v in resource("ConfigMap")["data"].items()}
+    url_file = f"{CREDENTIALS_DIR}/database-url"
+    require(
+        config.get("RELAY_DATABASE_URL_FILE") == url_file,
+        f"ConfigMap: RELAY_DATABASE_URL_FILE is not {url_file}",
+    )
+    require("RELAY_DATABASE_URL" not in config, "ConfigMap: holds RELAY_DATABASE_URL itself")
+    for kind, name in WORKLOAD_SECRETS:
+        (container,) = pod_spec(resource(kind, name))["containers"]
+        inline = sorted(
+            item["name"] for item in container.get("env", []) if "valueFrom" in item
+        ) + ["envFrom secretRef" for item in container.get("envFrom", []) if "secretRef" in item]
+        require(not inline, f"{kind}/{name}: secrets as environment variables: {inline}")
+        check_secret_files(kind, name, config)
+    require(
+        len(set(WORKLOAD_SECRETS.values())) == len(WORKLOAD_SECRETS),
+        "the migration Job and the Deployment mount the same Secret",
+    )
+    examples = secret_examples()
+    require(
+        set(examples) == set(WORKLOAD_SECRETS.values()),
+        f"secret.example.yaml: Secrets {sorted(examples)}, "
+        f"expected {sorted(WORKLOAD_SECRETS.values())}",
+    )
+    users = {secret: url_user(examples[secret].get("database-url", "")) for secret in examples}
+    expected = {"relay-credentials": RUNTIME_ROLE, "relay-migrator": MIGRATOR_ROLE}
+    require(users == expected, f"secret.example.yaml: database-url users {users}, not {expected}")
+    roles = DOCS_DATABASE.read_text(encoding="utf-8")
+    require(
+        all(f"`{role}`" in roles for role in expected.values()),
+        f"docs/database.md names no roles {sorted(expected.values())}",
+    )
+    require(config.get("RELAY_SCHEMA") == SCHEMA, f"ConfigMap: RELAY_SCHEMA is not {SCHEMA}")
+    retention = config.get("RELAY_RETENTION")
+    require(retention is not None, "ConfigMap: RELAY_RETENTION is not stated")
+    readme = DEPLOY_README.read_text(encoding="utf-8")
+    for secret, keys in examples.items():
+        created = re.search(
+            rf"kubectl create secret generic {secret}((?:[^\n]*\\\n)*[^\n]*)", readme
+        )
+        require(created is not None, f"deploy/README.md: no 'kubectl create secret ... {secret}'")
+        assert created is not None
+        named = set(re.findall(r"--from-file=([\w.-]+)=", created.group(1)))
+        require(
+            named == set(keys),
+            f"deploy/README.md creates {secret} with {sorted(named)}, "
+            f"secret.example.yaml has {sorted(keys)}",
+        )
+    return (
+        f"Deployment mounts {WORKLOAD_SECRETS[('Deployment', 'relay')]} "
+        f"({RUNTIME_ROLE}), the Job {WORKLOAD_SECRETS[('Job', 'relay-migrate')]} "
+        f"({MIGRATOR_ROLE}); database URL from {url_file}; schema {SCHEMA}; "
+        f"retention {retention}; README's kubectl commands match"
     )
 
 
@@ -845,6 +926,56 @@ def check_systemd_settings() -> str:
     )
 
 
+def unit_credentials(service: Mapping[str, list[str]]) -> dict[str, str]:
+    """LoadCredential= name -> the file it is loaded from."""
+    return dict(item.partition(":")[::2] for item in service.get("LoadCredential", []))
+
+
+def check_systemd_credentials() -> str:
+    """Each unit loads its own database URL (the runtime's, the migrator's) as a credential;
+    relay.env.example holds nothing secret and no *_FILE, and states the schema and the
+    retention the docs recommend; deploy/README.md installs every file the units load."""
+    relay = parse_unit(SYSTEMD / "relay.service")["Service"]
+    migrate = parse_unit(SYSTEMD / "relay-migrate.service")["Service"]
+    sources = {}
+    for unit, service in (("relay.service", relay), ("relay-migrate.service", migrate)):
+        environment = dict(item.partition("=")[::2] for item in service.get("Environment", []))
+        require(
+            environment.get("RELAY_DATABASE_URL_FILE") == "%d/database-url",
+            f"{unit}: RELAY_DATABASE_URL_FILE is not %d/database-url",
+        )
+        source = unit_credentials(service).get("database-url")
+        require(source is not None, f"{unit}: no LoadCredential=database-url:...")
+        sources[unit] = str(source)
+    require(
+        sources["relay.service"] != sources["relay-migrate.service"],
+        "relay.service and relay-migrate.service load the same database URL",
+    )
+    keys = sorted(set(unit_credentials(migrate)) - {"database-url"})
+    require(not keys, f"relay-migrate.service loads credentials it needs not: {keys}")
+    text = (SYSTEMD / "relay.env.example").read_text(encoding="utf-8")
+    require(PASSWORD_IN_URL.search(text) is None, "relay.env.example: a URL with a password in it")
+    values, _ = env_example()
+    files = sorted(name for name in values if name.endswith("_FILE"))
+    require(not files, f"relay.env.example sets what the units set: {files}")
+    require("RELAY_DATABASE_URL" not in values, "relay.env.example sets RELAY_DATABASE_URL")
+    require(
+        values.get("RELAY_SCHEMA") == SCHEMA, f"relay.env.example: RELAY_SCHEMA is not {SCHEMA}"
+    )
+    require("RELAY_RETENTION" in values, "relay.env.example: RELAY_RETENTION is not stated")
+    readme = DEPLOY_README.read_text(encoding="utf-8")
+    loaded = sorted(
+        {path for service in (relay, migrate) for path in unit_credentials(service).values()}
+    )
+    missing = [path for path in loaded if path.rpartition("/")[2] not in readme]
+    require(not missing, f"deploy/README.md does not install {missing}")
+    return (
+        f"database URL: relay.service {sources['relay.service']}, relay-migrate.service "
+        f"{sources['relay-migrate.service']}; relay.env.example holds no secret; schema "
+        f"{values['RELAY_SCHEMA']}, retention {values['RELAY_RETENTION']}"
+    )
+
+
 def systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
@@ -1001,6 +1132,7 @@ def checks() -> list[tuple[str, Callable[[], str]]]:
         ("kubernetes workloads", check_k8s_workloads),
         ("kubernetes selectors", check_k8s_selectors),
         ("kubernetes settings", check_k8s_settings),
+        ("kubernetes credentials", check_k8s_credentials),
         ("monitoring component", check_monitoring_component),
         ("kustomize build with monitoring", check_monitoring_build),
         ("runbook alerts", check_runbook_alerts),
@@ -1010,6 +1142,7 @@ def checks() -> list[tuple[str, Callable[[], str]]]:
         ("monitoring metric names", check_monitoring_metrics),
         ("systemd directives", check_systemd_units),
         ("systemd settings", check_systemd_settings),
+        ("systemd credentials", check_systemd_credentials),
         ("systemd-analyze verify", check_systemd_verify),
         ("systemd-analyze security", check_systemd_security),
         ("Dockerfile structure", check_dockerfile),

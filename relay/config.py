@@ -101,6 +101,21 @@ def _bounded(seconds: float) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
+KEEP = "keep"  # RELAY_RETENTION's word for "never delete"
+
+
+def parse_retention(value: object) -> object:
+    """A duration, or ``keep`` (None: nothing is ever deleted)."""
+    if isinstance(value, str) and value.strip().lower() == KEEP:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise ValueError(f"{error}, or keep") from None
+
+
+Retention = Annotated[timedelta | None, BeforeValidator(parse_retention)]
+
 
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
@@ -205,7 +220,10 @@ class Settings(BaseSettings):
     dead_blocks_key: bool = Field(
         default=True, description="a dead row holds back later rows of its ordering key"
     )
-    retention: Duration | None = Field(default=None, description="purge published rows after")
+    retention: Retention = Field(
+        default=timedelta(days=30),
+        description="delete published rows and processed inbox events after this; keep: never",
+    )
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     # Receiving

@@ -20,7 +20,7 @@ import asyncpg
 import structlog
 
 from relay import database, schema
-from relay.config import Settings
+from relay.config import KEEP, Settings
 from relay.errors import ConfigurationError, RelayError, TokenError
 from relay.eventapi.keys import load_key_material
 from relay.eventapi.proxy import proxy_for
@@ -32,6 +32,7 @@ from relay.inbox.receiver import ReceiveConfig, RouteReceiver, receive_routes
 from relay.inbox.store import InboxStore
 from relay.metrics import Metrics
 from relay.ops import http
+from relay.ops.formatting import human_duration
 from relay.outbox.decide import Policy
 from relay.outbox.liveness import Liveness
 from relay.outbox.store import Defaults, Store
@@ -146,6 +147,11 @@ class Daemon:
                 proxy=str(proxy) if proxy is not None else None,
                 http=address,
                 drain=drain,
+                retention=(
+                    KEEP
+                    if settings.retention is None
+                    else human_duration(settings.retention.total_seconds())
+                ),
             )
             self.started.set()
             report = await _supervised(self.worker.run(self.stop, drain=drain), tasks)

@@ -143,9 +143,15 @@ def test_defaults_need_no_environment() -> None:
     assert settings.lease == timedelta(seconds=60)
     assert settings.max_age == timedelta(hours=24)
     assert settings.dead_blocks_key is True
-    assert settings.retention is None
+    assert settings.retention == timedelta(days=30)
     assert settings.http_port == 8080
     assert settings.worker_id.endswith(f":{os.getpid()}")
+
+
+@pytest.mark.parametrize("keep", ["keep", "KEEP", " keep "])
+def test_a_retention_of_keep_deletes_nothing(monkeypatch: pytest.MonkeyPatch, keep: str) -> None:
+    assert load(monkeypatch, RELAY_RETENTION=keep).retention is None
+    assert "RELAY_RETENTION" in refusal(monkeypatch, RELAY_RETENTION="forever")
 
 
 def test_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
