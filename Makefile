@@ -61,4 +61,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.suite
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .relay-demo

@@ -2,7 +2,7 @@
 
 The server is found in this order: ``RELAY_TEST_DATABASE_URL``; the server at 127.0.0.1:5432
 when it answers; a testcontainers PostgreSQL when a Docker engine is available; otherwise an
-embedded PostgreSQL from the ``pgserver`` package. The schema is migrated once into a template
+embedded PostgreSQL, the demo's own (``relay.demo.embedded``). The schema is migrated once into a template
 database; each test gets its own ``CREATE DATABASE ... TEMPLATE`` copy, dropped afterwards.
 """
 
@@ -13,9 +13,9 @@ import shutil
 import socket
 import tempfile
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -70,15 +70,12 @@ def _find_server(stack: ExitStack) -> str:
 
         container = stack.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
         return str(container.get_connection_url())
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset; filterwarnings=error would fail.
-        warnings.simplefilter("ignore")
-        import pgserver
+    from relay.demo import embedded  # the demo's own server, on the 'embedded' extra
 
-    data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-test-pg-"))
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
-    stack.callback(server.cleanup)
-    return str(server.get_uri())
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-test-pg-")))
+    server, _joined = embedded.start(directory)
+    stack.callback(server.stop, directory)
+    return server.uri()
 
 
 def with_database(url: str, database: str) -> str:

@@ -1,9 +1,11 @@
 """``relay demo``: the whole relay on one machine, end to end, in well under a minute.
 
-Without ``RELAY_DATABASE_URL`` it starts an embedded PostgreSQL (the ``pgserver`` package, the
-``embedded`` extra) in ``.relay-demo/pgdata`` under the current directory, re-created database
-``relay_demo`` each run. With ``RELAY_DATABASE_URL`` it uses that database, in a schema of its
-own (``relay_demo``, re-created each run), so an outbox that holds real events is never touched.
+Without ``RELAY_DATABASE_URL`` it starts an embedded PostgreSQL (``relay.demo.embedded``, on
+the binaries of the ``embedded`` extra) in ``.relay-demo/pgdata`` under the current directory,
+re-created database ``relay_demo`` each run; it changes nothing outside the current directory
+but a temporary directory of its own, removed when it stops. With ``RELAY_DATABASE_URL`` it
+uses that database, in a schema of its own (``relay_demo``, re-created each run), so an outbox
+that holds real events is never touched.
 
 In one process it then starts the emulated partner with realistic latency and a few injected
 failures, migrates, enqueues a realistic mix of events through the producer API (plus a handful
@@ -416,13 +418,18 @@ def run_demo(events: int, *, keep_server: bool, console: Console | None = None) 
             run.interrupted = True
         summary = asyncio.run(_summarise(run))
         print_report(run, *(summary or (None, None)))
-        if run.server_left_running:
-            target.embedded.cleanup_mode = None  # leave it running for the commands above
-    # The stack has stopped the embedded server (unless another process still uses it).
-    if target.embedded is not None and not run.server_left_running:
+        target.keep = run.server_left_running  # for the commands the report lists
+    # The stack has stopped the embedded server, unless it is left running.
+    if target.embedded is not None and not target.left_running:
         console.print(
-            f"relay demo: stopped the embedded PostgreSQL in {DEMO_DIRECTORY / 'pgdata'} "
+            "relay demo: stopped the embedded PostgreSQL "
             "('relay demo --keep' leaves it running, to look further with 'relay status')",
+            soft_wrap=True,
+        )
+    elif target.joined:
+        console.print(
+            "relay demo: left the embedded PostgreSQL running, as it was before "
+            "('relay demo --stop' stops it)",
             soft_wrap=True,
         )
     if run.interrupted:
@@ -439,6 +446,6 @@ def stop(console: Console | None = None) -> None:
     """``relay demo --stop``."""
     console = console or Console(highlight=False)
     if stop_embedded(DEMO_DIRECTORY):
-        console.print(f"relay demo: stopped the embedded PostgreSQL in {DEMO_DIRECTORY / 'pgdata'}")
+        console.print("relay demo: stopped the embedded PostgreSQL")
     else:
         console.print(f"relay demo: no embedded PostgreSQL is running in {DEMO_DIRECTORY}")

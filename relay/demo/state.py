@@ -59,5 +59,8 @@ class Run:
 
     @property
     def server_left_running(self) -> bool:
-        """The embedded server stays up afterwards: asked for with --keep, and not interrupted."""
-        return self.target.embedded is not None and self.keep_server and not self.interrupted
+        """The embedded server stays up afterwards: asked for with --keep (and not
+        interrupted), or it ran before the demo started."""
+        target = self.target
+        kept = self.keep_server and not self.interrupted
+        return target.embedded is not None and (target.joined or kept)

@@ -1,17 +1,20 @@
 """``relay demo`` as a user runs it: the installed command, a process, a directory of its own.
 
-The embedded runs start a real PostgreSQL with pgserver (about two seconds with initdb). As
-root, pgserver runs it as a system user ``pgserver`` that it creates on first use.
+The embedded runs start a real PostgreSQL (about two seconds with initdb) on the binaries of
+the ``embedded`` extra. As root it runs as the existing user ``nobody`` from a temporary
+directory of its own; either way the demo leaves the machine as it found it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,6 +191,36 @@ def wait_for(condition: Callable[[], bool], within: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def embedded_pgdata(cwd: Path) -> Path:
+    """Where the demo run in ``cwd`` keeps its server's data: .relay-demo/pgdata, or as root a
+    temporary directory that .relay-demo/server.json names while the server runs."""
+    with contextlib.suppress(OSError, ValueError):
+        return Path(json.loads((cwd / ".relay-demo" / "server.json").read_text())["pgdata"])
+    return cwd / ".relay-demo" / "pgdata"
+
+
+def machine_state(cwd: Path) -> dict[str, object]:
+    """What the demo must leave as it found it: the users and groups, the temporary
+    directory's relay-demo entries, the modes of the directories above ``cwd``, the runtime
+    directories a PostgreSQL helper might leave behind."""
+    uid = os.getuid()
+    runtime = [Path(f"/run/user/{uid}"), Path(tempfile.gettempdir()) / f"runtime-{uid}"]
+    return {
+        "passwd": Path("/etc/passwd").read_text(),
+        "group": Path("/etc/group").read_text(),
+        "tmp": sorted(
+            path.name
+            for path in Path(tempfile.gettempdir()).iterdir()
+            if path.name.startswith("relay-demo")
+        ),
+        "parents": [(str(path), path.stat().st_mode) for path in cwd.parents],
+        "runtime": [
+            sorted(str(item) for item in path.rglob("*")) if path.exists() else None
+            for path in runtime
+        ],
+    }
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     try:
         return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -206,12 +239,15 @@ def process_exists(pid: int) -> bool:
 
 def test_demo_on_an_embedded_postgresql_kept_running_and_stopped(tmp_path: Path) -> None:
     env = environment()
-    pgdata = tmp_path / ".relay-demo" / "pgdata"
     try:
         run = relay_demo(tmp_path, env, "--events", "300", "--keep")
         output = run.stdout + run.stderr
         assert run.returncode == 0, output
-        assert "using an embedded PostgreSQL in .relay-demo/pgdata" in output
+        pgdata = embedded_pgdata(tmp_path)
+        if os.geteuid() == 0:
+            assert f"using an embedded PostgreSQL in {pgdata} (as user nobody" in output
+        else:
+            assert "using an embedded PostgreSQL in .relay-demo/pgdata" in output
         assert "dropped and re-created database relay_demo" in output
         assert_complete(output, 300)
         for command in (*LOOK_FURTHER, "relay dead show ", "relay demo --stop"):
@@ -244,6 +280,8 @@ def test_demo_on_an_embedded_postgresql_kept_running_and_stopped(tmp_path: Path)
     assert "stopped the embedded PostgreSQL" in stop.stdout
     assert postmaster_pid(pgdata) is None
     wait_for(lambda: not process_exists(server), within=10)
+    if os.geteuid() == 0:
+        assert not pgdata.exists()  # its temporary directory went with it
 
 
 def run_watching_the_postmaster(cwd: Path, *args: str) -> tuple[int, str, int]:
@@ -264,7 +302,7 @@ def run_watching_the_postmaster(cwd: Path, *args: str) -> tuple[int, str, int]:
                 lines.append(line)
                 if line.startswith("relay demo: emulated EventApi"):
                     break
-            server = postmaster_pid(cwd / ".relay-demo" / "pgdata")
+            server = postmaster_pid(embedded_pgdata(cwd))
             assert server is not None, "".join(lines)
             output = "".join(lines) + demo.stdout.read()
             code = demo.wait(timeout=90)
@@ -276,21 +314,26 @@ def run_watching_the_postmaster(cwd: Path, *args: str) -> tuple[int, str, int]:
 
 
 def test_demo_stops_its_embedded_postgresql_when_it_is_done(tmp_path: Path) -> None:
+    before = machine_state(tmp_path)
     code, output, server = run_watching_the_postmaster(tmp_path, "--events", "300")
     assert code == 0, output
     assert_complete(output, 300)
     assert "relay demo: stopped the embedded PostgreSQL" in output
     assert "relay demo --keep" in output  # how to look further next time
     assert "export RELAY_DATABASE_URL" not in output  # nothing to connect to any more
-    assert postmaster_pid(tmp_path / ".relay-demo" / "pgdata") is None
+    assert postmaster_pid(embedded_pgdata(tmp_path)) is None
     # pg_ctl stop returns once the pid file is gone, a moment before the process has exited.
     wait_for(lambda: not process_exists(server), within=10)
     again = relay_demo(tmp_path, environment(), "--stop")
     assert "no embedded PostgreSQL is running" in again.stdout
+    # Nothing changed outside the directory it ran in: no user added, no parent opened up, no
+    # temporary or runtime directory left behind.
+    assert machine_state(tmp_path) == before
+    left = {path.name for path in (tmp_path / ".relay-demo").iterdir()}
+    assert left <= {"pgdata"}  # the data of a non-root run, kept for the next; make clean
 
 
 def test_ctrl_c_stops_the_embedded_server(tmp_path: Path) -> None:
-    pgdata = tmp_path / ".relay-demo" / "pgdata"
     with subprocess.Popen(
         [RELAY, "demo", "--events", "1000"],
         cwd=tmp_path,
@@ -306,6 +349,7 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path: Path) -> None:
                 lines.append(line)
                 if line.startswith("relay demo: emulated EventApi"):
                     break
+            pgdata = embedded_pgdata(tmp_path)
             server = postmaster_pid(pgdata)
             assert server is not None, "".join(lines)
             assert process_exists(server), "".join(lines)
@@ -449,3 +493,11 @@ def test_the_demo_stops_waiting_when_nothing_moves_and_says_so(
     budget = next(route for route in receive_plan(100) if route.tenant == "budgetinsurance")
     assert inbox["missing"] == budget.backlog  # the paused route's events wait at the emulator
     assert inbox["duplicates"] == 0
+
+
+def test_make_clean_removes_what_the_demo_leaves() -> None:
+    root = Path(__file__).resolve().parents[2]
+    planned = subprocess.run(
+        ["make", "-n", "clean"], cwd=root, capture_output=True, text=True, timeout=30, check=True
+    )
+    assert ".relay-demo" in planned.stdout.split()
