@@ -65,9 +65,22 @@ class InboxRoute:
         """A pause is in force (it has not run out)."""
         return self.pause_remaining is not None and self.pause_remaining > 0
 
+    @property
+    def caught_up(self) -> bool:
+        """Scalepoint's last answer brought no new event (it came after the newest event was
+        stored): the route had nothing more to send then, however old its newest event."""
+        if self.answered_at is None:
+            return False
+        return self.last_received_at is None or self.answered_at > self.last_received_at
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values, the route's name first."""
-        return {"route": self.route, **fields_of(self), "paused": self.paused}
+        return {
+            "route": self.route,
+            **fields_of(self),
+            "paused": self.paused,
+            "caught_up": self.caught_up,
+        }
 
     def lines(self, now: datetime) -> list[str]:
         """The route for people: a heading, then its checkpoint, answers, pause and events."""
@@ -75,7 +88,7 @@ class InboxRoute:
             f"{self.route}  {self._poller()}",
             f"  checkpoint:   {self._checkpoint()}",
             f"  last answer:  {relative(self.answered_at, now) if self.answered_at else 'never'}",
-            f"  lag:          {self._lag()}",
+            f"  lag:          {self._lag(now)}",
             f"  pause:        {self._pause(now)}",
             f"  events:       {self._events()}",
         ]
@@ -100,13 +113,20 @@ class InboxRoute:
         after = f"after {self.last_event_id}; " if self.last_event_id else ""
         return f"{after}next {self.next_path}"
 
-    def _lag(self) -> str:
+    def _lag(self, now: datetime) -> str:
+        """Caught up (the last answer brought nothing new), or how old the newest event is
+        while answers still bring events."""
         if self.lag is None or self.newest_event_at is None:
-            return "- (no event with a timestamp received yet)"
-        return (
-            f"{human_duration(max(self.lag, 0.0))} behind the newest event received "
-            f"(its timestamp {iso(self.newest_event_at)})"
-        )
+            newest = "no event with a timestamp received yet"
+        else:
+            age = human_duration(max(self.lag, 0.0))
+            newest = f"the newest event received is stamped {iso(self.newest_event_at)} ({age} ago)"
+        if self.caught_up:
+            answered = relative(self.answered_at, now)
+            return f"none: caught up at the last answer, {answered}; {newest}"
+        if self.answered_at is None:
+            return f"- (no answer yet; {newest})"
+        return f"{newest}; the last answer brought events, more may follow"
 
     def _pause(self, now: datetime) -> str:
         if self.paused_until is None:

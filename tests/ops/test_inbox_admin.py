@@ -120,6 +120,29 @@ async def test_status_reports_each_route_in_one_snapshot(
         assert expected in text, text
 
 
+async def test_an_idle_route_that_is_caught_up_is_not_called_behind(
+    db: asyncpg.Connection, inbox: InboxAdmin
+) -> None:
+    """The newest event is 55 s old, and the answers since brought nothing: caught up, not
+    55 s behind. A route whose last answer brought events may have more coming."""
+    await add_checkpoint(db, newest_ago=timedelta(seconds=55), answered_ago=timedelta(seconds=2))
+    await add_event(db, status="processed", received_ago=timedelta(seconds=50))
+    other = ("dk", "busy")
+    await add_checkpoint(db, route=other, newest_ago=timedelta(seconds=55), answered_ago=None)
+    await add_event(db, route=other, received_ago=timedelta(0))
+    report = await inbox.status()
+    routes = {route.route: route for route in report.routes}
+    idle, busy = routes["dk/abcinsurance"], routes["dk/busy"]
+    assert idle.caught_up
+    assert not busy.caught_up
+    text = "\n".join(report.lines())
+    assert "lag:          none: caught up at the last answer" in text, text
+    assert "(55s ago)" in text
+    assert "behind" not in text
+    assert "- (no answer yet; the newest event received is stamped" in text
+    assert report.to_json()["routes"][0]["caught_up"] is True
+
+
 async def test_status_of_an_inbox_never_used(inbox: InboxAdmin) -> None:
     report = await inbox.status()
     assert report.routes == []
