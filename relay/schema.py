@@ -77,6 +77,14 @@ class Migrated:
         """The schema was migrated by a newer relay; nothing was done."""
         return self.revision not in REVISIONS
 
+    def what_happened(self) -> str:
+        """Created, upgraded (from which revision) or already current."""
+        if self.before is None:
+            return "created relay's tables in it"
+        if self.before != self.revision:
+            return f"upgraded from revision {self.before}"
+        return "already current, nothing to do"
+
 
 def migrate(url: str, schema: str) -> Migrated:
     """Upgrade the schema to head; a no-op when current (or migrated by a newer relay); safe

@@ -2,8 +2,9 @@
 
 The server is found in this order: ``RELAY_TEST_DATABASE_URL``; the server at 127.0.0.1:5432
 when it answers; a testcontainers PostgreSQL when a Docker engine is available; otherwise an
-embedded PostgreSQL, the demo's own (``relay.demo.embedded``). The schema is migrated once into a template
-database; each test gets its own ``CREATE DATABASE ... TEMPLATE`` copy, dropped afterwards.
+embedded PostgreSQL, the demo's own (``relay.demo.embedded``). The schema is migrated once into
+a template database; each test gets its own ``CREATE DATABASE ... TEMPLATE`` copy, dropped
+afterwards.
 """
 
 from __future__ import annotations

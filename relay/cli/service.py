@@ -76,11 +76,13 @@ def migrate(sql: bool, start: str | None, check: bool) -> None:
     line = f'relay: schema "{name}" is at revision {result.revision}'
     if result.newer:
         line += f", {schema.newer_than_relay()}"
-    elif result.carried_over:
-        line += (
-            f" (its revision moved from {schema.SHARED_VERSION_TABLE}, the application's "
-            f"Alembic table, to {schema.VERSION_TABLE})"
-        )
+    else:
+        line += f": {result.what_happened()}"
+        if result.carried_over:
+            line += (
+                f" (its revision moved from {schema.SHARED_VERSION_TABLE}, the application's "
+                f"Alembic table, to {schema.VERSION_TABLE})"
+            )
     click.echo(line)
 
 

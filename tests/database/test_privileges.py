@@ -272,7 +272,9 @@ async def test_the_documented_grants_carry_every_command(insurer: Insurer) -> No
 
     # The migration role owns the schema and may not create schemas in the database.
     migrated = await relay(insurer.env("relay_migrator"), "migrate")
-    assert succeeded(migrated) == f'relay: schema "relay" is at revision {head_revision()}\n'
+    assert succeeded(migrated) == (
+        f'relay: schema "relay" is at revision {head_revision()}: created relay\'s tables in it\n'
+    )
     insurer.run(insurer.sql(sql_block(RUNTIME_BLOCK)), "relay_migrator")
     insurer.run(insurer.sql(sql_block(APPLICATION_BLOCK)), "relay_migrator")
     with psycopg.connect(insurer.url()) as connection:
@@ -338,7 +340,9 @@ async def test_migrate_without_create_on_the_database(insurer: Insurer) -> None:
 
     insurer.run(f'CREATE SCHEMA relay AUTHORIZATION "{migrator}"')
     owned = await relay(env, "migrate")
-    assert succeeded(owned) == f'relay: schema "relay" is at revision {head_revision()}\n'
+    assert succeeded(owned) == (
+        f'relay: schema "relay" is at revision {head_revision()}: created relay\'s tables in it\n'
+    )
 
 
 async def test_migrate_in_a_schema_the_role_may_not_change(insurer: Insurer) -> None:
