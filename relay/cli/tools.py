@@ -98,9 +98,9 @@ def emulator(
 ) -> None:
     """Run a local stand-in for Scalepoint's token endpoint and EventApi (send and receive).
 
-    Faults can also be changed while it runs: POST /_emulator/faults with a JSON object,
-    DELETE /_emulator/faults, POST /_emulator/revoke, POST /_emulator/reset,
-    GET /_emulator/stats and GET /_emulator/events.
+    Faults can also be changed while it runs: POST /_emulator/faults with a JSON object
+    (every key: docs/emulator.md), DELETE /_emulator/faults, POST /_emulator/revoke,
+    POST /_emulator/reset, GET /_emulator/stats and GET /_emulator/events.
 
     \b
     Receiving: GET /api/events/v1/COUNTRY/external/TENANT/receive?lastEventId=ID
