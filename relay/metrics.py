@@ -35,10 +35,11 @@ from relay.routes import route_problem
 # of 15 latency series each is the most the publish latency histogram can grow to.
 ROUTE_LIMIT = 100
 EVENT_TYPE_LIMIT = 100
-# (event type, route) label sets whose outcome series are created at 0 when first met. Each
-# costs len(DEAD_CLASSES) + len(RETRY_CLASSES) series; past the limit a series is born with
-# its first event (the alerts in docs/operations.md catch that too).
-ZERO_INIT_LIMIT = 50
+# Series with a route or an event type among their labels are born with their first event,
+# never ahead of it: a relay shows what happened, and the cardinality follows the traffic
+# (docs/operations.md, "Cardinality"). Only the few series of the process itself (circuit,
+# pauses, token and database failures, blocked rows, given-back rows) and two per configured
+# receive route (polling, malformed items) start at 0.
 OTHER = "other"
 GLOBAL = "*"  # the route of a pause that holds every route
 # Scalepoint's event types are words such as payment_status_updated; anything else (a buggy
@@ -68,7 +69,8 @@ DATABASE_OPERATIONS = (
 # retried after a transient answer; it dies of one once it is old and tried enough, and at once
 # of a permanent one. A refusal (of the route or of our client) and the token endpoint's
 # outage hold the row under a pause without an attempt: neither counter moves.
-# http_NNN classes of statuses the table does not list appear when they first happen.
+# The outcome_class label takes these values (and http_NNN of statuses the table does not
+# list), each series born with its first event.
 RETRY_CLASSES = (
     "bad_response",
     "http_204",
@@ -97,27 +99,6 @@ DEAD_CLASSES = (
     "invalid_event_type",
     "invalid_route",
     "invalid_event",
-)
-# What a receive call can end in (the receiver's own classes and the statuses a receive is
-# likely to meet); others appear when they first happen.
-RECEIVE_ERROR_CLASSES = (
-    "bad_response",
-    "unstorable_page",
-    "foreign_next_link",
-    "timeout",
-    "connection",
-    "unexpected",
-    "token_unavailable",
-    "token_rejected",
-    "token_not_accepted",
-    "tls_certificate",
-    "http_403",
-    "http_404",
-    "http_429",
-    "http_500",
-    "http_502",
-    "http_503",
-    "http_504",
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -315,7 +296,6 @@ class Metrics:
         self.build_info.info({"version": relay_version(), "python": platform.python_version()})
         self._routes = _Folding(ROUTE_LIMIT)
         self._event_types = _Folding(EVENT_TYPE_LIMIT)
-        self._outcome_sets: set[tuple[str, str, str]] = set()
         self._zero_initialise()
 
     def _zero_initialise(self) -> None:
@@ -355,17 +335,8 @@ class Metrics:
         return event_type if self._event_types((event_type,), valid) else OTHER
 
     def _outcome_labels(self, event_type: str, route: str | None) -> tuple[str, str, str]:
-        """The labels of one event's outcome; the first time they are met (within
-        ZERO_INIT_LIMIT), every outcome class gets its series at 0."""
-        labels = (self.event_type_label(event_type), *self._route(route))
-        if labels not in self._outcome_sets and len(self._outcome_sets) < ZERO_INIT_LIMIT:
-            self._outcome_sets.add(labels)
-            self.published.labels(*labels)
-            for outcome_class in RETRY_CLASSES:
-                self.retried.labels(*labels, outcome_class)
-            for outcome_class in DEAD_CLASSES:
-                self.dead.labels(*labels, outcome_class)
-        return labels
+        """The labels of one event's outcome: (event type, country, tenant)."""
+        return (self.event_type_label(event_type), *self._route(route))
 
     # What the engine reports ----------------------------------------------------------------
 
@@ -407,12 +378,11 @@ class Metrics:
     # What the receivers report --------------------------------------------------------------
 
     def expect_receive_route(self, country: str, tenant: str) -> None:
-        """Create a receive route's series at 0 before its first page: its errors by every
-        class the receiver knows, its malformed items, and whether this relay polls it."""
+        """A receive route's series of this process, before its first page: whether this relay
+        polls it, and its malformed items at 0 (so the alert sees the first one). Its errors
+        get a series per class when they first happen."""
         labels = self.route_labels(country, tenant)
         self.inbox_malformed.labels(*labels)
-        for error_class in RECEIVE_ERROR_CLASSES:
-            self.inbox_errors.labels(*labels, error_class)
         self.inbox_polling.labels(*labels).set(0)
 
     def count_received(self, country: str, tenant: str, types: dict[str, int]) -> None:
