@@ -33,6 +33,16 @@ def test_the_installed_distribution_is_the_relay_package_and_command() -> None:
     assert scripts["relay"] == "relay.cli:main"
 
 
+def test_the_license_is_an_spdx_expression_so_installs_do_not_warn() -> None:
+    # A TOML table (license = {text = ...}) makes setuptools print a deprecation three times
+    # per install, and it stops building such projects after 2027-02-18. An expression needs
+    # setuptools 77, which the build system asks for.
+    assert isinstance(PYPROJECT["project"]["license"], str)
+    assert PYPROJECT["build-system"]["requires"] == ["setuptools>=77"]
+    expression = metadata.distribution(DISTRIBUTION).metadata["License-Expression"]
+    assert expression == PYPROJECT["project"]["license"]
+
+
 def test_the_image_installs_the_wheel_of_that_name() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert f"/wheels/{WHEEL_PREFIX}*.whl" in dockerfile
