@@ -3,6 +3,7 @@ exit code) and what every command shares: settings, logging, the one-line summar
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -35,6 +36,11 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
         try:
             return function(*args, **kwargs)
         except RelayError as error:
+            if _interrupted(error):
+                # Ctrl-C cancelled a database call, and closing it failed in turn (a cancel
+                # that timed out, say): the operator's interrupt is what happened.
+                click.echo("relay: interrupted", err=True)
+                sys.exit(ExitCode.INTERRUPTED)
             message = str(error)
             cause = error.__cause__
             while cause is not None:
@@ -55,6 +61,22 @@ def error_boundary(function: Callable[P, R]) -> Callable[P, R]:
             sys.exit(refused.exit_code)
 
     return wrapper
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` arose from an interrupt: a cancellation or Ctrl-C among its causes
+    or the errors it was raised while handling."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error.__cause__, error.__context__]
+    while pending:
+        cause = pending.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, asyncio.CancelledError | KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        pending += [cause.__cause__, cause.__context__]
+    return False
 
 
 # Ids in the tables are bigint; a count the database is asked for fits one too.

@@ -7,6 +7,7 @@ module (the ``runs`` fixture); each parametrized test reads its own result.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -22,7 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from relay.errors import ExitCode
+from relay.cli import error_boundary
+from relay.errors import DatabaseUnavailable, ExitCode
 from tests.conftest import Databases, with_database
 
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -403,3 +405,42 @@ def test_ctrl_c_stops_a_command_with_130_and_changes_nothing(database_url: str) 
     with psycopg.connect(database_url) as connection:
         status = connection.execute("SELECT status FROM outbox WHERE id = %s", (DEAD,)).fetchone()
     assert status == ("dead",)
+
+
+def test_an_error_a_ctrl_c_caused_is_reported_as_the_interrupt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C cancels a database call, and closing it fails in turn (a loaded machine once made
+    that a TimeoutError): the operator sees what they did, exit 130, not a database error."""
+
+    @error_boundary
+    def command() -> None:
+        async def cancelled_call() -> None:
+            try:
+                raise asyncio.CancelledError
+            except asyncio.CancelledError:
+                try:
+                    raise TimeoutError
+                except TimeoutError as error:
+                    raise DatabaseUnavailable("cannot use the database: TimeoutError") from error
+
+        asyncio.run(cancelled_call())
+
+    with pytest.raises(SystemExit) as exited:
+        command()
+    assert exited.value.code == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err == "relay: interrupted\n"
+
+
+def test_an_error_of_its_own_is_reported_as_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    @error_boundary
+    def command() -> None:
+        try:
+            raise TimeoutError
+        except TimeoutError as error:
+            raise DatabaseUnavailable("cannot use the database: TimeoutError") from error
+
+    with pytest.raises(SystemExit) as exited:
+        command()
+    assert exited.value.code == DatabaseUnavailable.exit_code
+    assert "interrupted" not in capsys.readouterr().err
