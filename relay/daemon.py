@@ -7,6 +7,7 @@ listener and the HTTP endpoint are all opened here in one AsyncExitStack and pas
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Callable, Coroutine
@@ -154,6 +155,10 @@ class Daemon:
                 ),
             )
             self.started.set()
+            # What start-up made (modules, settings, pools, sessions) lives as long as the
+            # process: out of the collector's way, a full collection walks only what events
+            # make.
+            gc.freeze()
             report = await _supervised(self.worker.run(self.stop, drain=drain), tasks)
         log.info("relay.stopped")
         return report

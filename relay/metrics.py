@@ -40,6 +40,8 @@ EVENT_TYPE_LIMIT = 100
 # (docs/operations.md, "Cardinality"). Only the few series of the process itself (circuit,
 # pauses, token and database failures, blocked rows, given-back rows) and two per configured
 # receive route (polling, malformed items) start at 0.
+# Routes (as given, valid or not) whose latency histogram is kept at hand.
+LATENCY_CHILDREN = 2 * ROUTE_LIMIT
 OTHER = "other"
 GLOBAL = "*"  # the route of a pause that holds every route
 # Scalepoint's event types are words such as payment_status_updated; anything else (a buggy
@@ -296,6 +298,7 @@ class Metrics:
         self.build_info.info({"version": relay_version(), "python": platform.python_version()})
         self._routes = _Folding(ROUTE_LIMIT)
         self._event_types = _Folding(EVENT_TYPE_LIMIT)
+        self._latency: dict[tuple[str, str], Histogram] = {}
         self._zero_initialise()
 
     def _zero_initialise(self) -> None:
@@ -346,9 +349,9 @@ class Metrics:
         if country is not None and tenant is not None:
             self.publish_latency.labels(*self.route_labels(country, tenant))
 
-    def count_published(self, event_type: str, route: str | None) -> None:
-        """One event accepted; ``route`` is ``country/tenant``."""
-        self.published.labels(*self._outcome_labels(event_type, route)).inc()
+    def count_published(self, event_type: str, route: str | None, events: int = 1) -> None:
+        """``events`` events accepted; ``route`` is ``country/tenant``."""
+        self.published.labels(*self._outcome_labels(event_type, route)).inc(events)
 
     def count_retried(self, event_type: str, route: str | None, outcome_class: str) -> None:
         self.retried.labels(*self._outcome_labels(event_type, route), outcome_class).inc()
@@ -357,7 +360,13 @@ class Metrics:
         self.dead.labels(*self._outcome_labels(event_type, route), outcome_class).inc()
 
     def observe_publish(self, country: str, tenant: str, seconds: float) -> None:
-        self.publish_latency.labels(*self.route_labels(country, tenant)).observe(seconds)
+        # Once per request: the route's histogram is looked up once (a bounded number kept).
+        histogram = self._latency.get((country, tenant))
+        if histogram is None:
+            histogram = self.publish_latency.labels(*self.route_labels(country, tenant))
+            if len(self._latency) < LATENCY_CHILDREN:
+                self._latency[(country, tenant)] = histogram
+        histogram.observe(seconds)
 
     def show_circuit(self, state: str) -> None:
         """``relay_circuit_state{state}``: 1 for ``state``, 0 for the others."""

@@ -7,9 +7,9 @@ request: its country and tenant must pass the route rule and become single path 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -20,6 +20,7 @@ from relay.eventapi.masks import Masks, json_values
 from relay.eventapi.outcome import (
     CONTENT_TYPE,
     DEFAULT_RETRY_AFTER_CAP,
+    PUBLISHED_STATUSES,
     Outcome,
     P,
     T,
@@ -38,6 +39,8 @@ class InvalidRoute(ValueError):
     """A country or tenant that cannot name a publish URL; the message says why."""
 
 
+# Routes are few and every publish needs its URL: checked and quoted once per route.
+@functools.lru_cache(maxsize=1024)
 def publish_url(api_base_url: str, country: str, tenant: str) -> str:
     """The EventApi send endpoint for one country and tenant; InvalidRoute for a route that
     relay.routes refuses, so no value from a row can point the request (and its bearer
@@ -93,6 +96,9 @@ class Publisher:
         self._timeout = aiohttp.ClientTimeout(total=timeout.total_seconds())
         self._metrics = metrics
         self._retry_after_cap = retry_after_cap
+        self.in_flight = 0  # requests sent and not yet answered
+        if metrics is not None:
+            metrics.in_flight.set_function(lambda: self.in_flight)  # read at each scrape
 
     def url(self, country: str, tenant: str) -> str:
         """The send endpoint for one country and tenant; raises InvalidRoute for a bad one."""
@@ -103,18 +109,20 @@ class Publisher:
 
         Never raises but ``asyncio.CancelledError``: whatever happens is an Outcome."""
         started = time.perf_counter()
-        if self._metrics is not None:
-            self._metrics.in_flight.inc()
+        self.in_flight += 1
         try:
             outcome = await self._publish(event_type, body, country, tenant)
         except Exception as error:  # CancelledError is a BaseException and goes through
             outcome = _unexpected(error)
         finally:
             latency = time.perf_counter() - started
+            self.in_flight -= 1
             if self._metrics is not None:
-                self._metrics.in_flight.dec()
                 self._metrics.observe_publish(country, tenant, latency)
-        return replace(outcome, latency=latency)
+        # Every outcome is made for this call (classify and bearer build a new one each
+        # time): its latency is filled in place, sparing a copy per event.
+        object.__setattr__(outcome, "latency", latency)
+        return outcome
 
     async def _publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome:
         try:
@@ -131,7 +139,7 @@ class Publisher:
         if not isinstance(first, tuple):
             return first
         token, status, headers, answer = first
-        sent: list[str | bytes | None] = [*json_values(body), token.value]
+        tokens = [token.value]
         if status == 401:
             # The token may have been revoked or rotated early: one fresh token, one retry.
             self._tokens.invalidate(token)
@@ -140,13 +148,16 @@ class Publisher:
             if not isinstance(second, tuple):
                 return second
             fresh, status, headers, answer = second
-            sent.append(fresh.value)
+            tokens.append(fresh.value)
+        if status in PUBLISHED_STATUSES:
+            # An accepted event: no text of the answer is kept, so there is nothing to mask
+            # (the common case, spared reading the event's values).
+            return classify(status, headers, answer)
         refused = proxy_refused(status, self._proxy)
         if refused is not None:
             return refused
-        return classify(
-            status, headers, answer, retry_after_cap=self._retry_after_cap, masks=Masks(sent)
-        )
+        masks = Masks([*json_values(body), *tokens])
+        return classify(status, headers, answer, retry_after_cap=self._retry_after_cap, masks=masks)
 
     async def _attempt(
         self, event_type: str, body: bytes, url: str

@@ -79,6 +79,11 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
 
 async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
     """The answer's body, or its first ``limit`` bytes when it is longer."""
+    length = response.content_length
+    if length is not None and length <= limit and "Content-Encoding" not in response.headers:
+        # An answer that says its size, and it is small (and not compressed: a small
+        # compressed body can unpack to any size): read at once.
+        return await response.read()
     data = bytearray()
     async for chunk in response.content.iter_chunked(64 * 1024):
         data += chunk

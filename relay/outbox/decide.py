@@ -13,6 +13,7 @@ cannot recurse or overflow here either.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,18 +28,19 @@ from relay.routes import route_name, route_problem
 THROTTLE_STATUSES = frozenset({429, 503})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ClaimedRow: one per attempt
 class Prepared:
-    """A row ready to send: the body as stored, and its route."""
+    """A row ready to send: the body as stored, and its route (``country/tenant``)."""
 
     body: bytes
     country: str
     tenant: str
     correlation_id: str
+    route: str
 
-    @property
-    def route(self) -> str:
-        return route_name(self.country, self.tenant)
+
+# Rows name few routes: each (country, tenant) is checked once (a bounded number kept).
+_route_problem = functools.lru_cache(maxsize=1024)(route_problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +93,12 @@ def prepare(
             "no country or tenant: set them on the row or RELAY_COUNTRY / RELAY_TENANT",
             correlation_id,
         )
-    problem = route_problem(country, tenant)
+    problem = _route_problem(country, tenant)
     if problem is not None:
         return Unsendable(problem, correlation_id)
     assert correlation_id is not None  # _envelope_problem checked it
-    return Prepared(row.payload.encode("utf-8"), country, tenant, correlation_id)
+    body = row.payload.encode("utf-8")
+    return Prepared(body, country, tenant, correlation_id, route_name(country, tenant))
 
 
 def unsendable_result(row: ClaimedRow, reason: str, now: datetime) -> Result:

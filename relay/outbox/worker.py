@@ -437,9 +437,13 @@ class Worker:
     # Senders ---------------------------------------------------------------------------------
 
     async def _next_row(self) -> ClaimedRow:
-        async with self.queued:
-            await self.queued.wait_for(lambda: bool(self.queue))
-            row = self.queue.popleft()
+        # A sender that finds a row takes it without the condition's lock (the common case
+        # under load); one that finds none waits to be notified.
+        while not self.queue:
+            async with self.queued:
+                if not self.queue:  # looked at again under the lock: no notify is missed
+                    await self.queued.wait()
+        row = self.queue.popleft()
         self.queued_by_route[self._route_of(row)] -= 1
         return row
 
@@ -477,9 +481,8 @@ class Worker:
 
     async def _handle(self, row: ClaimedRow) -> Done | None:
         """Send one row (or decide it cannot go); None when it waits for its route's ramp."""
-        now = datetime.now(UTC)
         if not self.liveness.alive.is_set():
-            return self._given_back(row, "liveness_lost", now)
+            return self._given_back(row, "liveness_lost", datetime.now(UTC))
         prepared = prepare(
             row,
             self.config.default_country,
@@ -488,16 +491,17 @@ class Worker:
         )
         if isinstance(prepared, Unsendable):
             route = self._route_of(row)[:ROUTE_IN_LOGS]
-            return Done(row, dead_unsent(row, prepared.reason, now), prepared.correlation_id, route)
+            result = dead_unsent(row, prepared.reason, datetime.now(UTC))
+            return Done(row, result, prepared.correlation_id, route)
         verdict = self.gate.admit(prepared.route, self.clock())
         if verdict is Verdict.HOLD:
-            return self._given_back(row, "paused", now)
+            return self._given_back(row, "paused", datetime.now(UTC))
         if verdict is Verdict.WAIT:
             self.waiting[prepared.route].append(row)
             return None
         if self.holdings.remaining(row.id) < self.config.send_budget:
             self.gate.returned(prepared.route, verdict)
-            return self._given_back(row, "lease_too_short", now)
+            return self._given_back(row, "lease_too_short", datetime.now(UTC))
         return await self._send(row, prepared, verdict is Verdict.PROBE)
 
     async def _send(self, row: ClaimedRow, prepared: Prepared, probe: bool) -> Done:
@@ -579,11 +583,23 @@ class Worker:
 
     def _written(self, batch: list[Done], written: set[int]) -> None:
         dead_keyed = []
+        published: Counter[tuple[str, str]] = Counter()
         for item in batch:
             fenced = item.row.id not in written
+            result = item.result
+            if result.status == "published" and result.logged:
+                # The common case: counted per batch, and no log line (the delivery log holds
+                # the row's history; a line per event would cost more than the rest of its
+                # bookkeeping).
+                self.published += 1
+                published[item.row.event_type, item.route or self._route_of(item.row)] += 1
+                if not fenced:
+                    continue
             self._report(item, fenced=fenced)
-            if not fenced and item.result.status == "dead" and item.row.ordering_key:
+            if not fenced and result.status == "dead" and item.row.ordering_key:
                 dead_keyed.append(item.row.id)
+        for (event_type, route), events in published.items():
+            self.metrics.count_published(event_type, route, events)
         self.parker.behind_dead(dead_keyed)
         # A row written may unblock the next row of its key, or a retry due at once.
         self.wake.set()
@@ -598,15 +614,8 @@ class Worker:
 
     def _report(self, item: Done, *, fenced: bool) -> None:
         row, result = item.row, item.result
-        if not result.logged:
-            return  # given back unsent: counted when it happened
-        if result.status == "published":
-            self.published += 1
-            self.metrics.count_published(row.event_type, item.route or self._route_of(row))
-            if not fenced:
-                # The common case logs nothing: the delivery log holds the row's history, and
-                # a line per event would cost more CPU than the rest of its bookkeeping.
-                return
+        if not result.logged or (result.status == "published" and not fenced):
+            return  # given back unsent (counted when it happened), or published (counted)
         bound = log.bind(
             outbox_id=row.id,
             event_type=row.event_type,

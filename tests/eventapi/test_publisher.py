@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from relay.config import load_settings
@@ -22,7 +24,12 @@ from relay.errors import ConfigurationError, TokenRejected, TokenUnavailable
 from relay.eventapi.keys import load_pem
 from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.eventapi.publisher import InvalidRoute, Publisher, path_segment
-from relay.eventapi.session import create_session, create_token_session, unreachable
+from relay.eventapi.session import (
+    create_session,
+    create_token_session,
+    read_bounded,
+    unreachable,
+)
 from relay.routes import route_problem
 from tests.helpers.keys import certificate, rsa_key, server_tls, write_pem
 from tests.helpers.partner import (
@@ -41,6 +48,13 @@ from tests.helpers.partner import (
 EVENT = "payment_status_updated"
 
 
+def in_flight_metric(relay: Client) -> float:
+    """relay_requests_in_flight as a scrape reads it."""
+    [family] = [m for m in relay.metrics.registry.collect() if m.name == "relay_requests_in_flight"]
+    [sample] = family.samples
+    return sample.value
+
+
 async def publish_one(publisher: Publisher, body: bytes | None = None) -> Outcome:
     return await publisher.publish(EVENT, body or event_body(), "dk", "abcinsurance")
 
@@ -49,7 +63,8 @@ async def test_publish_sends_the_documented_request() -> None:
     body = event_body(EVENT, correlationId="70C6D351-016F-4C9E-B1A9-D581FC3A596B")
     async with running() as emulator, client(partner_settings(emulator)) as relay:
         outcome = await publish_one(relay.publisher, body)
-        assert relay.metrics.in_flight._value.get() == 0
+        assert relay.publisher.in_flight == 0
+        assert in_flight_metric(relay) == 0
     assert outcome.kind is OutcomeKind.PUBLISHED
     assert (outcome.error_class, outcome.http_status, outcome.event_api_id) == ("created", 201, "1")
     assert outcome.latency > 0
@@ -447,10 +462,12 @@ async def test_cancelling_a_publish_still_cancels_it() -> None:
         emulator.set_faults(latency_ms=5000)
         task = asyncio.create_task(publish_one(relay.publisher))
         await wait_for(lambda: emulator.stats()["in_flight"] == 1)
+        assert in_flight_metric(relay) == 1  # read from the publisher at the scrape
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert relay.metrics.in_flight._value.get() == 0
+        assert relay.publisher.in_flight == 0
+        assert in_flight_metric(relay) == 0
 
 
 # TLS -----------------------------------------------------------------------------------------
@@ -732,3 +749,55 @@ async def test_a_host_from_a_default_says_which_setting_to_set() -> None:
         "cannot resolve relay-check.invalid, the host of RELAY_TOKEN_URL (not set: the default "
         "for RELAY_ENVIRONMENT=sandbox): set RELAY_TOKEN_URL"
     )
+
+
+# Reading an answer: sizes the emulator never sends ----------------------------------------
+
+
+@asynccontextmanager
+async def answering(body: bytes, headers: dict[str, str]) -> AsyncIterator[str]:
+    """A server on a real socket that answers every request with ``body`` as given."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if headers.get("Transfer-Encoding") != "chunked":
+            return web.Response(status=200, body=body, headers=headers)
+        response = web.StreamResponse(status=200)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "expected"),
+    [
+        # a small answer that says its size: read whole
+        (b'{"_id": "1"}', {}, b'{"_id": "1"}'),
+        # a small compressed answer that unpacks past the limit: cut at the limit
+        (gzip.compress(b"x" * 5_000_000), {"Content-Encoding": "gzip"}, b"x" * 1000),
+        # no size given (chunked): cut at the limit
+        (b"y" * 5000, {"Transfer-Encoding": "chunked"}, b"y" * 1000),
+    ],
+    ids=["sized", "gzip bomb", "chunked"],
+)
+async def test_an_answer_is_read_up_to_the_limit_whatever_it_says(
+    body: bytes, headers: dict[str, str], expected: bytes
+) -> None:
+    async with (
+        answering(body, headers) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url, data=b"{}") as response,
+    ):
+        assert await read_bounded(response, limit=1000) == expected
