@@ -242,6 +242,21 @@ def database_table(result: Result) -> str:
     return _table(("statement", "calls", "per published event"), rows)
 
 
+# The relay's own CPU per event against the ceiling client's: the cost of the engine around
+# the HTTP call. A full run that misses it fails (bench.suite exits 1).
+CPU_TARGET = "relay CPU per event / ceiling's"
+CPU_RATIO = 1.3
+
+
+def failed(document: Result) -> list[str]:
+    """The targets that fail a run when missed: what was measured for each."""
+    return [
+        f"{name}: {measured} (target {threshold})"
+        for name, threshold, measured, met in targets(document)
+        if name.startswith(CPU_TARGET) and not met
+    ]
+
+
 def targets(document: Result) -> list[tuple[str, str, str, bool]]:
     """(target, threshold, measured, met) for every target the run has data for."""
     results = document["results"]
@@ -252,6 +267,11 @@ def targets(document: Result) -> list[tuple[str, str, str, bool]]:
             need = 0.8 if relay["latency_ms"] == 0 else 0.9
             name = f"relay / ceiling at {relay['latency_ms']:g} ms, c={relay['concurrency']}"
             checks.append((name, f">= {need:.0%}", f"{fraction:.0%}", fraction >= need))
+    for ceiling, relay in _pairs(results.get("throughput", [])):
+        if relay["concurrency"] == 32 and ceiling["cpu_per_event_us"]:
+            ratio = relay["cpu_per_event_us"] / ceiling["cpu_per_event_us"]
+            name = f"{CPU_TARGET} at {relay['latency_ms']:g} ms, c=32"
+            checks.append((name, f"<= {CPU_RATIO}x", f"{ratio:.2f}x", ratio <= CPU_RATIO))
     fastest = _relay_at(results.get("throughput", []), 0, 32)
     for naive in results.get("naive", []):
         if fastest:

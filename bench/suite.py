@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -281,6 +282,11 @@ def main() -> None:
     path = _write(document, markdown)
     print(markdown)
     print(f"results: {path}")
+    missed = report.failed(document)
+    if missed and not options.quick:
+        for line in missed:
+            print(f"bench: target missed: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
