@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -230,8 +231,6 @@ OPERATOR_OPTION = click.option(
 
 def with_admin(work: Callable[[Admin], Awaitable[T]], operator: str | None = None) -> T:
     """Run one operator command against RELAY_DATABASE_URL / RELAY_SCHEMA, as ``operator``."""
-    import asyncio
-
     from relay.ops.admin import open_admin
     from relay.ops.selection import operator_name
 
@@ -239,11 +238,35 @@ def with_admin(work: Callable[[Admin], Awaitable[T]], operator: str | None = Non
     settings = settings_from_env()
     configure_logging(settings)
 
-    async def go() -> T:
-        async with open_admin(settings, name) as admin:
-            return await work(admin)
+    interrupts: list[int] = []
 
-    return asyncio.run(go())
+    async def go() -> T:
+        # Ctrl-C is the loop's to handle (asyncio.Runner's own handler is a Python one, which
+        # a loaded machine once left unheard while a statement waited for a lock): it cancels
+        # the command, and whatever the cancellation ends in, the command was interrupted.
+        loop = asyncio.get_running_loop()
+        command = asyncio.current_task()
+        assert command is not None
+
+        def interrupt() -> None:
+            interrupts.append(signal.SIGINT)
+            if len(interrupts) > 1:
+                raise KeyboardInterrupt  # a second Ctrl-C does not wait for the first
+            command.cancel()
+
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            async with open_admin(settings, name) as admin:
+                return await work(admin)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        return asyncio.run(go())
+    except BaseException:
+        if interrupts:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def attention(needed: bool) -> None:
