@@ -178,7 +178,7 @@ class Store:
         """Write outcomes in one statement; return the ids written (fence held, or published)."""
         columns = list(zip(*((
             r.id, r.token, r.status, r.attempts, r.delay, r.http_status, r.event_api_id,
-            r.error, r.latency_ms, r.outcome, r.attempted_at, r.logged,
+            r.error, r.latency_ms, r.outcome, r.attempted_at.timestamp(), r.logged,
         ) for r in results), strict=True))  # fmt: skip
         rows = await self.pool.fetch(self.queries.record, *columns, self.worker)
         return {row["id"] for row in rows}
