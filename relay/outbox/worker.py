@@ -500,7 +500,10 @@ class Worker:
             self.waiting[prepared.route].append(row)
             return None
         if self.holdings.remaining(row.id) < self.config.send_budget:
+            # The process was held up (a hang, a stop, a starved machine) for most of the
+            # lease: the row may be another relay's by now, so it is not sent. Rare, so logged.
             self.gate.returned(prepared.route, verdict)
+            log.info("outbox.given_back", rows=1, reason="lease_too_short", outbox_id=row.id)
             return self._given_back(row, "lease_too_short", datetime.now(UTC))
         return await self._send(row, prepared, verdict is Verdict.PROBE)
 

@@ -55,21 +55,22 @@ class RelayProcess:
         async for line in self.process.stderr:
             self.lines.append(line.decode(errors="replace"))
 
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log lines so far (other lines are skipped)."""
+    def events(self, after: int = 0) -> list[dict[str, Any]]:
+        """The JSON log lines so far, from line ``after`` on (other lines are skipped)."""
         parsed = []
-        for line in self.lines:
+        for line in self.lines[after:]:
             with contextlib.suppress(orjson.JSONDecodeError):
                 item = orjson.loads(line)
                 if isinstance(item, dict):
                     parsed.append(item)
         return parsed
 
-    async def logged(self, event: str, within: float = 20.0) -> dict[str, Any]:
-        """Wait for the first log line of ``event``; fail if the process exits first."""
+    async def logged(self, *events: str, within: float = 20.0, after: int = 0) -> dict[str, Any]:
+        """Wait for the first log line of any of ``events`` (from line ``after`` on: ``len(
+        process.lines)`` taken before the cause); fail if the process exits first."""
         async with asyncio.timeout(within):
             while True:
-                found = [item for item in self.events() if item.get("event") == event]
+                found = [item for item in self.events(after) if item.get("event") in events]
                 if found:
                     return found[0]
                 assert self.process.returncode is None, "".join(self.lines)[-3000:]
@@ -77,7 +78,7 @@ class RelayProcess:
 
     async def http_port(self, within: float = 20.0) -> int:
         """The port of /readyz, from the relay.started line."""
-        started = await self.logged("relay.started", within)
+        started = await self.logged("relay.started", within=within)
         return int(str(started["http"]).rsplit(":", 1)[1])
 
     async def finish(self, within: float, *, since: float | None = None) -> Finished:
