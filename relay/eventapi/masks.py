@@ -82,6 +82,8 @@ def storable(text: str, limit: int = 1000) -> str:
     """``text`` made safe for a PostgreSQL ``text`` column and a terminal: no control characters
     but tab and newline, nothing UTF-8 cannot encode, at most ``limit`` characters (a cut ends
     in an ellipsis). Applying it twice changes nothing more."""
+    if len(text) <= limit and text.isprintable():
+        return text  # the common case (an _id, a short reason): nothing to take out
     clean = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text))
     if len(clean) <= limit:
         return clean

@@ -162,7 +162,7 @@ class Publisher:
     async def _attempt(
         self, event_type: str, body: bytes, url: str
     ) -> Outcome | tuple[AccessToken, int, Mapping[str, str], bytes]:
-        token = await bearer(self._tokens)
+        token = self._tokens.cached() or await bearer(self._tokens)
         if isinstance(token, Outcome):
             return token
         headers = {

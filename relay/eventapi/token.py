@@ -186,16 +186,25 @@ class TokenProvider:
 
         Raises TokenUnavailable (transient) or TokenRejected (configuration).
         """
-        now = self._clock()
-        token = self._token
-        if token is not None and token.is_valid(now):
-            if now >= token.refresh_at and now >= self._not_before:
-                self._start_refresh()
+        token = self.cached()
+        if token is not None:
             return token
+        now = self._clock()
         if now < self._not_before and self.last_error is not None:
             raise self._fail_fast(self.last_error)
         # shield: a caller being cancelled must not cancel the refresh others are waiting on.
         return await asyncio.shield(self._start_refresh())
+
+    def cached(self) -> AccessToken | None:
+        """The cached token while it is valid (a refresh started in the background once it is
+        due), else None: ``get`` without an ``await``, for the path every publish takes."""
+        now = self._clock()
+        token = self._token
+        if token is None or not token.is_valid(now):
+            return None
+        if now >= token.refresh_at and now >= self._not_before:
+            self._start_refresh()
+        return token
 
     def next_attempt_in(self) -> float:
         """Seconds until the next token request may go (0 when it may go now)."""

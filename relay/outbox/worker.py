@@ -147,6 +147,7 @@ class Worker:
         self.metrics = metrics
         self.liveness = liveness
         self.clock = clock
+        self.send_budget = config.send_budget  # asked for every row: computed once
         self.wake = liveness.wake
         liveness.on_lost = self._liveness_lost
         self.calls = DatabaseCalls(lambda operation: metrics.db_errors.labels(operation).inc())
@@ -499,7 +500,7 @@ class Worker:
         if verdict is Verdict.WAIT:
             self.waiting[prepared.route].append(row)
             return None
-        if self.holdings.remaining(row.id) < self.config.send_budget:
+        if self.holdings.remaining(row.id) < self.send_budget:
             # The process was held up (a hang, a stop, a starved machine) for most of the
             # lease: the row may be another relay's by now, so it is not sent. Rare, so logged.
             self.gate.returned(prepared.route, verdict)
@@ -521,7 +522,8 @@ class Worker:
         try:
             await self.pauses.react(outcome, route, probe)
         finally:
-            await self._release_waiting(route)
+            if self._waiting(route):
+                await self._release_waiting(route)
         return Done(row, result, prepared.correlation_id, route)
 
     async def _no_token(self, row: ClaimedRow, route: str, outcome: Outcome, probe: bool) -> Done:
@@ -557,6 +559,10 @@ class Worker:
         rows = self.waiting.pop(route, None)
         if rows:
             await self._enqueue(rows, first=True)
+
+    def _waiting(self, route: str) -> bool:
+        """Whether rows are kept aside for ``route`` (asked before awaiting their release)."""
+        return bool(self.waiting.get(route))
 
     def _give_back_queued(self, reason: str) -> None:
         """Rows waiting to be sent must not go now: back to pending, attempts untouched."""

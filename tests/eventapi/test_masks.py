@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from urllib.parse import quote_plus
 
 import orjson
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.eventapi.masks import MASK, MIN_RUN, Masks, describe, json_values
+from relay.eventapi.masks import MASK, MIN_RUN, Masks, describe, json_values, storable
 from relay.eventapi.outcome import classify
 
 PERSONAL = "Jens Peter Hansen, CPR 010190-1234"
@@ -142,3 +143,13 @@ def test_no_run_of_a_secret_survives_any_echo(
     assert leaks(kept, secret, echoed) <= leaks(before + after, secret, echoed) | leaks(
         MASK, secret, echoed
     )
+
+
+@given(st.text(), st.integers(min_value=0, max_value=50))
+def test_storable_takes_out_exactly_what_a_column_and_a_terminal_refuse(
+    text: str, limit: int
+) -> None:
+    """The quick path for printable text gives what the full cleaning gives."""
+    clean = re.sub("[\ud800-\udfff]", "\ufffd", re.sub("[\x00-\x08\x0b-\x1f\x7f]", "", text))
+    expected = clean if len(clean) <= limit else (clean[: limit - 1] + "\u2026" if limit else "")
+    assert storable(text, limit) == expected
