@@ -35,9 +35,10 @@ from relay.metrics import Metrics
 from relay.ops import http
 from relay.ops.formatting import human_duration
 from relay.outbox.decide import Policy
+from relay.outbox.engine import DrainReport, EngineConfig
 from relay.outbox.liveness import Liveness
 from relay.outbox.store import Defaults, Store
-from relay.outbox.worker import DrainReport, EngineConfig, Worker
+from relay.outbox.worker import Worker
 from relay.retry import GiveUpPolicy, RetryPolicy
 
 log = structlog.get_logger("relay.daemon")

@@ -12,7 +12,8 @@ Each part owns one concern:
 * the **parker** (``parking``) keeps rows that cannot move out of the claim's way;
 * the **pauses** (``pauses``) read and write the pauses shared by every replica.
 
-(Module names are those of this package, ``relay.outbox``.)
+(Module names are those of this package, ``relay.outbox``; ``engine`` holds the engine's
+configuration and what a ``--drain`` run reports.)
 
 Rows queued ahead of the senders (the prefetch, two rounds of ``concurrency``) are held under
 lease like any other; they are given back unsent, without using an attempt, whenever they must
@@ -27,24 +28,29 @@ import contextlib
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime
 
 import structlog
 
 from relay.database import DatabaseCalls
 from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.metrics import Metrics
-from relay.outbox.decide import Policy, Prepared, Unsendable, decide, give_back, prepare
+from relay.outbox.decide import Prepared, Unsendable, decide, give_back, prepare
 from relay.outbox.decide import unsendable_result as dead_unsent
+from relay.outbox.engine import (
+    DRAIN_HORIZON,
+    ROUTE_IN_LOGS,
+    DrainReport,
+    EngineConfig,
+    Sender,
+)
 from relay.outbox.gate import Gate, Verdict
 from relay.outbox.leases import Holdings, LeaseKeeper
 from relay.outbox.liveness import Liveness
 from relay.outbox.parking import Parker
 from relay.outbox.pauses import Pauses
 from relay.outbox.recorder import Done, Recorder
-from relay.outbox.store import ClaimedRow, Left, Result, Store
+from relay.outbox.store import ClaimedRow, Left, Store
 
 log = structlog.get_logger("relay.outbox.worker")
 
@@ -55,78 +61,6 @@ EXIT_MARGIN = 5.0
 # --drain: the first wait when rows exist but none could be claimed (a producer transaction
 # holds their key, say); it doubles up to the poll interval.
 DRAIN_BACKOFF = 0.05
-# --drain waits for rows that may go within this many seconds (a retry, a throttle, a route's
-# circuit pause); rows it cannot send sooner (behind a dead row, on a route paused after a
-# refusal, due later) are left, named in its last line, and it exits 3.
-DRAIN_HORIZON = 30.0
-# A route in a log line is cut to this length (a bad row's tenant can be any length).
-ROUTE_IN_LOGS = 100
-
-
-class Sender(Protocol):
-    async def publish(self, event_type: str, body: bytes, country: str, tenant: str) -> Outcome: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    concurrency: int
-    claim_batch_size: int
-    lease: timedelta
-    poll_interval: timedelta
-    request_timeout: timedelta
-    default_country: str | None
-    default_tenant: str | None
-    dead_blocks_key: bool
-    policy: Policy
-    circuit_threshold: int
-    circuit_pause: timedelta
-    circuit_pause_cap: timedelta
-    shutdown_grace: timedelta
-
-    @property
-    def prefetch(self) -> int:
-        """Rows queued ahead of the senders. Two rounds' worth: at low partner latency a claim
-        crossing a busy event loop otherwise leaves senders idle (+10 % events/s at 0 ms)."""
-        return min(2 * self.concurrency, self.claim_batch_size)
-
-    @property
-    def min_claim(self) -> int:
-        """Claim only when this many rows fit, unless a sender is idle (keeps claims batched)."""
-        return max(1, min(self.claim_batch_size, self.concurrency // 4))
-
-    @property
-    def send_budget(self) -> float:
-        """Lease a row must have left to be sent: a token request and the publish itself."""
-        return 2 * self.request_timeout.total_seconds()
-
-
-@dataclass(frozen=True, slots=True)
-class DrainReport:
-    """What a ``--drain`` run did, and what it left: rows it cannot send now."""
-
-    published: int
-    dead: int
-    blocked: int  # rows left behind dead rows of their key
-    left: tuple[Left, ...] = ()  # rows of refused routes, and rows due later
-
-    @property
-    def needs_attention(self) -> bool:
-        return bool(self.blocked or self.left)
-
-    def line(self) -> str:
-        text = (
-            f"relay: drained: {self.published} published, {self.dead} dead, "
-            f"{self.blocked} blocked behind dead rows"
-        )
-        for group in self.left:
-            rows = f"{group.rows} row{'' if group.rows == 1 else 's'}"
-            route = (group.route or "")[:ROUTE_IN_LOGS]
-            why = (group.reason or "").split(":", 1)[0]
-            if group.verdict == "refused":
-                text += f"; {rows} of {route}, paused after a refusal ({why})"
-            else:
-                text += f"; {rows} of {route} not due for {group.next_in:.0f}s"
-        return text
 
 
 class Worker:
@@ -663,4 +597,4 @@ class Worker:
             bound.info("publish.deferred", outcome=result.outcome, delay=result.delay)
 
 
-__all__ = ["DrainReport", "EngineConfig", "Result", "Worker"]
+__all__ = ["Worker"]
