@@ -29,10 +29,11 @@ COPY migrations/ migrations/
 
 # One wheel for the relay (distribution scalepoint-outbox-relay, relay.migrations included) and
 # one for each dependency, then a virtual environment without pip that holds exactly those wheels.
-RUN pip wheel --constraint constraints.txt --wheel-dir /wheels . \
+# The otel extra comes along: tracing is then a matter of OTEL_* variables (off without them).
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels '.[otel]' \
  && python -m venv --without-pip /opt/relay \
  && pip --python /opt/relay/bin/python install --no-index --find-links /wheels \
-        /wheels/scalepoint_outbox_relay-*.whl \
+        "$(echo /wheels/scalepoint_outbox_relay-*.whl)[otel]" \
  && /opt/relay/bin/relay --help > /dev/null
 
 

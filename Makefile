@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@# The distribution was called 'relay' (a name PyPI gives to an unrelated project); a venv
 	@# made before the rename still holds it, and its copy of the package would shadow this one.
 	if $(BIN)/pip show --quiet relay >/dev/null 2>&1; then $(BIN)/pip uninstall --quiet --yes relay; fi
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,embedded]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,embedded,otel]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +32,8 @@ constraints:
 	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	$(PYTHON) -m venv "$$scratch" && \
 	"$$scratch/bin/pip" install --quiet --upgrade pip && \
-	"$$scratch/bin/pip" install --quiet '.[test,embedded]' && \
-	{ echo "# Pinned dependencies of scalepoint-outbox-relay[test,embedded], resolved by"; \
+	"$$scratch/bin/pip" install --quiet '.[test,embedded,otel]' && \
+	{ echo "# Pinned dependencies of scalepoint-outbox-relay[test,embedded,otel], resolved by"; \
 	  echo "# 'make constraints' with $$("$$scratch/bin/python" -V) on $$(uname -s)."; \
 	  echo "# Used by 'make install' and the Dockerfile (pip install -c constraints.txt)."; \
 	  echo "# To refresh: make constraints && make test, then commit it if the tests pass."; \

@@ -243,6 +243,10 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    propagate_trace: bool = Field(
+        default=False,
+        description="send each attempt's traceparent to Scalepoint (tracing must be on)",
+    )
 
     # Warnings found while loading: logged by the CLI once logging is configured.
     _warnings: list[str] = PrivateAttr(default_factory=list)

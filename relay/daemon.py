@@ -14,13 +14,13 @@ from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import asyncpg
 import structlog
 
-from relay import database, schema
+from relay import database, schema, tracing
 from relay.config import KEEP, Settings
 from relay.errors import ConfigurationError, RelayError, TokenError
 from relay.eventapi.keys import load_key_material
@@ -40,6 +40,9 @@ from relay.outbox.liveness import Liveness
 from relay.outbox.store import Defaults, Store
 from relay.outbox.worker import Worker
 from relay.retry import GiveUpPolicy, RetryPolicy
+
+if TYPE_CHECKING:  # loaded only when tracing is on
+    from relay.tracing.spans import Tracing
 
 log = structlog.get_logger("relay.daemon")
 SAMPLE_INTERVAL = 15.0
@@ -81,6 +84,8 @@ class Daemon:
     tokens: TokenProvider | None = None
     http_port: int | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Spans (relay.tracing): by default as the OTEL_* variables say, None when they ask for none.
+    tracing: Tracing | None = None
 
     def not_ready_reason(self) -> str | None:
         if self.worker is None or self.tokens is None:
@@ -93,8 +98,14 @@ class Daemon:
         settings = self.settings
         url = settings.require_database_url()
         settings.require_partner()
+        if self.tracing is None:
+            self.tracing = tracing.start(
+                os.environ, instance=settings.worker_id, propagate=settings.propagate_trace
+            )
         self.metrics.expect_route(settings.country, settings.tenant)
         async with AsyncExitStack() as stack:
+            if self.tracing is not None:  # closed last: every span has ended by then
+                stack.push_async_callback(self.tracing.close)
             pool = await self._open_pool(url)
             stack.push_async_callback(self._close_pool, pool)
             session = await stack.enter_async_context(create_session(settings))
@@ -120,11 +131,23 @@ class Daemon:
                 self.metrics,
                 retry_after_cap=settings.retry_after_cap,
                 proxy=proxy,
+                trace_headers=(
+                    self.tracing.inject
+                    if self.tracing is not None and settings.propagate_trace
+                    else None
+                ),
             )
             defaults = Defaults(settings.country, settings.tenant)
             store = Store(pool, settings.schema_name, settings.worker_id, defaults)
             liveness = Liveness(database.asyncpg_dsn(url), asyncio.Event())
-            self.worker = Worker(store, publisher, engine_config(settings), self.metrics, liveness)
+            self.worker = Worker(
+                store,
+                publisher,
+                engine_config(settings),
+                self.metrics,
+                liveness,
+                tracing=self.tracing,
+            )
             address = await self._start_http(stack)
             inbox = InboxStore(pool, settings.schema_name) if settings.receive_routes else None
             background = [
@@ -228,6 +251,7 @@ class Daemon:
                 client=client,
                 metrics=self.metrics,
                 config=config,
+                tracing=self.tracing,
             )
             for route in settings.receive_routes
         ]

@@ -54,6 +54,20 @@ def redact(
     return event_dict
 
 
+def add_trace_ids(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: a line written inside a span carries its ``trace_id`` and
+    ``span_id``. Free when OpenTelemetry is not loaded (nothing is imported here)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is not None and "trace_id" not in event_dict:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event_dict["trace_id"] = format(context.trace_id, "032x")
+            event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library's logging (aiohttp, asyncpg) alike."""
     stream = stream or sys.stderr
@@ -63,6 +77,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
         redact,
     ]
     renderer: Any = (

@@ -80,6 +80,7 @@ class ReceivedEvent:
     arrived_at: float  # emulator clock
     content_type: str
     raw: bytes = field(repr=False)  # the request body exactly as it arrived
+    traceparent: str | None = None  # a W3C traceparent header, when the relay sent one
 
 
 @dataclass(frozen=True, slots=True)

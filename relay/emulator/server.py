@@ -404,7 +404,8 @@ class Emulator:
             )
         raw = await request.read()
         body = _payload(raw, event_type, request.path)
-        return self._record(country, tenant, event_type, body, raw, content_type)
+        event = (country, tenant, event_type, body, raw, content_type)
+        return self._record(*event, request.headers.get("traceparent"))
 
     def authorize(self, request: web.Request) -> None:
         """401 for an unknown or expired bearer token, 403 for one without scope events."""
@@ -425,6 +426,7 @@ class Emulator:
         body: dict[str, Any],
         raw: bytes,
         content_type: str,
+        traceparent: str | None,
     ) -> web.Response:
         event_id, self._next_id = self._next_id, self._next_id + 1
         correlation_id = body["correlationId"].lower()
@@ -433,7 +435,15 @@ class Emulator:
         self._correlation_ids.add(correlation_id)
         self.events.append(
             ReceivedEvent(
-                country, tenant, event_type, body, event_id, self.clock(), content_type, raw
+                country,
+                tenant,
+                event_type,
+                body,
+                event_id,
+                self.clock(),
+                content_type,
+                raw,
+                traceparent,
             )
         )
         return web.json_response({"_id": event_id}, status=201)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -87,8 +87,11 @@ class Publisher:
         *,
         retry_after_cap: timedelta = DEFAULT_RETRY_AFTER_CAP,
         proxy: Proxy | None = None,
+        trace_headers: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
-        """``proxy``: the one ``session`` goes through, named in errors."""
+        """``proxy``: the one ``session`` goes through, named in errors. ``trace_headers``:
+        adds the current span's ``traceparent`` to a request (RELAY_PROPAGATE_TRACE)."""
+        self._trace_headers = trace_headers
         self._session = session
         self._proxy = proxy
         self._tokens = tokens
@@ -170,6 +173,8 @@ class Publisher:
             "Content-Type": CONTENT_TYPE,
             "Event-Type": event_type,
         }
+        if self._trace_headers is not None:
+            self._trace_headers(headers)
         try:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import random
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,8 +63,14 @@ class InboxEvent:
     _queries: InboxQueries = field(repr=False)
     _policy: tuple[int, float] = field(repr=False)  # max attempts, base retry delay
     _pool: asyncpg.Pool = field(repr=False)
+    trace_context: str | None = field(default=None, repr=False)  # the page's span, as JSON
     _open: bool = field(default=True, repr=False)  # not yet committed or rolled back
     released: bool = False  # its connection went back to the pool
+    _span: Any = field(default=None, repr=False)  # process span and its context token
+
+    @property
+    def route(self) -> str:
+        return f"{self.country}/{self.tenant}"
 
     @property
     def payload(self) -> Any:
@@ -75,6 +82,17 @@ class InboxEvent:
         )
 
     async def __aenter__(self) -> PoolConnectionProxy:
+        if "opentelemetry.trace" in sys.modules:  # the application traces: join its trace
+            from relay.tracing import spans
+
+            self._span = spans.processing(
+                route=self.route,
+                event_id=self.event_id,
+                inbox_id=self.id,
+                event_type=self.event_type,
+                attempt=self.attempts + 1,
+                trace_context=self.trace_context,
+            )
         return self.connection
 
     async def __aexit__(
@@ -101,6 +119,11 @@ class InboxEvent:
             # the event's connection goes back to the pool here, not when the generator is
             # closed: a loop left by an exception does not close its generator.
             await self.release()
+            if self._span is not None:
+                from relay.tracing import spans
+
+                spans.processed(self._span, error)
+                self._span = None
 
     async def release(self) -> None:
         """Hand the connection back to the pool, once; a transaction still open is rolled back
@@ -214,6 +237,7 @@ async def _claim(
         received_at=row["received_at"],
         attempts=row["attempts"],
         connection=connection,
+        trace_context=row["trace_context"],
         _transaction=transaction,
         _queries=queries,
         _policy=policy,

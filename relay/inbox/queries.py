@@ -98,7 +98,7 @@ class InboxQueries:
         was asked for and its place, so the next fetch of the same page finds it too.
         $1 country, $2 tenant, $3 the checkpoint it was asked from (NULL: the start), $4 the
         next path, $5 the page (JSON text), $6 the last event id, $7 the newest event's time,
-        $8 the path asked.
+        $8 the path asked, $9 the trace context of the page's span (NULL: tracing is off).
         """
         s = self.schema
         return f"""
@@ -118,7 +118,7 @@ class InboxQueries:
                 SELECT item, n, problem IS NULL AS good, problem FROM items
             ), inserted AS (
                 INSERT INTO "{s}".inbox (country, tenant, event_id, event_type, event_timestamp,
-                                         payload, raw, status, last_error)
+                                         payload, raw, status, last_error, trace_context)
                 SELECT $1, $2,
                        CASE WHEN good THEN item ->> 'id'
                             ELSE '{MALFORMED_PREFIX}' || md5($8 || ':' || n) END,
@@ -129,7 +129,7 @@ class InboxQueries:
                        CASE WHEN good THEN item -> 'attributes' END,
                        CASE WHEN good THEN NULL ELSE item END,
                        CASE WHEN good THEN 'pending' ELSE 'failed' END,
-                       problem
+                       problem, $9::jsonb
                 FROM checked
                 ORDER BY n
                 ON CONFLICT (country, tenant, event_id) DO NOTHING
@@ -168,7 +168,8 @@ class InboxQueries:
         """
         return f"""
             SELECT id, country, tenant, event_id, event_type, event_timestamp,
-                   payload::text AS payload, received_at, attempts
+                   payload::text AS payload, received_at, attempts,
+                   trace_context::text AS trace_context
             FROM "{self.schema}".inbox
             WHERE status = 'pending' AND available_at <= now()
               AND ($1::text[] IS NULL OR event_type = ANY($1::text[]))

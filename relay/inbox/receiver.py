@@ -28,6 +28,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -39,6 +40,9 @@ from relay.eventapi.receive import Page, Receiver, receive_path
 from relay.inbox.queries import InboxQueries
 from relay.metrics import Metrics
 from relay.routes import route_name
+
+if TYPE_CHECKING:  # loaded only when tracing is on
+    from relay.tracing.spans import Tracing
 
 log = structlog.get_logger("relay.inbox.receiver")
 
@@ -89,6 +93,7 @@ class RouteReceiver:
         metrics: Metrics,
         config: ReceiveConfig,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.country = country
         self.tenant = tenant
@@ -101,6 +106,8 @@ class RouteReceiver:
         self.rng = rng or random.Random()
         self.polling = asyncio.Event()  # set while this replica is the route's poller
         self.failures = 0
+        self.tracing = tracing
+        self.asked_ns = 0  # when the poll in hand was asked (the start of its span)
         metrics.expect_receive_route(country, tenant)
 
     async def run(self) -> None:
@@ -159,7 +166,7 @@ class RouteReceiver:
             assert checkpoint is not None  # ensured when the lock was taken
             stored = checkpoint["next_path"]
             path = stored or receive_path(self.country, self.tenant, self.config.start_from)
-            started = time.monotonic()
+            started, self.asked_ns = time.monotonic(), time.time_ns()
             answer = await self.client.fetch(path)
             if isinstance(answer, Page):
                 delay = await self._store(connection, stored, path, answer)
@@ -197,17 +204,26 @@ class RouteReceiver:
                 error="links.next leads away from RELAY_API_BASE_URL's origin: not followed",
             )
             return await self._failed(connection, outcome)
+        tracing = self.tracing
+        span = None
+        if tracing is not None and shape["items"]:  # a span per page of events
+            span = tracing.page(self.asked_ns, self.route, shape["items"])
+        context = None if tracing is None or span is None else tracing.context_text(span)
         try:
-            result = await self._write(connection, stored, next_path, text, shape, path)
-        except asyncpg.PostgresError as error:
-            if isinstance(error, CONNECTION_ERRORS):
+            result = await self._write(connection, stored, next_path, text, shape, path, context)
+        except BaseException as error:
+            if tracing is not None and span is not None:
+                tracing.stored(span, None, problem=type(error).__name__)
+            if not isinstance(error, asyncpg.PostgresError) or isinstance(error, CONNECTION_ERRORS):
                 raise
             # A page the database cannot store as it is: asked again after a backoff, and
             # logged; the checkpoint does not move past events it could not keep.
             outcome = Outcome(
                 OutcomeKind.TRANSIENT, "unstorable_page", error=describe_database_error(error)
             )
-            return await self._failed(connection, outcome)
+            return await self._failed(connection, outcome, traced=span is not None)
+        if tracing is not None and span is not None:
+            tracing.stored(span, result["stored"], result["malformed"])
         self.failures = 0
         if not result["moved"]:
             # Someone moved the checkpoint meanwhile (relay inbox rewind): read it again.
@@ -224,6 +240,7 @@ class RouteReceiver:
         text: str,
         shape: asyncpg.Record,
         path: str,
+        trace_context: str | None,
     ) -> asyncpg.Record:
         result = await connection.fetchrow(
             self.queries.store_page,
@@ -235,6 +252,7 @@ class RouteReceiver:
             shape["last_id"],
             event_time(shape["last_timestamp"]),
             path,
+            trace_context,
         )
         assert result is not None
         return result
@@ -247,9 +265,16 @@ class RouteReceiver:
         if items:
             log.debug("receive.page", route=self.route, items=items, stored=result["stored"])
 
-    async def _failed(self, connection: asyncpg.Connection, outcome: Outcome) -> float:
-        """What a failed poll costs: a pause of the route, or a backoff."""
+    async def _failed(
+        self, connection: asyncpg.Connection, outcome: Outcome, *, traced: bool = False
+    ) -> float:
+        """What a failed poll costs: a pause of the route, or a backoff (and a span marked an
+        error, unless the page's own span ``traced`` it)."""
         self.metrics.count_receive_error(self.country, self.tenant, outcome.error_class)
+        if self.tracing is not None and not traced:
+            self.tracing.receive_failed(
+                self.asked_ns, self.route, outcome.error_class, outcome.http_status
+            )
         if outcome.kind is OutcomeKind.CONFIGURATION:
             seconds = self.config.configuration_pause.total_seconds()
             reason = storable(f"{outcome.error_class}: {outcome.error or ''}", 500)

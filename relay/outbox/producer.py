@@ -36,6 +36,7 @@ from relay.errors import InvalidEvent
 from relay.names import schema_in_use
 from relay.outbox.queries import ENVELOPE_FIELDS, Queries
 from relay.routes import country_problem, tenant_problem
+from relay.tracing import current_context, given_context
 
 DEFAULT_PAYLOAD_VERSION = "1.0.0"
 REQUIRED_FIELDS = ENVELOPE_FIELDS
@@ -62,6 +63,7 @@ class PreparedEvent:
     country: str | None
     ordering_key: str | None
     correlation_id: str
+    trace_context_json: str | None = None  # {"traceparent": ...}: the caller's span
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -173,9 +175,13 @@ def prepare_event(
     tenant: str | None = None,
     country: str | None = None,
     ordering_key: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> PreparedEvent:
     """Validate an event and fill ``eventType``, ``correlationId``, ``timestamp`` and
-    ``payloadVersion`` when absent. Raise InvalidEvent, naming the problem, for a bad one."""
+    ``payloadVersion`` when absent. Raise InvalidEvent, naming the problem, for a bad one.
+
+    ``trace_context``: the W3C context to deliver the event in (``{"traceparent": ...}``); by
+    default the caller's current OpenTelemetry span, when the application traces."""
     if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
         raise InvalidEvent(
             f"event_type {event_type!r} must be 1-200 letters, digits, '_', '.', ':' or '-'"
@@ -194,6 +200,7 @@ def prepare_event(
     body.setdefault("timestamp", utc_timestamp())
     _envelope_values(body)
     _check_fields(body)
+    context = given_context(trace_context) if trace_context is not None else current_context()
     return PreparedEvent(
         event_type=event_type,
         payload_json=_encode(body),
@@ -201,6 +208,7 @@ def prepare_event(
         country=country,
         ordering_key=ordering_key,
         correlation_id=str(body["correlationId"]),
+        trace_context_json=None if context is None else simplejson.dumps(context),
     )
 
 
@@ -216,9 +224,10 @@ def _sqlalchemy_insert(schema: str) -> Any:
     from sqlalchemy import text
 
     return text(
-        f'INSERT INTO "{schema}".outbox (event_type, payload, tenant, country, ordering_key) '
-        "VALUES (:event_type, CAST(:payload AS jsonb), :tenant, :country, :ordering_key) "
-        "RETURNING id"
+        f'INSERT INTO "{schema}".outbox '
+        "(event_type, payload, tenant, country, ordering_key, trace_context) "
+        "VALUES (:event_type, CAST(:payload AS jsonb), :tenant, :country, :ordering_key, "
+        "CAST(:trace_context AS jsonb)) RETURNING id"
     )
 
 
@@ -229,6 +238,7 @@ def _sqlalchemy_params(event: PreparedEvent) -> dict[str, Any]:
         "tenant": event.tenant,
         "country": event.country,
         "ordering_key": event.ordering_key,
+        "trace_context": event.trace_context_json,
     }
 
 
@@ -241,15 +251,18 @@ def enqueue(
     country: str | None = None,
     ordering_key: str | None = None,
     schema: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> int:
     """Write an event in the caller's transaction on a SQLAlchemy Connection or Session.
 
     Returns the outbox id. Nothing is committed here: the caller's transaction decides.
     ``schema``: relay's schema; by default ``RELAY_SCHEMA``, else ``public``.
+    ``trace_context``: see ``prepare_event`` (by default the caller's current span).
     """
     event = prepare_event(
-        event_type, payload, tenant=tenant, country=country, ordering_key=ordering_key
-    )
+        event_type, payload, tenant=tenant, country=country, ordering_key=ordering_key,
+        trace_context=trace_context,
+    )  # fmt: skip
     insert = _sqlalchemy_insert(_schema(schema))
     result = connection.execute(insert, _sqlalchemy_params(event))
     return int(result.scalar_one())
@@ -264,13 +277,16 @@ async def enqueue_async(
     country: str | None = None,
     ordering_key: str | None = None,
     schema: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> int:
     """Write an event in the caller's transaction on an asyncpg connection or a SQLAlchemy
     AsyncConnection/AsyncSession. Returns the outbox id; nothing is committed here.
-    ``schema``: relay's schema; by default ``RELAY_SCHEMA``, else ``public``."""
+    ``schema``: relay's schema; by default ``RELAY_SCHEMA``, else ``public``.
+    ``trace_context``: see ``prepare_event`` (by default the caller's current span)."""
     event = prepare_event(
-        event_type, payload, tenant=tenant, country=country, ordering_key=ordering_key
-    )
+        event_type, payload, tenant=tenant, country=country, ordering_key=ordering_key,
+        trace_context=trace_context,
+    )  # fmt: skip
     schema = _schema(schema)
     if isinstance(connection, asyncpg.Connection):
         row_id = await connection.fetchval(
@@ -280,6 +296,7 @@ async def enqueue_async(
             event.tenant,
             event.country,
             event.ordering_key,
+            event.trace_context_json,
         )
         return int(row_id)
     result = await connection.execute(_sqlalchemy_insert(schema), _sqlalchemy_params(event))

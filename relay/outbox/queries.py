@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.tracing import MAX_TRACEPARENT, MAX_TRACESTATE
+
 # The advisory-lock class that guards ordering keys; migration 0001 uses the same number in the
 # insert trigger, where a producer takes the same lock in shared mode before drawing its id.
 ORDERING_LOCK_CLASS = 72_616_901
@@ -110,6 +112,15 @@ def _envelope_columns() -> str:
     return ",\n                      ".join(columns)
 
 
+def _trace_columns() -> str:
+    """The row's stored trace context, read with care: NULL unless the column is an object
+    with text where the fields are, and never more than a header could hold."""
+    return ",\n                          ".join(
+        f"left(o.trace_context ->> '{name}', {limit}) AS {name}"
+        for name, limit in (("traceparent", MAX_TRACEPARENT), ("tracestate", MAX_TRACESTATE))
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Queries:
     schema: str
@@ -118,8 +129,9 @@ class Queries:
     def insert(self) -> str:
         """The producer's INSERT. The payload travels as JSON text and is cast to jsonb."""
         return f"""
-            INSERT INTO "{self.schema}".outbox (event_type, payload, tenant, country, ordering_key)
-            VALUES ($1, $2::jsonb, $3, $4, $5)
+            INSERT INTO "{self.schema}".outbox
+                (event_type, payload, tenant, country, ordering_key, trace_context)
+            VALUES ($1, $2::jsonb, $3, $4, $5, $6::jsonb)
             RETURNING id"""
 
     @property
@@ -185,6 +197,7 @@ class Queries:
                 RETURNING o.id, o.claim_token AS token, o.event_type,
                           o.payload::text AS payload, o.tenant, o.country, o.ordering_key,
                           o.attempts, o.stops, o.created_at,
+                          {_trace_columns()},
                           {_envelope_columns()}
             )
             SELECT claimed.*, next.key AS next_key

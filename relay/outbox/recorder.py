@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,6 +25,11 @@ from relay.errors import DatabaseRefused
 from relay.metrics import Metrics
 from relay.outbox.leases import Holdings
 from relay.outbox.store import ClaimedRow, Result, Store
+
+if TYPE_CHECKING:  # loaded only when tracing is on
+    from opentelemetry.trace import SpanContext
+
+    from relay.tracing.spans import Tracing
 
 log = structlog.get_logger("relay.outbox.recorder")
 
@@ -39,6 +46,7 @@ class Done:
     result: Result
     correlation_id: str | None
     route: str | None
+    trace: SpanContext | None = None  # its delivery span, when tracing is on
 
 
 class Recorder:
@@ -52,6 +60,7 @@ class Recorder:
         batch: int,
         busy: Callable[[], int],
         on_written: Callable[[list[Done], set[int]], None],
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.holdings = holdings
@@ -60,6 +69,7 @@ class Recorder:
         self.batch = batch
         self.busy = busy
         self.on_written = on_written
+        self.tracing = tracing
         self.done: list[Done] = []
         self.has_done = asyncio.Event()
         self.enough_done = asyncio.Event()
@@ -106,6 +116,7 @@ class Recorder:
             # tokens held then, as this process may have claimed the rows again meanwhile.
             return [self._current(item.result) for item in batch]
 
+        started = time.time_ns()
         try:
             written = await self.calls.run("record", lambda: self.store.record(current()))
         except DatabaseRefused as error:
@@ -113,6 +124,9 @@ class Recorder:
             written = await self._one_by_one(current())
         for item in batch:
             self.holdings.let_go(item.row.id)
+        if self.tracing is not None:
+            traces = [item.trace for item in batch]
+            self.tracing.recorded(started, len(batch), len(written), traces)
         self.on_written(batch, written)
 
     def _current(self, result: Result) -> Result:
@@ -149,3 +163,50 @@ def _plain(result: Result) -> Result:
     """The result without partner text: what remains when the text itself is refused."""
     error = None if result.error is None else "(the answer's text could not be stored)"
     return dataclasses.replace(result, error=error)
+
+
+def report(item: Done, route: str, metrics: Metrics, *, fenced: bool) -> bool:
+    """The counters and the log line of a written result, but for a plain publish (counted
+    per batch, logged nowhere: the delivery log holds it) and a row given back unsent (counted
+    when it happened). True when the row is now dead."""
+    row, result = item.row, item.result
+    if not result.logged or (result.status == "published" and not fenced):
+        return False
+    bound = log.bind(
+        outbox_id=row.id,
+        event_type=row.event_type,
+        correlation_id=item.correlation_id,
+        route=item.route,
+        attempt=result.attempts,
+    )
+    if item.trace is not None:  # the line names the attempt's span, though written after it
+        bound = bound.bind(
+            trace_id=format(item.trace.trace_id, "032x"), span_id=format(item.trace.span_id, "016x")
+        )
+    if fenced:
+        metrics.fence_lost.inc()
+        bound.warning("outbox.fence_lost", outcome=result.outcome)
+        return False
+    if result.status == "dead":
+        metrics.count_dead(row.event_type, route, result.outcome)
+        # The relay's own reasons are logged; the partner's words are not (an error body may
+        # echo the payload): they are in the row and its delivery log.
+        reason = result.error if result.outcome == "invalid_event" else None
+        bound.warning(
+            "publish.dead_lettered",
+            outcome=result.outcome,
+            http_status=result.http_status,
+            reason=reason,
+        )
+        return True
+    if result.attempts >= row.attempts:
+        metrics.count_retried(row.event_type, route, result.outcome)
+        bound.info(
+            "publish.retry_scheduled",
+            outcome=result.outcome,
+            http_status=result.http_status,
+            delay=result.delay,
+        )
+    else:
+        bound.info("publish.deferred", outcome=result.outcome, delay=result.delay)
+    return False

@@ -31,6 +31,8 @@ class ClaimedRow:
     attempts: int  # attempts used, this one included
     stops: int  # earlier claims of it that ended with the relay stopping
     created_at: datetime
+    traceparent: str | None  # the stored trace context (outbox.trace_context), as text
+    tracestate: str | None
     payload_type: str  # the payload's JSON type: object, array, string, ...
     envelope: dict[str, str | None] = field(default_factory=dict)  # JSON-string fields
     envelope_kinds: dict[str, str | None] = field(default_factory=dict)  # their JSON types
@@ -57,6 +59,8 @@ def claimed_row(record: asyncpg.Record) -> ClaimedRow:
         attempts=record["attempts"],
         stops=record["stops"],
         created_at=record["created_at"],
+        traceparent=record["traceparent"],
+        tracestate=record["tracestate"],
         payload_type=record["payload_type"],
         envelope=envelope,
         envelope_kinds=kinds,

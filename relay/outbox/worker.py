@@ -29,12 +29,14 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
 from relay.database import DatabaseCalls
 from relay.eventapi.outcome import Outcome, OutcomeKind
 from relay.metrics import Metrics
+from relay.outbox import traces
 from relay.outbox.decide import Prepared, Unsendable, decide, give_back, prepare
 from relay.outbox.decide import unsendable_result as dead_unsent
 from relay.outbox.engine import (
@@ -49,8 +51,11 @@ from relay.outbox.leases import Holdings, LeaseKeeper
 from relay.outbox.liveness import Liveness
 from relay.outbox.parking import Parker
 from relay.outbox.pauses import Pauses
-from relay.outbox.recorder import Done, Recorder
+from relay.outbox.recorder import Done, Recorder, report
 from relay.outbox.store import ClaimedRow, Left, Store
+
+if TYPE_CHECKING:  # loaded only when tracing is on
+    from relay.tracing.spans import Tracing
 
 log = structlog.get_logger("relay.outbox.worker")
 
@@ -74,8 +79,10 @@ class Worker:
         metrics: Metrics,
         liveness: Liveness,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing
         self.sender = sender
         self.config = config
         self.metrics = metrics
@@ -101,6 +108,7 @@ class Worker:
             batch=config.min_claim,
             busy=lambda: self.busy,
             on_written=self._written,
+            tracing=tracing,
         )
         self.keeper = LeaseKeeper(
             store,
@@ -335,7 +343,7 @@ class Worker:
             self.claim_failed = False
         self.claim_failed = True
         self.claims = (self.claims + 1) % 2**32
-        started = self.clock()
+        started, started_ns = self.clock(), time.time_ns()
         rows, self.key_cursor = await self.store.claim(
             size,
             incarnation << 32 | self.claims,
@@ -345,6 +353,8 @@ class Worker:
             full_routes=self.gate.full_routes(),
         )
         self.claim_failed = False
+        if self.tracing is not None and rows:
+            self.tracing.claimed(started_ns, [(row.traceparent, row.tracestate) for row in rows])
         fresh = self.holdings.take(rows, started)
         if fresh:
             await self._enqueue(fresh)
@@ -427,7 +437,11 @@ class Worker:
         if isinstance(prepared, Unsendable):
             route = self._route_of(row)[:ROUTE_IN_LOGS]
             result = dead_unsent(row, prepared.reason, datetime.now(UTC))
-            return Done(row, result, prepared.correlation_id, route)
+            done = Done(row, result, prepared.correlation_id, route)
+            if self.tracing is not None:
+                span = traces.delivery(self.tracing, row, route, prepared.correlation_id)
+                done.trace = traces.delivered(self.tracing, span, done, sent=False)
+            return done
         verdict = self.gate.admit(prepared.route, self.clock())
         if verdict is Verdict.HOLD:
             return self._given_back(row, "paused", datetime.now(UTC))
@@ -440,7 +454,18 @@ class Worker:
             self.gate.returned(prepared.route, verdict)
             log.info("outbox.given_back", rows=1, reason="lease_too_short", outbox_id=row.id)
             return self._given_back(row, "lease_too_short", datetime.now(UTC))
-        return await self._send(row, prepared, verdict is Verdict.PROBE)
+        if self.tracing is None:
+            return await self._send(row, prepared, verdict is Verdict.PROBE)
+        return await self._traced_send(row, prepared, verdict is Verdict.PROBE)
+
+    async def _traced_send(self, row: ClaimedRow, prepared: Prepared, probe: bool) -> Done:
+        """``_send`` inside the attempt's span, the child of the row's stored context."""
+        assert self.tracing is not None
+        span = traces.delivery(self.tracing, row, prepared.route, prepared.correlation_id)
+        with self.tracing.current(span):
+            done = await self._send(row, prepared, probe)
+        done.trace = traces.delivered(self.tracing, span, done, sent=done.result.logged)
+        return done
 
     async def _send(self, row: ClaimedRow, prepared: Prepared, probe: bool) -> Done:
         route = prepared.route
@@ -538,7 +563,8 @@ class Worker:
                 published[item.row.event_type, item.route or self._route_of(item.row)] += 1
                 if not fenced:
                     continue
-            self._report(item, fenced=fenced)
+            if report(item, item.route or self._route_of(item.row), self.metrics, fenced=fenced):
+                self.dead += 1
             if not fenced and result.status == "dead" and item.row.ordering_key:
                 dead_keyed.append(item.row.id)
         for (event_type, route), events in published.items():
@@ -554,47 +580,6 @@ class Worker:
         ]
         if due and min(due) < self.config.poll_interval.total_seconds():
             asyncio.get_running_loop().call_later(min(due), self.wake.set)
-
-    def _report(self, item: Done, *, fenced: bool) -> None:
-        row, result = item.row, item.result
-        if not result.logged or (result.status == "published" and not fenced):
-            return  # given back unsent (counted when it happened), or published (counted)
-        bound = log.bind(
-            outbox_id=row.id,
-            event_type=row.event_type,
-            correlation_id=item.correlation_id,
-            route=item.route,
-            attempt=result.attempts,
-        )
-        if fenced:
-            self.metrics.fence_lost.inc()
-            bound.warning("outbox.fence_lost", outcome=result.outcome)
-        elif result.status == "dead":
-            self.dead += 1
-            self.metrics.count_dead(
-                row.event_type, item.route or self._route_of(row), result.outcome
-            )
-            # The relay's own reasons are logged; the partner's words are not (an error body
-            # may echo the payload): they are in the row and its delivery log.
-            reason = result.error if result.outcome == "invalid_event" else None
-            bound.warning(
-                "publish.dead_lettered",
-                outcome=result.outcome,
-                http_status=result.http_status,
-                reason=reason,
-            )
-        elif result.attempts >= row.attempts:
-            self.metrics.count_retried(
-                row.event_type, item.route or self._route_of(row), result.outcome
-            )
-            bound.info(
-                "publish.retry_scheduled",
-                outcome=result.outcome,
-                http_status=result.http_status,
-                delay=result.delay,
-            )
-        else:
-            bound.info("publish.deferred", outcome=result.outcome, delay=result.delay)
 
 
 __all__ = ["Worker"]

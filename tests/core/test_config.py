@@ -114,6 +114,7 @@ PARSES = [
     Case("http_port", "0", 0),
     Case("log_level", "debug", "debug"),
     Case("log_format", "json", "json"),
+    Case("propagate_trace", "true", True),
 ]
 # Secrets and their *_FILE twins (and the database URL's) are read in the tests further down.
 SECRET_FIELDS = {*SECRETS, *(f"{name}_file" for name in SECRETS), "database_url_file"}

@@ -15,8 +15,6 @@ from relay import DISTRIBUTION
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-# The wheel's file name spells the distribution with underscores (PEP 427).
-WHEEL_PREFIX = DISTRIBUTION.replace("-", "_") + "-"
 
 
 def test_the_distribution_is_not_the_unrelated_relay_on_the_package_index() -> None:
@@ -43,9 +41,12 @@ def test_the_license_is_an_spdx_expression_so_installs_do_not_warn() -> None:
     assert expression == PYPROJECT["project"]["license"]
 
 
-def test_the_image_installs_the_wheel_of_that_name() -> None:
+def test_the_image_installs_that_name_with_tracing_from_its_own_wheels() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert f"/wheels/{WHEEL_PREFIX}*.whl" in dockerfile
+    assert "--no-index --find-links /wheels" in dockerfile
+    wheel = DISTRIBUTION.replace("-", "_")  # as a wheel's file name spells it (PEP 427)
+    assert f'"$(echo /wheels/{wheel}-*.whl)[otel]"' in dockerfile
+    assert "--wheel-dir /wheels '.[otel]'" in dockerfile
 
 
 def test_the_docs_install_that_name() -> None:
@@ -99,7 +100,7 @@ def closure(name: str, extras: frozenset[str]) -> dict[str, frozenset[str]]:
 
 def test_every_dependency_is_pinned_and_installed_at_its_pin() -> None:
     pinned = pins()
-    needed = set(closure(DISTRIBUTION, frozenset({"test", "embedded"}))) - {DISTRIBUTION}
+    needed = set(closure(DISTRIBUTION, frozenset({"test", "embedded", "otel"}))) - {DISTRIBUTION}
     assert needed - set(pinned) == set(), "not pinned: run 'make constraints'"
     assert set(pinned) - needed == set(), "pinned but not needed: run 'make constraints'"
     # The suite runs on exactly these versions ('make install' installs them).
@@ -124,7 +125,7 @@ def test_the_pins_keep_within_the_declared_ranges() -> None:
 
 def test_install_and_image_build_use_the_constraints() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert "-c $(CONSTRAINTS) -e '.[test,embedded]'" in makefile
+    assert "-c $(CONSTRAINTS) -e '.[test,embedded,otel]'" in makefile
     assert "CONSTRAINTS := constraints.txt" in makefile
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"^COPY [^\n]*\bconstraints\.txt\b", dockerfile, re.MULTILINE)

@@ -36,7 +36,7 @@ from tests.helpers.schema import relations, schema_snapshot
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 # Filled by the producer; everything else is the relay's.
-PRODUCER_COLUMNS = ["event_type", "payload", "tenant", "country", "ordering_key"]
+PRODUCER_COLUMNS = ["event_type", "payload", "tenant", "country", "ordering_key", "trace_context"]
 RELAY_COLUMNS = [
     "id",
     "status",

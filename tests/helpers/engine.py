@@ -71,9 +71,10 @@ async def status_counts(db: asyncpg.Connection) -> dict[str, int]:
 
 
 @asynccontextmanager
-async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
-    """A daemon running in the background; stopped (and awaited) on exit."""
-    daemon = Daemon(settings)
+async def running_daemon(settings: Settings, tracing: Any = None) -> AsyncIterator[Daemon]:
+    """A daemon running in the background (with ``tracing``'s spans, a
+    ``relay.tracing.spans.Tracing``); stopped (and awaited) on exit."""
+    daemon = Daemon(settings, tracing=tracing)
     task = asyncio.create_task(daemon.run())
     started = asyncio.create_task(daemon.started.wait())
     await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)

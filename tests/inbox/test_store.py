@@ -53,7 +53,9 @@ def page(ids: Sequence[object], after: str | None = None, **extra: object) -> st
 async def store(
     db: asyncpg.Connection, text: str, asked: str | None, next_path: str, path: str = START
 ) -> asyncpg.Record:
-    row = await db.fetchrow(Q.store_page, "dk", "abc", asked, next_path, text, None, None, path)
+    row = await db.fetchrow(
+        Q.store_page, "dk", "abc", asked, next_path, text, None, None, path, None
+    )
     assert row is not None
     return row
 
@@ -372,7 +374,7 @@ async def test_the_sampled_gauges_count_what_waits_for_consumers_per_route(
         await db.execute(Q.ensure_checkpoint, "dk", tenant)
         start = f"/api/events/v1/dk/external/{tenant}/receive"
         row = await db.fetchrow(
-            Q.store_page, "dk", tenant, None, "next", page(ids), None, None, start
+            Q.store_page, "dk", tenant, None, "next", page(ids), None, None, start, None
         )
         assert row is not None
     await db.execute("UPDATE inbox SET received_at = now() - interval '10 minutes'")

@@ -484,6 +484,7 @@ async def test_a_rewind_waits_for_a_page_being_stored_and_that_page_finds_it_mov
                 "_3",
                 None,
                 at_2,
+                None,
             )
             assert stored is not None
             assert stored["moved"] == 1
@@ -493,7 +494,15 @@ async def test_a_rewind_waits_for_a_page_being_stored_and_that_page_finds_it_mov
         result = await rewinding
         assert result.before.last_event_id == "_3"  # it saw the page's move, and undid it
         again = await receiver.fetchrow(
-            queries.store_page, *ROUTE, f"{RECEIVE}?lastEventId=_3", "x", page, "_3", None, "x"
+            queries.store_page,
+            *ROUTE,
+            f"{RECEIVE}?lastEventId=_3",
+            "x",
+            page,
+            "_3",
+            None,
+            "x",
+            None,
         )
         assert again is not None
         assert (again["moved"], again["stored"]) == (0, 0)

@@ -53,6 +53,8 @@ def row(
         attempts=attempts,
         stops=stops,
         created_at=NOW - age,
+        traceparent=None,
+        tracestate=None,
         payload_type=_kind(document),
         envelope={
             name: fields[name] if isinstance(fields.get(name), str) else None
