@@ -22,6 +22,11 @@ PAYLOAD_SQL = f"""jsonb_build_object(
     'correlationId', gen_random_uuid(), 'timestamp', '2026-11-28T10:31:28.251Z',
     'payment', jsonb_build_object('uuid', gen_random_uuid(), 'status', 'canceled'))"""
 
+# A W3C traceparent of a random trace and span, as a traced producer's row holds; sampled
+# (flags 01) with the probability given as the statement's first parameter.
+TRACE_CONTEXT_SQL = """jsonb_build_object('traceparent', '00-' || md5(random()::text) || '-'
+    || left(md5(random()::text), 16) || CASE WHEN random() < %s THEN '-01' ELSE '-00' END)"""
+
 
 def with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
@@ -70,16 +75,25 @@ class BenchDatabase:
         with self._connect() as db:
             db.execute("TRUNCATE outbox, outbox_delivery, relay_pause RESTART IDENTITY")
 
-    def load_pending(self, count: int, tenants: tuple[str | None, ...] = (None,)) -> None:
+    def load_pending(
+        self,
+        count: int,
+        tenants: tuple[str | None, ...] = (None,),
+        *,
+        sampled: float | None = None,
+    ) -> None:
         """``count`` pending rows for each of ``tenants`` (None: the relay's RELAY_TENANT),
-        interleaved: the rows of one tenant follow those of the others in turn."""
+        interleaved: the rows of one tenant follow those of the others in turn. ``sampled``:
+        each row written inside a span of its own (a trace_context, as a traced producer's),
+        this fraction of them in sampled traces."""
+        context = "NULL" if sampled is None else TRACE_CONTEXT_SQL
         with self._connect() as db:
             db.execute(
-                f"INSERT INTO outbox (event_type, payload, tenant) "
-                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL}, t "
+                f"INSERT INTO outbox (event_type, payload, tenant, trace_context) "
+                f"SELECT '{EVENT_TYPE}', {PAYLOAD_SQL}, t, {context} "
                 f"FROM generate_series(1, %s) g, unnest(%s::text[]) WITH ORDINALITY AS u(t, n) "
                 f"ORDER BY g, n",
-                (count, list(tenants)),
+                (*([] if sampled is None else [sampled]), count, list(tenants)),
             )
 
     def load_blocked(self, count: int) -> None:

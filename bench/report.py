@@ -228,6 +228,37 @@ def _recovery_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]
     ]  # fmt: skip
 
 
+def tracing_table(results: list[Result]) -> str:
+    """Tracing off and on, at 0 ms: what the spans cost per event."""
+    off = results[0]
+    rows = [
+        (
+            r.get("tracing", "off"),
+            _rates(r),
+            r["cpu_per_event_us"],
+            f"{r['cpu_per_event_us'] / off['cpu_per_event_us'] - 1:+.0%}" if r is not off else "",
+            r.get("spans", 0),
+            r["peak_rss_mb"],
+            r["all_published"],
+        )
+        for r in results
+    ]
+    header = (
+        "tracing", "events/s (each round)", "relay CPU us/event", "vs off", "spans exported",
+        "peak RSS MB", "all published",
+    )  # fmt: skip
+    return _table(header, rows)
+
+
+def _tracing_targets(results: list[Result]) -> list[tuple[str, str, str, bool]]:
+    checks = []
+    for traced in results[1:]:
+        extra = traced["cpu_per_event_us"] / results[0]["cpu_per_event_us"] - 1
+        name = f"relay CPU per event, tracing {traced['tracing']} vs off"
+        checks.append((name, "<= +15%", f"{extra:+.0%}", extra <= 0.15))
+    return checks
+
+
 def database_table(result: Result) -> str:
     published = max(result["published"], 1)
     rows = [
@@ -289,6 +320,7 @@ def targets(document: Result) -> list[tuple[str, str, str, bool]]:
     checks += _blocked_targets(results.get("blocked", []))
     checks += _isolation_targets(results.get("isolation", []))
     checks += _recovery_targets(results.get("recovery", []))
+    checks += _tracing_targets(results.get("tracing", []))
     relay_runs = [r for name in ("throughput", "backlog", "trickle") for r in results.get(name, [])]
     rss = [r["peak_rss_mb"] for r in relay_runs if r["kind"] != "ceiling"]
     if rss:
@@ -336,6 +368,7 @@ LIST_TABLES: tuple[tuple[str, str, Callable[[list[Result]], str]], ...] = (
      isolation_table),
     ("recovery", "### Recovery after an outage", recovery_table),
     ("receive", "### Receiving into the inbox (0 ms)", receive_table),
+    ("tracing", "### Tracing off and on (0 ms, c=32)", tracing_table),
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from bench.counting import METHODS
 from bench.database import BenchDatabase
 from bench.events import body
 from bench.measure import CpuMeter, CpuWindow, Usage, machine_busy, run_measured
+from bench.otlp_sink import Sink, running_sink
 from bench.partner import Arrival, Partner, running_partner
 from bench.relay_process import clean_environment, drain, relay_environment, running_relay
 from relay.outbox import enqueue_async
@@ -38,6 +39,7 @@ class Context:
     noisy_cores: float = 0.15  # a run with more foreign load than this is repeated ...
     tries: int = 3  # ... up to this many times in all; the least disturbed one is kept
     partners: dict[float, Partner] = field(default_factory=dict)
+    sink: Sink | None = None
     startup_cpu: dict[str, float] = field(default_factory=dict)  # program -> CPU seconds
     runs: int = 0
 
@@ -47,6 +49,22 @@ class Context:
             log = self.logs / f"emulator-{latency_ms:g}ms.log"
             self.partners[latency_ms] = self.stack.enter_context(running_partner(latency_ms, log))
         return self.partners[latency_ms]
+
+    def relay_startup(self, traced: bool = False) -> float:
+        """The relay's CPU seconds for an empty drain (with tracing on: measured on first use,
+        as loading the SDK and the exporter costs more at start-up)."""
+        if traced and "relay-traced" not in self.startup_cpu:
+            self.db.clear()
+            env = relay_environment(self.partner(0), self.db.url, 32)
+            env.update(OTEL_EXPORTER_OTLP_ENDPOINT=self.otlp().url)
+            self.startup_cpu["relay-traced"] = drain(env, self.log("startup-relay-traced")).cpu
+        return self.startup_cpu.get("relay-traced" if traced else "relay", 0.0)
+
+    def otlp(self) -> Sink:
+        """The OTLP receiver traced runs export to, started on first use."""
+        if self.sink is None:
+            self.sink = self.stack.enter_context(running_sink(self.logs / "otlp-sink.log"))
+        return self.sink
 
     def log(self, name: str) -> Path:
         self.runs += 1
@@ -195,20 +213,29 @@ def naive(ctx: Context, rows: int) -> Result:
 # The relay draining a backlog --------------------------------------------------------------
 
 
-def _prepare_table(db: BenchDatabase, pending: int, published: int) -> None:
+def _prepare_table(
+    db: BenchDatabase, pending: int, published: int, sampled: float | None = None
+) -> None:
     db.clear()
     if published:
         db.load_published(published)
-    db.load_pending(pending)
+    db.load_pending(pending, sampled=sampled)
     db.vacuum_analyze()
 
 
-def relay_drain(ctx: Context, latency_ms: float, concurrency: int, rows: int) -> Result:
-    """``relay run --drain`` over ``rows`` pending rows."""
+def relay_drain(
+    ctx: Context, latency_ms: float, concurrency: int, rows: int, *, sampled: float | None = None
+) -> Result:
+    """``relay run --drain`` over ``rows`` pending rows; with ``sampled``, rows written inside
+    spans (that fraction of them sampled by the producer) and the relay exporting its own spans
+    to an OTLP receiver (bench.otlp_sink)."""
     partner = ctx.partner(latency_ms)
-    _prepare_table(ctx.db, rows, 0)
+    _prepare_table(ctx.db, rows, 0, sampled)
     partner.reset()
     env = relay_environment(partner, ctx.db.url, concurrency)
+    if sampled is not None:
+        ctx.otlp().reset()
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=ctx.otlp().url, OTEL_SERVICE_NAME="relay-bench")
     transactions = ctx.db.transactions()
     background = wait_for_quiet(ctx.quiet_limit)
     meter = ctx.meter(partner)
@@ -222,13 +249,18 @@ def relay_drain(ctx: Context, latency_ms: float, concurrency: int, rows: int) ->
         "kind": "relay",
         "latency_ms": latency_ms,
         "concurrency": concurrency,
+        **(
+            {"tracing": f"on, {sampled:.0%} sampled", "spans": ctx.otlp().spans()}
+            if sampled is not None
+            else {}
+        ),
         "rate": round(arrival_rate(arrivals), 1),
         "rate_db": round(ctx.db.span().rate, 1),
         "request_ms_p50": ctx.db.request_ms_p50(),
         "transactions_per_event": round(transactions / max(len(arrivals), 1), 3),
         "all_published": counts == {"published": rows},
         "duplicates": partner.stats()["duplicates"],
-        **_costs(len(arrivals), usage, window, background, ctx.startup_cpu.get("relay", 0)),
+        **_costs(len(arrivals), usage, window, background, ctx.relay_startup(sampled is not None)),
     }
 
 

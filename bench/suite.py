@@ -93,7 +93,7 @@ QUICK = Plan(
 )
 BENCHMARKS = (
     "throughput", "naive", "database", "trickle", "backlog", "blocked", "isolation", "recovery",
-    "receive",
+    "receive", "tracing",
 )  # fmt: skip
 
 
@@ -118,6 +118,24 @@ def run_throughput(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
                 _progress([ceilings[-1], relays[-1]])
             results += [_median_run(ceilings), _median_run(relays)]
     return results
+
+
+# Tracing off; on with every producer's trace sampled (every attempt exported); on with one in
+# ten sampled, as head sampling at the insurer's edge leaves it.
+TRACING = (None, 1.0, 0.1)
+
+
+def run_tracing(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
+    """Interleaved rounds at 0 ms (off, on, on at 10 %, off, ...), each one's median run."""
+    runs: dict[float | None, list[dict[str, Any]]] = {sampled: [] for sampled in TRACING}
+    for _ in range(plan.throughput_rounds_at_0ms):
+        for sampled in TRACING:
+            run = partial(
+                scenarios.relay_drain, ctx, 0, plan.concurrency, plan.rows, sampled=sampled
+            )
+            runs[sampled].append(ctx.measure(run))
+            _progress(runs[sampled][-1:])
+    return [_median_run(measured) for measured in runs.values()]
 
 
 def run_naive(ctx: scenarios.Context, plan: Plan) -> list[dict[str, Any]]:
@@ -219,6 +237,7 @@ RUNNERS: dict[str, Callable[[scenarios.Context, Plan], list[dict[str, Any]]]] = 
     "isolation": run_isolation,
     "recovery": run_recovery,
     "receive": run_receive,
+    "tracing": run_tracing,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -36,6 +37,7 @@ class ClaimedRow:
     payload_type: str  # the payload's JSON type: object, array, string, ...
     envelope: dict[str, str | None] = field(default_factory=dict)  # JSON-string fields
     envelope_kinds: dict[str, str | None] = field(default_factory=dict)  # their JSON types
+    trace_parent: Any = None  # with tracing on: the stored context, read once at the claim
 
 
 # (field, its value's column, its JSON type's column) in a row of ``Queries.claim``.

@@ -21,8 +21,7 @@ def delivery(tracing: Tracing, row: ClaimedRow, route: str, correlation_id: str 
         route=route,
         event_type=row.event_type,
         correlation_id=correlation_id,
-        traceparent=row.traceparent,
-        tracestate=row.tracestate,
+        parent=row.trace_parent,
     )
 
 

@@ -354,7 +354,9 @@ class Worker:
         )
         self.claim_failed = False
         if self.tracing is not None and rows:
-            self.tracing.claimed(started_ns, [(row.traceparent, row.tracestate) for row in rows])
+            for row in rows:
+                row.trace_parent = self.tracing.parent(row.traceparent, row.tracestate)
+            self.tracing.claimed(started_ns, [row.trace_parent for row in rows])
         fresh = self.holdings.take(rows, started)
         if fresh:
             await self._enqueue(fresh)
@@ -462,8 +464,7 @@ class Worker:
         """``_send`` inside the attempt's span, the child of the row's stored context."""
         assert self.tracing is not None
         span = traces.delivery(self.tracing, row, prepared.route, prepared.correlation_id)
-        with self.tracing.current(span):
-            done = await self._send(row, prepared, probe)
+        done = await self.tracing.within(span, self._send(row, prepared, probe))
         done.trace = traces.delivered(self.tracing, span, done, sent=done.result.logged)
         return done
 

@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -36,6 +36,7 @@ SYSTEM = "scalepoint_eventapi"  # messaging.system: the partner's API, for both 
 OUTBOX = "outbox"
 CLOSE_WITHIN = 5.0  # seconds shutdown waits for the last spans to be exported
 _PROPAGATOR = TraceContextTextMapPropagator()
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -68,7 +69,13 @@ def context_text(span: Span) -> str:
 
 
 def _links(contexts: Sequence[SpanContext | None]) -> list[Link]:
-    return [Link(context) for context in contexts if context is not None and context.is_valid]
+    """Links to the sampled ones of ``contexts``: a trace that is not kept is not linked to
+    (and costs nothing to export)."""
+    return [
+        Link(context)
+        for context in contexts
+        if context is not None and context.is_valid and context.trace_flags.sampled
+    ]
 
 
 class Tracing:
@@ -82,13 +89,14 @@ class Tracing:
 
     # The outbox -------------------------------------------------------------------------------
 
-    def claimed(self, started_ns: int, stored: Sequence[tuple[str | None, str | None]]) -> None:
-        """A claim that took rows: a span of its own, linked to each row's stored context."""
-        links = []
-        for traceparent, tracestate in stored:
-            context = stored_context(traceparent, tracestate)
-            if context is not None:
-                links.append(Link(trace.get_current_span(context).get_span_context()))
+    parent = staticmethod(stored_context)
+
+    def claimed(self, started_ns: int, parents: Sequence[Context | None]) -> None:
+        """A claim that took rows: a span of its own, linked to each row's stored context
+        (``parent``, read once per row)."""
+        links = _links(
+            [trace.get_current_span(context).get_span_context() for context in parents if context]
+        )
         span = self.tracer.start_span(
             f"claim {OUTBOX}",
             context=Context(),
@@ -100,7 +108,7 @@ class Tracing:
                 "messaging.operation.type": "receive",
                 "messaging.operation.name": "claim",
                 "messaging.destination.name": OUTBOX,
-                "messaging.batch.message_count": len(stored),
+                "messaging.batch.message_count": len(parents),
                 "db.system.name": "postgresql",
             },
         )
@@ -114,11 +122,11 @@ class Tracing:
         route: str,
         event_type: str,
         correlation_id: str | None,
-        traceparent: str | None,
-        tracestate: str | None,
+        parent: Context | None,
     ) -> Span:
-        """The span of one delivery attempt, the child of the row's stored context; the caller
-        makes it current while it sends (``current``) and ends it with ``delivered``."""
+        """The span of one delivery attempt, the child of the row's stored context (``parent``);
+        the caller makes it current while it sends (``current``) and ends it with
+        ``delivered``."""
         attributes: dict[str, str | int] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
@@ -132,25 +140,26 @@ class Tracing:
             attributes["messaging.message.conversation_id"] = correlation_id
         return self.tracer.start_span(
             f"send {route}",
-            context=stored_context(traceparent, tracestate) or Context(),
+            context=parent or Context(),
             kind=SpanKind.PRODUCER,
             attributes=attributes,
         )
 
     @staticmethod
-    @contextlib.contextmanager
-    def current(span: Span) -> Iterator[Span]:
-        """``span`` is the current span inside (log lines carry its ids; a propagated
-        traceparent names it); an error escaping is named on it, and it ends."""
+    async def within(span: Span, work: Awaitable[T]) -> T:
+        """Await ``work`` with ``span`` current (log lines carry its ids; a propagated
+        traceparent names it); an error escaping is named on the span, which then ends."""
+        token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                yield span
+            return await work
         except BaseException as error:
             # Only the error's class: its text may hold what a payload held.
-            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_attributes({"error.type": type(error).__qualname__})
             span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
             span.end()
             raise
+        finally:
+            otel_context.detach(token)
 
     @staticmethod
     def delivered(
@@ -165,19 +174,22 @@ class Tracing:
     ) -> SpanContext:
         """End a delivery span with what became of the row; return its context (for links and
         for the log line of a dead or retried row)."""
-        span.set_attribute("relay.outcome", outcome)
-        span.set_attribute("relay.status", status)
+        attributes: dict[str, str | int | float | bool] = {
+            "relay.outcome": outcome,
+            "relay.status": status,
+        }
         if http_status is not None:
-            span.set_attribute("http.response.status_code", http_status)
+            attributes["http.response.status_code"] = http_status
         if message_id is not None:
-            span.set_attribute("messaging.message.id", message_id)
+            attributes["messaging.message.id"] = message_id
         if not sent:
-            span.set_attribute("relay.given_back", True)  # nothing was sent: no attempt used
+            attributes["relay.given_back"] = True  # nothing was sent: no attempt used
         if delay is not None and status == "pending":
-            span.set_attribute("relay.retry_in_s", round(delay, 3))
+            attributes["relay.retry_in_s"] = round(delay, 3)
         if status != "published":
-            span.set_attribute("error.type", outcome)
+            attributes["error.type"] = outcome
             span.set_status(Status(StatusCode.ERROR, outcome))
+        span.set_attributes(attributes)
         span.end()
         return span.get_span_context()
 
@@ -357,7 +369,22 @@ def from_environment(
     resource = Resource({k: v for k, v in defaults.items() if k not in resource.attributes}).merge(
         resource
     )
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+
+    class Frozen(Resource):
+        """The resource, its hash computed once: the OTLP exporter groups every span by its
+        resource, and the SDK's hash serialises the attributes each time (a few us a span)."""
+
+        def __init__(self) -> None:
+            super().__init__(dict(resource.attributes), resource.schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+        def __eq__(self, other: object) -> bool:
+            return super().__eq__(other)
+
+    provider = TracerProvider(resource=Frozen(), shutdown_on_exit=False)
     for name in exporters:
         exporter = _otlp_exporter(environ) if name == "otlp" else ConsoleSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -272,3 +272,29 @@ async def _published(db: asyncpg.Connection, row_id: int) -> bool:
 
 async def _inbox_rows(db: asyncpg.Connection, count: int) -> bool:
     return bool(await db.fetchval("SELECT count(*) FROM inbox") >= count)
+
+
+async def test_an_event_of_an_unsampled_trace_is_delivered_without_a_span(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """The producer's sampling decision holds (the default sampler follows the parent), and
+    the batch spans link only to traces that are kept."""
+    span_id, other_span_id = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    ids = [
+        await enqueue_async(
+            db, "payment_status_updated", payload(),
+            trace_context={"traceparent": f"00-{uuid.uuid4().hex}-{parent}-{flags}"},
+        )
+        for parent, flags in ((span_id, "01"), (other_span_id, "00"))
+    ]  # fmt: skip
+    kept, dropped = ids
+    async with running() as emulator:
+        await drain(engine_settings(database_url, emulator))
+        assert len(emulator.events) == 2
+    assert [span.parent.span_id for span in for_row(kept) if span.parent] == [int(span_id, 16)]
+    assert for_row(dropped) == []
+    (claim,) = named("claim outbox")
+    assert [f"{link.context.span_id:016x}" for link in claim.links] == [span_id]
+    (record,) = named("record outbox")
+    (send,) = for_row(kept)
+    assert [link.context.span_id for link in record.links] == [send.context.span_id]
