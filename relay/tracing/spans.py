@@ -174,6 +174,8 @@ class Tracing:
     ) -> SpanContext:
         """End a delivery span with what became of the row; return its context (for links and
         for the log line of a dead or retried row)."""
+        if not span.is_recording():  # not sampled: nothing to write on it
+            return span.get_span_context()
         attributes: dict[str, str | int | float | bool] = {
             "relay.outcome": outcome,
             "relay.status": status,
