@@ -298,3 +298,31 @@ async def test_an_event_of_an_unsampled_trace_is_delivered_without_a_span(
     (record,) = named("record outbox")
     (send,) = for_row(kept)
     assert [link.context.span_id for link in record.links] == [send.context.span_id]
+
+
+async def test_a_consumer_reads_an_inbox_rows_context_with_care(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Whatever an inbox row's trace_context holds, the event is processed; a context that
+    cannot be read makes the process span a trace of its own."""
+    stored = ['"not an object"', "[1, 2]", '{"traceparent": 7}', '{"traceparent": "00-zz"}']
+    for number, context in enumerate(stored):
+        await db.execute(
+            "INSERT INTO inbox (country, tenant, event_id, event_type, payload, trace_context) "
+            "VALUES ('dk', 'abcinsurance', $1, 'case_created', '{}', $2::jsonb)",
+            f"_{number}",
+            context,
+        )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        events = cast(AsyncGenerator[InboxEvent, None], consume(pool, poll_interval=0.1))
+        for _ in stored:
+            async with await anext(events):
+                pass
+        await events.aclose()
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM inbox WHERE status = 'processed'") == 4
+    spans = named(f"process {ROUTE}")
+    assert len(spans) == 4
+    assert [span.parent for span in spans] == [None] * 4
