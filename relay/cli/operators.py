@@ -31,7 +31,7 @@ from relay.routes import route_problem
 
 if TYPE_CHECKING:
     from relay.ops.admin import Admin
-    from relay.ops.reports import ReplayResult
+    from relay.ops.results import ReplayResult
     from relay.ops.selection import Moment
 
 
@@ -331,7 +331,7 @@ def audit(since: Moment | None, limit: int, as_json: bool) -> None:
     discard and pause clear, and every inbox retry, rewind and purge, who ran it (and from
     which host), its selection, the rows it changed and its outcome.
     """
-    from relay.ops.reports import audit_lines
+    from relay.ops.results import audit_lines
 
     entries = with_admin(lambda admin: admin.audit(since=since, limit=one_more(limit)))
     emit_list(entries, limit, audit_lines, ("entry", "entries"), as_json)

@@ -32,14 +32,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
-from cryptography import x509
 
-from relay.config import Settings, load_settings
 from relay.emulator import jsontext as emulator_json
 from relay.emulator import receive as emulator_receive
 from relay.emulator.auth import ClientAuthentication
@@ -54,8 +51,6 @@ from relay.emulator.replies import (
     raw_reply,
     spring_error,
 )
-from relay.errors import ConfigurationError
-from relay.eventapi.keys import load_key_material
 
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a path, not a password
 SEND_PATH = "/api/events/v1/{country}/external/{tenant}/send"
@@ -583,66 +578,3 @@ def _payload(raw: bytes, event_type: str, path: str) -> dict[str, Any]:
         message = "Incorrect payload, eventType does not match the Event-Type header"
         raise Reply(400, {"message": message, "valid": False})
     return body
-
-
-async def serve(emulator: Emulator, host: str, port: int, announce: Callable[[str], None]) -> None:
-    """Run until SIGINT or SIGTERM (for ``relay emulator``)."""
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signal_number, stop.set)
-    await emulator.start(host, port)
-    try:
-        announce(f"token endpoint {emulator.token_url}")
-        announce(f"API base URL   {emulator.base_url}")
-        for route, stream in emulator.streams.items():
-            country, _, tenant = route.partition("/")
-            url = emulator.receive_url(country, tenant)
-            announce(f"receive stream {route}: {len(stream.events)} events at {url}")
-        await stop.wait()
-    finally:
-        await emulator.stop()
-
-
-def config_from_options(
-    clients: tuple[str, ...],
-    certificates: tuple[str, ...],
-    routes: tuple[str, ...],
-    audience: str | None,
-    faults: Faults,
-) -> EmulatorConfig:
-    """An EmulatorConfig from ``relay emulator`` options; with no client given, the relay's
-    own RELAY_CLIENT_* settings, so one environment drives both ends of a demo."""
-    config = EmulatorConfig(audience=audience, faults=faults)
-    for item in clients:
-        client_id, _, secret = item.partition(":")
-        config.clients[client_id] = secret
-    for item in certificates:
-        client_id, _, path = item.partition(":")
-        try:
-            certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
-        except (OSError, ValueError) as error:
-            raise ConfigurationError(f"--certificate {item}: {type(error).__name__}") from None
-        config.certificates.setdefault(client_id, []).append(certificate)
-    if routes:
-        config.routes = frozenset(_route(route) for route in routes)
-    if not clients and not certificates:
-        _clients_from_settings(config, load_settings())
-    return config
-
-
-def _clients_from_settings(config: EmulatorConfig, settings: Settings) -> None:
-    if settings.client_id is None:
-        return
-    if settings.client_secret is not None:
-        config.clients[settings.client_id] = settings.client_secret.get_secret_value()
-    if settings.uses_private_key_jwt:
-        material = load_key_material(settings)
-        config.certificates[settings.client_id] = [material.certificate]
-
-
-def _route(text: str) -> tuple[str, str]:
-    country, _, tenant = text.partition("/")
-    return country, tenant

@@ -33,11 +33,9 @@ from relay.config import Settings
 from relay.errors import DatabaseRefused
 from relay.ops.formatting import iso, jsonable
 from relay.ops.queries import AdminQueries
-from relay.ops.reports import (
-    ActivePause,
+from relay.ops.reports import ActivePause, DeadRow, Delivery, RetryingRow, RowDetail, StatusReport
+from relay.ops.results import (
     AuditEntry,
-    DeadRow,
-    Delivery,
     DiscardResult,
     PauseClearResult,
     PurgePreview,
@@ -45,9 +43,6 @@ from relay.ops.reports import (
     ReplayResult,
     ReplayRow,
     RequeueResult,
-    RetryingRow,
-    RowDetail,
-    StatusReport,
 )
 from relay.ops.selection import (
     DeadSelector,

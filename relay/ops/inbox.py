@@ -37,6 +37,7 @@ from relay.eventapi.receive import receive_path
 from relay.inbox.queries import MALFORMED_PREFIX, MAX_EVENT_ID, InboxQueries
 from relay.ops.admin import DEFAULT_PURGE_BATCH, MAX_LOGGED_IDS, Admin
 from relay.ops.formatting import jsonable
+from relay.ops.inbox_queries import InboxAdminQueries
 from relay.ops.inbox_reports import (
     Checkpoint,
     InboxEventDetail,
@@ -49,7 +50,6 @@ from relay.ops.inbox_reports import (
     RetryResult,
     RewindResult,
 )
-from relay.ops.queries import InboxAdminQueries
 from relay.ops.selection import Moment, NoSelector, purge_cutoff, resolve
 from relay.routes import route_name
 

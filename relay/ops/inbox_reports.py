@@ -23,7 +23,7 @@ from relay.ops.formatting import (
     relative,
     shortened,
 )
-from relay.ops.reports import PurgeResult
+from relay.ops.results import PurgeResult
 
 # relay inbox status --------------------------------------------------------------------------
 
