@@ -52,16 +52,8 @@ class Unsendable:
 
 
 def _envelope_problem(row: ClaimedRow) -> str | None:
-    envelope = row.envelope
-    if (
-        row.payload_type == "object"
-        and envelope.get("eventType") == row.event_type
-        and envelope.get("eventType")
-        and envelope.get("payloadVersion")
-        and envelope.get("timestamp")
-        and UUID_PATTERN.fullmatch(envelope.get("correlationId") or "")
-    ):
-        return None  # every row an application writes right: checked once, without lists
+    if row.envelope_ok:
+        return None  # every row an application writes right: checked by the claim
     if row.payload_type != "object":
         return f"payload must be a JSON object, not a JSON {row.payload_type}"
     missing = [name for name in REQUIRED_FIELDS if row.envelope.get(name) in (None, "")]
@@ -87,7 +79,7 @@ def prepare(
     max_stops: int,
 ) -> Prepared | Unsendable:
     """Check a row before it is sent: how often it stopped a relay, its envelope, its route."""
-    correlation_id = row.envelope.get("correlationId")
+    correlation_id = row.correlation_id
     if row.stops >= max_stops:
         # Every claim of it so far ended with the relay stopping (killed, crashed or hung):
         # sending it again would most likely stop this one too.

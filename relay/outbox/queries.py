@@ -20,6 +20,8 @@ NOTIFY_CHANNEL = "relay_outbox"
 # The envelope fields the claim reads out of the payload for validation, so the relay never
 # has to parse a payload of unbounded depth.
 ENVELOPE_FIELDS = ("eventType", "payloadVersion", "correlationId", "timestamp")
+# A correlationId as the producer API accepts it (``producer.UUID_PATTERN``), for ``~*``.
+UUID_SQL = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 def _route(alias: str, country: str = "$3", tenant: str = "$4") -> str:
@@ -99,17 +101,38 @@ def _key_heads(schema: str) -> str:
         )"""
 
 
-def _envelope_columns() -> str:
-    """For each envelope field: its JSON type, and its text when it is a JSON string."""
-    columns = ["jsonb_typeof(o.payload) AS payload_type"]
+def _envelope_ok(doc: str, event_type: str) -> str:
+    """Whether the payload ``doc`` has the envelope every row an application writes right
+    has: a JSON object whose eventType, payloadVersion, timestamp and correlationId are
+    non-empty JSON strings, eventType equal to the row's ``event_type`` and correlationId a
+    UUID (in the 8-4-4-4-12 form, either case). Checked by PostgreSQL, once per row; only a
+    row without it has its envelope read out for the reason (``_envelope_columns``)."""
+    string = [f"jsonb_typeof({doc} -> '{name}') = 'string'" for name in ENVELOPE_FIELDS]
+    return " AND ".join(
+        [
+            f"jsonb_typeof({doc}) = 'object'",
+            *string,
+            f"{doc} ->> 'eventType' = {event_type}",
+            f"{doc} ->> 'eventType' <> ''",
+            f"{doc} ->> 'payloadVersion' <> ''",
+            f"{doc} ->> 'timestamp' <> ''",
+            f"{doc} ->> 'correlationId' ~* '{UUID_SQL}'",
+        ]
+    )
+
+
+def _envelope_columns(doc: str, ok: str) -> str:
+    """For each envelope field of a row whose envelope is not right (NULL for the others):
+    its JSON type, and its text when it is a JSON string; and the payload's own JSON type."""
+    columns = [f"CASE WHEN NOT {ok} THEN jsonb_typeof({doc}) END AS payload_type"]
     for number, name in enumerate(ENVELOPE_FIELDS):
-        field = f"o.payload -> '{name}'"
-        columns.append(f"jsonb_typeof({field}) AS kind_{number}")
+        field = f"{doc} -> '{name}'"
+        columns.append(f"CASE WHEN NOT {ok} THEN jsonb_typeof({field}) END AS kind_{number}")
         columns.append(
-            f"CASE WHEN jsonb_typeof({field}) = 'string' THEN o.payload ->> '{name}' END "
-            f"AS value_{number}"
+            f"CASE WHEN NOT {ok} AND jsonb_typeof({field}) = 'string' "
+            f"THEN {doc} ->> '{name}' END AS value_{number}"
         )
-    return ",\n                      ".join(columns)
+    return ",\n                   ".join(columns)
 
 
 def _trace_columns() -> str:
@@ -194,15 +217,20 @@ class Queries:
                     blocked_by = NULL
                 FROM chosen
                 WHERE o.id = chosen.id
-                RETURNING o.id, o.claim_token AS token, o.event_type,
-                          o.payload::text AS payload, o.tenant, o.country, o.ordering_key,
-                          o.attempts, o.stops, o.created_at,
-                          {_trace_columns()},
-                          {_envelope_columns()}
+                RETURNING o.id, o.claim_token AS token, o.event_type, o.payload AS doc,
+                          o.tenant, o.country, o.ordering_key, o.attempts, o.stops,
+                          o.created_at, {_trace_columns()}
             )
-            SELECT claimed.*, next.key AS next_key
+            SELECT c.id, c.token, c.event_type, c.doc::text AS payload, c.tenant, c.country,
+                   c.ordering_key, c.attempts, c.stops, c.created_at, c.traceparent,
+                   c.tracestate, e.ok AS envelope_ok,
+                   CASE WHEN jsonb_typeof(c.doc -> 'correlationId') = 'string'
+                        THEN c.doc ->> 'correlationId' END AS correlation_id,
+                   {_envelope_columns("c.doc", "e.ok")},
+                   next.key AS next_key
             FROM (SELECT coalesce((SELECT k FROM heads ORDER BY n DESC LIMIT 1), '') AS key) next
-            LEFT JOIN claimed ON true"""
+            LEFT JOIN (claimed c CROSS JOIN LATERAL (
+                SELECT coalesce({_envelope_ok("c.doc", "c.event_type")}, false) AS ok) e) ON true"""
 
     @property
     def record(self) -> str:

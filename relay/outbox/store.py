@@ -34,9 +34,12 @@ class ClaimedRow:
     created_at: datetime
     traceparent: str | None  # the stored trace context (outbox.trace_context), as text
     tracestate: str | None
-    payload_type: str  # the payload's JSON type: object, array, string, ...
-    envelope: dict[str, str | None] = field(default_factory=dict)  # JSON-string fields
-    envelope_kinds: dict[str, str | None] = field(default_factory=dict)  # their JSON types
+    envelope_ok: bool  # the envelope is right (checked in the claim): nothing more to read
+    correlation_id: str | None  # the payload's correlationId, when a JSON string
+    payload_type: str | None  # when the envelope is not right: the payload's JSON type
+    # When the envelope is not right: its JSON-string fields, and their JSON types.
+    envelope: dict[str, str | None] = field(default_factory=dict)
+    envelope_kinds: dict[str, str | None] = field(default_factory=dict)
     trace_parent: Any = None  # with tracing on: the stored context, read once at the claim
 
 
@@ -48,8 +51,9 @@ _ENVELOPE_COLUMNS = tuple(
 
 def claimed_row(record: asyncpg.Record) -> ClaimedRow:
     """A ClaimedRow from one row of ``Queries.claim``."""
-    envelope = {name: record[value] for name, value, _ in _ENVELOPE_COLUMNS}
-    kinds = {name: record[kind] for name, _, kind in _ENVELOPE_COLUMNS}
+    ok = record["envelope_ok"]
+    envelope = {} if ok else {name: record[value] for name, value, _ in _ENVELOPE_COLUMNS}
+    kinds = {} if ok else {name: record[kind] for name, _, kind in _ENVELOPE_COLUMNS}
     return ClaimedRow(
         id=record["id"],
         token=record["token"],
@@ -63,6 +67,8 @@ def claimed_row(record: asyncpg.Record) -> ClaimedRow:
         created_at=record["created_at"],
         traceparent=record["traceparent"],
         tracestate=record["tracestate"],
+        envelope_ok=ok,
+        correlation_id=record["correlation_id"],
         payload_type=record["payload_type"],
         envelope=envelope,
         envelope_kinds=kinds,

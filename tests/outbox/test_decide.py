@@ -55,6 +55,10 @@ def row(
         created_at=NOW - age,
         traceparent=None,
         tracestate=None,
+        envelope_ok=False,  # the claim's fast path is PostgreSQL's: here every row is read out
+        correlation_id=fields.get("correlationId")
+        if isinstance(fields.get("correlationId"), str)
+        else None,
         payload_type=_kind(document),
         envelope={
             name: fields[name] if isinstance(fields.get(name), str) else None
