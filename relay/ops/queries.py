@@ -222,6 +222,9 @@ class AdminQueries:
                    o.created_at, o.published_at, o.event_api_id, o.last_http_status,
                    o.last_error, o.claimed_by, o.lease_until, {_ERROR_CLASS} AS error_class,
                    last.attempted_at AS last_attempt_at,
+                   substring(o.trace_context ->> 'traceparent'
+                             FROM '^[0-9a-f]{{2}}-([0-9a-f]{{32}})-[0-9a-f]{{16}}-[0-9a-f]{{2}}$')
+                       AS trace_id,
                    ({earlier} AND e.status = 'dead') AS waits_for_dead,
                    ({earlier} AND e.status IN ('pending', 'in_flight', 'blocked'))
                        AS waits_for_row,

@@ -242,6 +242,7 @@ class RowDetail:
     lease_until: datetime | None
     error_class: str
     last_attempt_at: datetime | None
+    trace_id: str | None = None  # of the trace it was written in (outbox.trace_context)
     waits_for_dead: int | None = None  # the first dead row before it in its key
     waits_for_row: int | None = None  # the first unfinished row before it in its key
     route_pause: str | None = None  # the pause that holds its route, if one does
@@ -293,6 +294,7 @@ class RowDetail:
             f"  HTTP status:    {self.last_http_status or '-'}",
             f"  error class:    {self.error_class}",
             f"  last error:     {self.last_error or '-'}",
+            f"  trace id:       {self.trace_id or '-'}",
             "payload:",
         ]
         pretty = json.dumps(json.loads(self.payload), indent=2, ensure_ascii=False)

@@ -195,6 +195,27 @@ async def test_dead_show_has_the_payload_and_every_attempt(
         await admin.row(999_999)
 
 
+async def test_dead_show_names_the_trace_a_row_was_written_in(
+    db: asyncpg.Connection, admin: Admin
+) -> None:
+    """An operator finds a dead row's trace by its id; a context that is no W3C one shows none."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    contexts = [f"00-{trace_id}-00f067aa0ba902b7-01", f"00-{trace_id}-00f067aa0ba902b7", "x"]
+    shown = []
+    for traceparent in contexts:
+        row_id = await add_row(db, status="dead")
+        await db.execute(
+            "UPDATE outbox SET trace_context = jsonb_build_object('traceparent', $2::text) "
+            "WHERE id = $1",
+            row_id,
+            traceparent,
+        )
+        shown.append(await admin.row(row_id))
+    assert [detail.trace_id for detail in shown] == [trace_id, None, None]
+    assert f"  trace id:       {trace_id}" in shown[0].lines()
+    assert shown[0].to_json()["trace_id"] == trace_id
+
+
 # relay requeue ---------------------------------------------------------------------------------
 
 
