@@ -193,3 +193,44 @@ async def test_with_tracing_off_nothing_of_opentelemetry_is_loaded(
     assert await db.fetchval("SELECT status FROM outbox") == "published"
     assert await db.fetchval("SELECT trace_context FROM outbox") is None
     assert await db.fetchval("SELECT status FROM inbox") == "processed"
+
+
+async def test_a_collector_that_never_answers_costs_spans_not_events_nor_the_exit(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Spans leave from a thread of their own: a collector that takes requests and never
+    answers holds no event back, and shutdown waits for it a bounded time only."""
+    hung = asyncio.Event()
+
+    async def never(_: web.Request) -> web.Response:
+        hung.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", never)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    for _ in range(50):
+        await insert_traced(db)
+    try:
+        async with running() as emulator:
+            env = relay_env(
+                database_url,
+                emulator,
+                OTEL_EXPORTER_OTLP_ENDPOINT=url,
+                OTEL_BSP_SCHEDULE_DELAY="10",  # export at once, into the hung collector
+            )
+            started = asyncio.get_running_loop().time()
+            run = await relay(env, "run", "--drain")
+            took = asyncio.get_running_loop().time() - started
+            assert run.code == 0, run.stderr
+            assert len(emulator.events) == 50
+    finally:
+        await runner.cleanup()
+    assert hung.is_set()  # the relay did export, into a collector that never answered
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'published'") == 50
+    # Start-up, fifty events, and at most CLOSE_WITHIN (5 s) waiting for the collector.
+    assert took < 15, took
