@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from relay.errors import ConfigurationError
@@ -86,6 +94,7 @@ class Tracing:
         self.provider = provider
         self.tracer = provider.get_tracer("relay", _version())
         self.owned = owned
+        self.drops_unsampled = _drops_unsampled(provider)
 
     # The outbox -------------------------------------------------------------------------------
 
@@ -125,8 +134,16 @@ class Tracing:
         parent: Context | None,
     ) -> Span:
         """The span of one delivery attempt, the child of the row's stored context (``parent``);
-        the caller makes it current while it sends (``current``) and ends it with
-        ``delivered``."""
+        the caller makes it current while it sends (``within``) and ends it with
+        ``delivered``.
+
+        A row written in a trace its producer did not sample gets no span of its own when the
+        sampler would drop it anyway (the SDK's parent-based samplers, the default): its
+        producer's span, unrecorded, stands in, at a tenth of the cost."""
+        if parent is not None and self.drops_unsampled:
+            stored = trace.get_current_span(parent)
+            if not stored.get_span_context().trace_flags.sampled:
+                return stored
         attributes: dict[str, str | int] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
@@ -297,6 +314,23 @@ class Tracing:
         threading.Thread(target=run, name="relay-tracing-shutdown", daemon=True).start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished, within)
+
+
+def _drops_unsampled(provider: trace.TracerProvider) -> bool:
+    """Whether ``provider`` samples with one of the SDK's parent-based samplers that drops a
+    span whose remote parent is not sampled (asked of the sampler itself)."""
+    sampler = getattr(provider, "sampler", None)
+    if sampler is None:
+        return False
+    try:
+        from opentelemetry.sdk.trace.sampling import Decision, ParentBased
+    except ImportError:
+        return False
+    if not isinstance(sampler, ParentBased):
+        return False
+    unsampled = SpanContext(1, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    context = trace.set_span_in_context(trace.NonRecordingSpan(unsampled))
+    return sampler.should_sample(context, 1, "send").decision is Decision.DROP
 
 
 def _finish(future: asyncio.Future[None]) -> None:
