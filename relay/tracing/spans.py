@@ -22,6 +22,7 @@ import threading
 from collections.abc import Awaitable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -438,6 +439,7 @@ def _otlp_exporter(environ: Mapping[str, str]) -> Any:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:
             raise ConfigurationError(_missing("opentelemetry-exporter-otlp-proto-http")) from None
+        _check_endpoints(environ)
         return OTLPSpanExporter()
     if protocol == "grpc":
         try:
@@ -453,6 +455,25 @@ def _otlp_exporter(environ: Mapping[str, str]) -> Any:
     raise ConfigurationError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (http/protobuf or grpc)"
     )
+
+
+def _check_endpoints(environ: Mapping[str, str]) -> None:
+    """An OTLP/HTTP endpoint the exporter could never reach stops start-up, naming it (the
+    exporter itself would only log, span batch after span batch)."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError:
+            host = None
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
+            raise ConfigurationError(
+                f"{name}: must be an http(s) URL with a host, such as http://otel-collector:4318"
+            )
 
 
 def _missing(package: str) -> str:

@@ -138,6 +138,9 @@ async def test_a_tracing_setting_that_cannot_be_honoured_stops_start_up_in_one_l
             OTEL_EXPORTER_OTLP_PROTOCOL="http/json",
         )
         (await relay(protocol, "run")).one_line(2, "OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        for endpoint in ("otel-collector:4318", "ftp://collector", "http://[::1"):
+            bad = relay_env(database_url, emulator, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+            (await relay(bad, "run")).one_line(2, "OTEL_EXPORTER_OTLP_ENDPOINT", "http(s) URL")
         alone = relay_env(database_url, emulator, RELAY_PROPAGATE_TRACE="true")
         (await relay(alone, "run")).one_line(2, "RELAY_PROPAGATE_TRACE", "tracing is off")
 
