@@ -172,6 +172,7 @@ class Daemon:
                 proxy=str(proxy) if proxy is not None else None,
                 http=address,
                 drain=drain,
+                tracing="off" if self.tracing is None else self.tracing.shown,
                 retention=(
                     KEEP
                     if settings.retention is None

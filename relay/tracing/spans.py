@@ -91,8 +91,11 @@ class Tracing:
     """The spans of one ``relay run``: made with ``provider`` (the SDK's, with its exporters),
     closed at shutdown when this made it (``owned``)."""
 
-    def __init__(self, provider: trace.TracerProvider, *, owned: bool = False) -> None:
+    def __init__(
+        self, provider: trace.TracerProvider, *, owned: bool = False, shown: str = "on"
+    ) -> None:
         self.provider = provider
+        self.shown = shown  # how relay.started names it: the exporters
         self.tracer = provider.get_tracer("relay", _version())
         self.owned = owned
         self.drops_unsampled = _drops_unsampled(provider)
@@ -425,7 +428,7 @@ def from_environment(
     for name in exporters:
         exporter = _otlp_exporter(environ) if name == "otlp" else ConsoleSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider, owned=True)
+    return Tracing(provider, owned=True, shown=",".join(exporters) or "none")
 
 
 def _otlp_exporter(environ: Mapping[str, str]) -> Any:

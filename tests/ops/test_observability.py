@@ -328,6 +328,7 @@ async def test_json_log_lines_of_a_run_carry_context_and_no_secrets(
         emulator.base_url + "/connect/token",
     )
     assert started["environment"] == "sandbox"
+    assert started["tracing"] == "off"
     events = [line for line in lines if "outbox_id" in line]
     for line in events:
         missing = [name for name in EVENT_FIELDS if line.get(name) is None]

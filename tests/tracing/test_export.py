@@ -123,6 +123,8 @@ async def test_relay_run_exports_over_otlp_and_propagates_only_when_told(
     # Log lines carry the ids of the span they were written in: none here is, since the
     # relay logs nothing per published event.
     assert "trace_id" not in run.stderr
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert [line["tracing"] for line in lines if line["event"] == "relay.started"] == ["otlp"]
 
 
 async def test_a_tracing_setting_that_cannot_be_honoured_stops_start_up_in_one_line(
