@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from relay.config import Settings
 from relay.daemon import Daemon
+from relay.errors import InvalidEvent
 from relay.inbox import InboxEvent, consume
 from relay.logs import add_trace_ids
 from relay.outbox import enqueue_async
@@ -326,3 +327,31 @@ async def test_a_consumer_reads_an_inbox_rows_context_with_care(
     spans = named(f"process {ROUTE}")
     assert len(spans) == 4
     assert [span.parent for span in spans] == [None] * 4
+
+
+async def test_a_trace_context_given_that_is_no_w3c_context_writes_nothing(
+    db: asyncpg.Connection,
+) -> None:
+    good = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    refused = [
+        ("00-abc", "trace_context must be a mapping"),
+        ({"traceparent": 5}, "needs a traceparent string"),
+        ({"tracestate": "a=1"}, "needs a traceparent string"),
+        ({"traceparent": good, "baggage": "x"}, "only traceparent and tracestate"),
+        ({"traceparent": good + "\n"}, "printable text"),
+        ({"traceparent": good, "tracestate": "x" * 10_000}, "printable text"),
+    ]
+    for context, problem in refused:
+        with pytest.raises(InvalidEvent, match=problem):
+            await enqueue_async(
+                db,
+                "payment_status_updated",
+                payload(),
+                trace_context=context,  # type: ignore[arg-type]
+            )
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+    row_id = await enqueue_async(
+        db, "payment_status_updated", payload(), trace_context={"traceparent": good}
+    )
+    stored = await db.fetchval("SELECT trace_context FROM outbox WHERE id = $1", row_id)
+    assert json.loads(stored) == {"traceparent": good}
