@@ -54,6 +54,14 @@ def redact(
     return event_dict
 
 
+def trace_fields(context: Any) -> dict[str, str]:
+    """A span's ids (an OpenTelemetry SpanContext) as log lines carry them."""
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+
+
 def add_trace_ids(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -63,8 +71,7 @@ def add_trace_ids(
     if trace is not None and "trace_id" not in event_dict:
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
-            event_dict["trace_id"] = format(context.trace_id, "032x")
-            event_dict["span_id"] = format(context.span_id, "016x")
+            event_dict.update(trace_fields(context))
     return event_dict
 
 

@@ -22,6 +22,7 @@ import structlog
 
 from relay.database import DatabaseCalls
 from relay.errors import DatabaseRefused
+from relay.logs import trace_fields
 from relay.metrics import Metrics
 from relay.outbox.leases import Holdings
 from relay.outbox.store import ClaimedRow, Result, Store
@@ -180,9 +181,7 @@ def report(item: Done, route: str, metrics: Metrics, *, fenced: bool) -> bool:
         attempt=result.attempts,
     )
     if item.trace is not None:  # the line names the attempt's span, though written after it
-        bound = bound.bind(
-            trace_id=format(item.trace.trace_id, "032x"), span_id=format(item.trace.span_id, "016x")
-        )
+        bound = bound.bind(**trace_fields(item.trace))
     if fenced:
         metrics.fence_lost.inc()
         bound.warning("outbox.fence_lost", outcome=result.outcome)
