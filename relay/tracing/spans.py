@@ -38,6 +38,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from relay import DISTRIBUTION
 from relay.errors import ConfigurationError
 from relay.tracing import MAX_TRACEPARENT, MAX_TRACESTATE
 
@@ -50,7 +51,7 @@ T = TypeVar("T")
 
 def _version() -> str:
     try:
-        return metadata.version("scalepoint-outbox-relay")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "0"
 
